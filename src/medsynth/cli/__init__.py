@@ -1,0 +1,49 @@
+"""The `medsynth` command line.
+
+Each subcommand lives in its own module of this package and exposes ``register(subparsers)``, which
+adds its parser and sets ``func`` (``args -> int`` exit code). Exit codes: 0 done, 2 bad input
+(`InputError`, argument errors), 1 any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from medsynth.errors import InputError, MedsynthError
+
+# Modules are imported lazily by name so `medsynth info` does not pay for torch.
+SUBCOMMAND_MODULES = ("info", "train", "evaluate")
+
+log = logging.getLogger("medsynth")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medsynth", description="Synthesize medical images with GANs.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(f"medsynth.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad arguments, 0 on --help
+        return int(exc.code or 0)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except InputError as exc:
+        print(f"medsynth: error: {exc}", file=sys.stderr)
+        return 2
+    except MedsynthError as exc:
+        print(f"medsynth: failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("medsynth: interrupted", file=sys.stderr)
+        return 1

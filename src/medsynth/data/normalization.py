@@ -1,0 +1,87 @@
+"""Intensity normalisation: a linear map of data values (HU, MR intensity) to [-1, 1] and back.
+
+Networks train on values in [-1, 1]; the map is stored in every checkpoint and inverted on output so
+that generated images come back in the units of the training data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from medsynth.errors import InputError
+
+# Enough values for stable 0.5 / 99.5 percentiles while reading only a strided subset of big arrays.
+MAX_PERCENTILE_VALUES = 2_000_000
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Data values in ``[low, high]`` map linearly to ``[-1, 1]``; values outside are clipped."""
+
+    low: float
+    high: float
+    method: str = "percentile"
+    """How `low` and `high` were chosen: ``"percentile"`` or ``"window"`` (informational)."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.high <= self.low:
+            raise InputError(
+                f"intensity range [{self.low}, {self.high}] is empty or not finite: the training data may be "
+                "constant, or the window/percentiles are wrong; choose a window with width > 0"
+            )
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        """Data units -> float32 in [-1, 1] (any shape)."""
+        scaled = (np.asarray(values, dtype=np.float32) - self.low) * (2.0 / (self.high - self.low)) - 1.0
+        return np.clip(scaled, -1.0, 1.0, out=scaled)
+
+    def invert(self, values: np.ndarray) -> np.ndarray:
+        """[-1, 1] -> float32 data units (any shape); values outside [-1, 1] are clipped first."""
+        clipped = np.clip(np.asarray(values, dtype=np.float32), -1.0, 1.0)
+        return ((clipped + 1.0) * (0.5 * (self.high - self.low)) + self.low).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Normalization:
+        return cls(low=float(values["low"]), high=float(values["high"]), method=str(values.get("method", "")))
+
+
+def window_normalization(center: float, width: float) -> Normalization:
+    """A CT-style window: ``[center - width/2, center + width/2]`` -> [-1, 1] (e.g. soft tissue 40/400 HU)."""
+    if not width > 0:
+        raise InputError(
+            f"window width {width} must be positive; give the window as (center, width), e.g. (40, 400) for soft tissue"
+        )
+    return Normalization(center - width / 2.0, center + width / 2.0, method="window")
+
+
+def percentile_normalization(arrays: Sequence[Any], lower: float = 0.5, upper: float = 99.5) -> Normalization:
+    """Clip at the `lower` and `upper` percentiles of all values of `arrays` (numpy, memmap or dask).
+
+    Big arrays are subsampled with a regular stride so that at most about `MAX_PERCENTILE_VALUES`
+    values are read.
+    """
+    if not 0.0 <= lower < upper <= 100.0:
+        raise InputError(f"percentiles ({lower}, {upper}) must satisfy 0 <= lower < upper <= 100")
+    budget = max(1, MAX_PERCENTILE_VALUES // max(1, len(arrays)))
+    values = np.concatenate([_strided_values(a, budget) for a in arrays])
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        raise InputError("the training data holds no finite values; check the input images")
+    low, high = np.percentile(finite, [lower, upper])
+    return Normalization(float(low), float(high), method="percentile")
+
+
+def _strided_values(array: Any, budget: int) -> np.ndarray:
+    """About `budget` values of `array`, one every `stride` along each axis, as float32 (1D)."""
+    size = math.prod(array.shape)
+    stride = max(1, math.ceil((size / budget) ** (1.0 / max(1, len(array.shape)))))
+    index = tuple(slice(None, None, stride) for _ in array.shape)
+    return np.asarray(array[index], dtype=np.float32).ravel()

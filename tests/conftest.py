@@ -1,0 +1,42 @@
+"""Shared fixtures: paths of the real sample files that pip packages ship."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medsynth.data.samples import SAMPLES, sample_path
+
+
+@pytest.fixture(params=sorted(SAMPLES))
+def any_sample(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def us_cine_path() -> Path:
+    return sample_path("us_cine")
+
+
+@pytest.fixture
+def ct_slice_path() -> Path:
+    return sample_path("ct_slice")
+
+
+@pytest.fixture
+def mr_slice_path() -> Path:
+    return sample_path("mr_slice")
+
+
+@pytest.fixture
+def mni152_path() -> Path:
+    return sample_path("mni152")
+
+
+@pytest.fixture
+def nibabel_example4d() -> Path:
+    """A real 4D fMRI NIfTI file (128x96x24x2) that nibabel ships for its tests."""
+    from nibabel.testing import data_path
+
+    return Path(data_path) / "example4d.nii.gz"
