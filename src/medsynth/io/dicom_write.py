@@ -57,9 +57,6 @@ REFERENCE_KEYWORDS = (
     "IssuerOfPatientID",
     "PatientBirthDate",
     "PatientSex",
-    "PatientAge",
-    "PatientSize",
-    "PatientWeight",
     "PatientIdentityRemoved",
     "DeidentificationMethod",
     "DeidentificationMethodCodeSequence",
@@ -110,7 +107,6 @@ def write_dicom(
     _check_targets(out, paths)
     out.mkdir(parents=True, exist_ok=True)
     for path, (_, ds) in zip(paths, named):
-        _add_file_meta(ds)
         save_atomic(ds, path)
     return paths
 
@@ -205,6 +201,8 @@ def _base_dataset(image: MedImage, provenance: SyntheticProvenance | None, ref: 
     ds.ManufacturerModelName = _lo(provenance.model if synthetic else "medsynth")
     ds.SoftwareVersions = _lo(provenance.model_version if synthetic else medsynth.__version__)
     ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.BurnedInAnnotation = "NO"
+    ds.Laterality = ""
     if synthetic:
         ds.SyntheticData = "YES"
         ds.DerivationDescription = provenance.summary()[:1024]
@@ -247,8 +245,13 @@ def _volume_datasets(image: MedImage, base: Dataset, enhanced: bool) -> list[tup
     base.FrameOfReferenceUID = generate_uid()
     base.PositionReferenceIndicator = ""
     named: list[tuple[str, Dataset]] = []
+    values = np.asarray(image.array)
+    lo, hi = float(values.min()), float(values.max())
+    base.WindowCenter = _ds((lo + hi) / 2)
+    base.WindowWidth = _ds(max(hi - lo, 1.0))
     for t, volume in enumerate(volumes):
         series = _series_attributes(image, base, t)
+        series.AcquisitionNumber = t + 1
         slices = [
             _volume_slice(image, series, volume[z], z, slope, intercept) for z in range(volume.shape[0])
         ]
@@ -281,7 +284,6 @@ def _volume_slice(
     ds.SOPClassUID = CTImageStorage if image.modality == "CT" else MRImageStorage
     ds.SOPInstanceUID = generate_uid()
     ds.InstanceNumber = z + 1
-    ds.AcquisitionNumber = ""
     ds.ImageType = [*series.ImageType, "AXIAL" if image.modality == "CT" else "OTHER"]
     ds.PatientPosition = ""
     position, row_dir, col_dir = slice_geometry(image, z)
@@ -296,6 +298,7 @@ def _volume_slice(
         ds.KVP = ""
     else:
         _set_mr_acquisition(ds)
+    _add_file_meta(ds)
     return ds
 
 
@@ -330,7 +333,8 @@ def _set_grayscale_pixels(ds: Dataset, pixels: np.ndarray, slope: float, interce
     ds.PixelRepresentation = 1 if pixels.dtype == np.int16 else 0
     ds.RescaleIntercept = _ds(intercept)
     ds.RescaleSlope = _ds(slope)
-    ds.RescaleType = "HU" if ds.Modality == "CT" else "US"
+    if ds.Modality != "MR":  # the legacy MR IOD has no Modality LUT module; keep its deviation to the minimum
+        ds.RescaleType = "HU" if ds.Modality == "CT" else "US"
     ds.PixelData = np.ascontiguousarray(pixels).tobytes()
     # Pixel data is bytes already; the VR must say 16-bit words.
     ds["PixelData"].VR = "OW"
@@ -347,6 +351,10 @@ def _enhanced(image: MedImage, slices: list[Dataset]) -> Dataset:
         sop_instance_uid=generate_uid(),
         instance_number=1,
     )
+    # The source slices live only in memory: a reference to their series would point at nothing.
+    del ds.ReferencedSeriesSequence
+    ds.SeriesDescription = first.SeriesDescription
+    ds.Laterality = first.Laterality
     return ds
 
 
@@ -371,8 +379,11 @@ def _secondary_capture_datasets(image: MedImage, base: Dataset, synthetic: bool)
         ds.NumberOfFrames = array.shape[0]
         ds.FrameIncrementPointer = pydicom.tag.Tag("FrameTime")
         ds.FrameTime = _ds(image.time_spacing or 1000.0)
+        if not image.is_rgb:
+            ds.PresentationLUTShape = "IDENTITY"
     else:
         ds.SOPClassUID = SecondaryCaptureImageStorage
+    _add_file_meta(ds)
     return [("", ds)]
 
 
@@ -428,8 +439,6 @@ def _lo(text: str) -> str:
 
 
 def _add_file_meta(ds: Dataset) -> None:
-    if "TransferSyntaxUID" in getattr(ds, "file_meta", ()):
-        return  # highdicom objects come with their own
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID

@@ -94,7 +94,7 @@ def to_medimage_layout(array: np.ndarray, axes: str, affine_xyz_lps: np.ndarray)
     origin = affine[:3, 3][::-1]
     if not is_2d:
         return Layout(out, target, tuple(spacing), tuple(origin), direction, "")
-    out = out[0] if target[0] == "z" else out[:, 0]
+    out = out.squeeze(axis=target.index("z"))
     target = target.replace("z", "")
     if axial:
         return Layout(out, target, tuple(spacing[1:]), tuple(origin[1:]), direction[1:, 1:], "PL")

@@ -1,0 +1,359 @@
+"""NIfTI-1/2 (``.nii``, ``.nii.gz``) reading and writing with nibabel.
+
+Reading: the file's ``(x, y, z[, t])`` voxels become a `MedImage` in ``t z y x`` order, reoriented to
+x -> L, y -> P, z -> S by flips and transposes only (views). An uncompressed file is memory-mapped
+read-only, so a 4D volume costs no more memory than the pages touched; ``scl_slope``/``scl_inter``,
+when set, are applied slab by slab into one float32 array.
+
+Writing: the geometry goes back into a RAS affine stored as both sform and qform, time spacing into
+``pixdim[4]`` (ms), label maps as uint8/uint16, and synthetic images say so in ``descrip`` and
+``intent_name``; a header extension keeps the full provenance, modality and units.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medsynth.errors import InputError, UnreadableFileError
+from medsynth.io.image import MedImage, SyntheticProvenance
+from medsynth.io.orientation import RAS_TO_LPS, medimage_affine_xyz_lps, to_medimage_layout
+from medsynth.io.provenance import provenance_from_summary
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+LABEL_NAME_PATTERNS = ("*_seg*", "*-seg*", "seg_*", "*aseg*", "*dseg*", "*label*", "*mask*")
+"""File names (lower case, without suffix) of integer images read as label maps."""
+SYNTHETIC_INTENT = "SYNTHETIC"
+_EXTENSION_PREFIX = b"medsynth:"
+_EXTENSION_CODE = "comment"
+_SLAB_BYTES = 64 * 2**20
+"""Work on about this much data at a time, so checks and scaling never need a second full copy."""
+_SPACE_TO_MM = {"meter": 1000.0, "micron": 0.001}
+_TIME_TO_MS = {"sec": 1000.0, "msec": 1.0, "usec": 0.001, "unknown": 1000.0}
+
+
+def nifti_stem(path: Path) -> str:
+    """The file name without ``.nii``/``.nii.gz``."""
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def is_nifti_path(path: Path) -> bool:
+    return path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def looks_like_label_name(path: Path) -> bool:
+    """True when the file name follows a label-map convention (``*_seg*``, ``*label*``, ``*mask*``...)."""
+    stem = nifti_stem(path).lower()
+    return any(fnmatch.fnmatch(stem, pattern) for pattern in LABEL_NAME_PATTERNS)
+
+
+def read_nifti(path: Path, *, as_label: bool | None = None) -> MedImage:
+    """Read one NIfTI file.
+
+    Args:
+        path: a ``.nii`` or ``.nii.gz`` file of 2D, 3D or 4D data.
+        as_label: True reads a label map, False an image; None decides by integer dtype and a label
+            file name (`LABEL_NAME_PATTERNS`).
+
+    Returns:
+        A `MedImage` ``"yx"``, ``"zyx"``, ``"tyx"`` or ``"tzyx"``.
+
+    Raises:
+        UnreadableFileError: not a NIfTI file, or truncated.
+        InputError: 5D or more, non-finite values, or non-integer values asked to be labels.
+    """
+    import nibabel as nib
+
+    try:
+        img = nib.load(path, mmap="r")
+    except Exception as exc:
+        raise UnreadableFileError(
+            f"{path}: cannot be read as NIfTI ({exc}). Check that the file was copied completely, or "
+            "re-export it as .nii/.nii.gz."
+        ) from exc
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise UnreadableFileError(f"{path}: is a {type(img).__name__}, not NIfTI; save it as .nii or .nii.gz.")
+    header = img.header
+    file_axes = _file_axes(path, img.shape)
+    raw = _unscaled_data(img, path)
+    raw = raw[tuple(0 if a == "-" else slice(None) for a in file_axes)]
+    axes = file_axes.replace("-", "")
+    slope, inter = img.dataobj.slope, img.dataobj.inter
+    scaled = slope != 1 or inter != 0
+    data = _scaled(raw, slope, inter) if scaled else raw
+    if data.dtype.kind == "f":
+        _check_finite(data, path)
+
+    space_unit, time_unit = header.get_xyzt_units()
+    affine_lps = RAS_TO_LPS @ img.affine
+    affine_lps[:3] *= _SPACE_TO_MM.get(space_unit, 1.0)
+    label = as_label if as_label is not None else (data.dtype.kind in "iu" and looks_like_label_name(path))
+    if label:
+        data = _label_array(data, path)
+    layout = to_medimage_layout(data, axes, affine_lps)
+
+    stored = _stored_fields(header)
+    synthetic = _synthetic_from_header(header, stored)
+    metadata: dict[str, Any] = {
+        "source": str(path),
+        "format": "NIfTI",
+        "nifti_affine_ras": img.affine.tolist(),
+        "sform_code": int(header["sform_code"]),
+        "qform_code": int(header["qform_code"]),
+        "descrip": _text(header["descrip"]),
+        "intent_name": _text(header["intent_name"]),
+    }
+    if scaled:
+        metadata["scl_slope"], metadata["scl_inter"] = float(slope), float(inter)
+    if layout.plane:
+        metadata["plane"] = layout.plane
+    time_spacing = None
+    if "t" in axes:
+        time_spacing, note = _time_spacing_ms(float(header.get_zooms()[3]), time_unit)
+        if note:
+            metadata["time_note"] = note
+    return MedImage(
+        array=layout.array,
+        axes=layout.axes,
+        spacing=layout.spacing,
+        origin=layout.origin,
+        direction=layout.direction,
+        time_spacing=time_spacing,
+        modality=stored.get("modality", "OT"),
+        units=stored.get("units", ""),
+        name=nifti_stem(path),
+        is_label=bool(label),
+        synthetic=synthetic,
+        metadata=metadata,
+    )
+
+
+def write_nifti(image: MedImage, path: str | os.PathLike[str]) -> Path:
+    """Write `image` to a ``.nii``/``.nii.gz`` file atomically and return its path.
+
+    The array is stored ``(x, y, z[, t])`` with a RAS affine (sform and qform, code 1), spacing in mm
+    and time spacing in ms; label maps as uint8 or uint16; a synthetic image gets ``descrip``
+    ``"SYNTHETIC by medsynth ..."`` (80 bytes at most) and ``intent_name`` ``"SYNTHETIC"``.
+
+    Raises:
+        InputError: wrong suffix, RGB data, non-finite values, or labels that are negative, not
+            integers or above 65535.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if not is_nifti_path(path):
+        raise InputError(f"{path}: a NIfTI file name must end with .nii or .nii.gz; rename the output.")
+    if image.is_rgb:
+        raise InputError(
+            f"{image.name!r} is RGB ({image.axes}); NIfTI output takes grayscale or labels. Read the "
+            "source without keep_rgb=True, or convert the image to grayscale first."
+        )
+    data = _label_array(image.array, path) if image.is_label else _nifti_dtype(image.array)
+    if data.dtype.kind == "f":
+        _check_finite(data, path)
+    file_order = "".join(a for a in "xyzt" if a in image.axes)
+    data = data.transpose([image.axes.index(a) for a in file_order])
+
+    affine_ras = RAS_TO_LPS @ _affine_xyz_lps(image)
+    img = nib.Nifti1Image(data, affine_ras)
+    header = img.header
+    img.set_sform(affine_ras, code=1)
+    img.set_qform(affine_ras, code=1)
+    header.set_xyzt_units("mm", "msec")
+    if image.has_time:
+        zooms = header.get_zooms()
+        header.set_zooms(zooms[:-1] + (float(image.time_spacing or 1.0),))
+    if image.is_label:
+        header.set_intent("label")
+    if image.synthetic is not None:
+        header["descrip"] = _ascii(image.synthetic.summary(), 80)
+        header["intent_name"] = SYNTHETIC_INTENT.encode()
+    else:
+        header["descrip"] = _ascii(image.name, 80)
+    header.extensions.append(nib.nifti1.Nifti1Extension(_EXTENSION_CODE, _extension_bytes(image)))
+    return _save_atomically(img, path)
+
+
+def _file_axes(path: Path, shape: tuple[int, ...]) -> str:
+    """Names of the file's axes (``x y z t``), ``-`` for singleton ones that are dropped."""
+    n = len(shape)
+    while n > 4 and shape[n - 1] == 1:
+        n -= 1
+    if n > 4:
+        raise InputError(
+            f"{path}: has {n} dimensions {shape}; medsynth reads 2D, 3D and 4D (x, y, z, time). "
+            "Split the extra dimension into separate files first (e.g. nibabel's four_to_three or "
+            "fslsplit), or keep one component."
+        )
+    if n < 2:
+        raise InputError(f"{path}: has shape {shape}; an image needs at least two dimensions.")
+    axes = list("xyzt"[:n]) + ["-"] * (len(shape) - n)
+    if n == 4 and shape[3] == 1:
+        axes[3] = "-"
+    if n >= 3 and shape[2] == 1:
+        axes[2] = "-"
+    return "".join(axes)
+
+
+def _unscaled_data(img: Any, path: Path) -> np.ndarray:
+    """The stored values: a read-only memory map for uncompressed files, else an array read once."""
+    try:
+        return np.asanyarray(img.dataobj.get_unscaled())
+    except Exception as exc:
+        raise UnreadableFileError(
+            f"{path}: the voxel data cannot be read ({exc}); the file is probably truncated. Copy or "
+            "export it again."
+        ) from exc
+
+
+def _slabs(shape: tuple[int, ...], itemsize: int) -> list[tuple[slice, ...]]:
+    """Index tuples that cut an array into slabs of about `_SLAB_BYTES` along its last axis."""
+    if not shape:
+        return [()]
+    per_index = int(np.prod(shape[:-1])) * itemsize
+    step = max(1, _SLAB_BYTES // max(per_index, 1))
+    lead = (slice(None),) * (len(shape) - 1)
+    return [lead + (slice(i, i + step),) for i in range(0, shape[-1], step)]
+
+
+def _scaled(raw: np.ndarray, slope: float, inter: float) -> np.ndarray:
+    """``raw * slope + inter`` as float32, computed slab by slab into one preallocated array."""
+    out = np.empty(raw.shape, dtype=np.float32, order="F" if np.isfortran(raw) else "C")
+    for index in _slabs(raw.shape, raw.itemsize):
+        np.multiply(raw[index], slope, out=out[index], casting="unsafe")
+        out[index] += inter
+    return out
+
+
+def _check_finite(data: np.ndarray, path: Path) -> None:
+    """Raise when `data` holds NaN or Inf; min/max propagate both, so no mask array is made."""
+    for index in _slabs(data.shape, data.itemsize):
+        slab = data[index]
+        if slab.size and not (np.isfinite(slab.min()) and np.isfinite(slab.max())):
+            raise InputError(
+                f"{path}: contains NaN or infinite values. Replace them (e.g. with 0 via "
+                "numpy.nan_to_num) and save the file again."
+            )
+
+
+def _label_array(data: np.ndarray, path: Path) -> np.ndarray:
+    """Labels as an unsigned integer array; integer data is returned as is (a view) when it fits."""
+    lo = hi = 0
+    for index in _slabs(data.shape, data.itemsize):
+        slab = data[index]
+        if slab.size:
+            lo, hi = min(lo, slab.min()), max(hi, slab.max())
+            if data.dtype.kind == "f" and not np.array_equal(slab, np.round(slab)):
+                raise InputError(
+                    f"{path}: holds non-integer values, so it cannot be a label map; read it with "
+                    "as_label=False, or round the labels before saving."
+                )
+    if lo < 0 or not np.isfinite(hi) or hi > np.iinfo(np.uint16).max:
+        raise InputError(
+            f"{path}: label values range over [{lo}, {hi}]; labels must be integers in [0, 65535]. "
+            "Renumber the labels, or read the file with as_label=False."
+        )
+    dtype = np.uint8 if hi <= np.iinfo(np.uint8).max else np.uint16
+    if data.dtype == dtype:
+        return data
+    return data.astype(dtype)
+
+
+def _nifti_dtype(data: np.ndarray) -> np.ndarray:
+    """`data` in a type NIfTI readers agree on (no bool, float16 or 64-bit integers)."""
+    if data.dtype == bool:
+        return data.astype(np.uint8)
+    if data.dtype == np.float16:
+        return data.astype(np.float32)
+    if data.dtype.kind in "iu" and data.dtype.itemsize == 8:
+        if data.size == 0 or (data.min() >= np.iinfo(np.int32).min and data.max() <= np.iinfo(np.int32).max):
+            return data.astype(np.int32)
+        return data.astype(np.float64)
+    return data
+
+
+def _affine_xyz_lps(image: MedImage) -> np.ndarray:
+    """(4, 4) index (x, y, z) -> LPS of `image`; a 2D image lies in an axial plane at S = 0."""
+    if image.ndim_spatial == 3:
+        return medimage_affine_xyz_lps(image.spacing, image.origin, image.direction)
+    direction = np.eye(3)
+    direction[1:, 1:] = image.direction
+    return medimage_affine_xyz_lps((1.0, *image.spacing), (0.0, *image.origin), direction)
+
+
+def _time_spacing_ms(zoom: float, unit: str) -> tuple[float | None, str]:
+    if unit not in _TIME_TO_MS:
+        return None, f"time axis unit is {unit!r}, not a time; time spacing left unset"
+    if not np.isfinite(zoom) or zoom <= 0:
+        return None, "the file gives no time spacing"
+    note = "the file gives no time unit; seconds assumed" if unit == "unknown" else ""
+    return zoom * _TIME_TO_MS[unit], note
+
+
+def _text(value: np.ndarray) -> str:
+    return bytes(np.asarray(value).item()).decode("latin-1").rstrip("\x00").strip()
+
+
+def _ascii(text: str, size: int) -> bytes:
+    return text.encode("ascii", "replace")[:size]
+
+
+def _extension_bytes(image: MedImage) -> bytes:
+    fields = {
+        "modality": image.modality,
+        "units": image.units,
+        "name": image.name,
+        "synthetic": asdict(image.synthetic) if image.synthetic is not None else None,
+    }
+    return _EXTENSION_PREFIX + json.dumps(fields).encode()
+
+
+def _stored_fields(header: Any) -> dict[str, Any]:
+    """What `write_nifti` kept in its header extension, or ``{}``."""
+    for extension in header.extensions:
+        content = extension.get_content()
+        if isinstance(content, bytes) and content.startswith(_EXTENSION_PREFIX):
+            try:
+                fields = json.loads(content[len(_EXTENSION_PREFIX) :].rstrip(b"\x00"))
+            except ValueError:
+                return {}
+            return fields if isinstance(fields, dict) else {}
+    return {}
+
+
+def _synthetic_from_header(header: Any, stored: dict[str, Any]) -> SyntheticProvenance | None:
+    descrip, intent = _text(header["descrip"]), _text(header["intent_name"])
+    if not (intent == SYNTHETIC_INTENT or descrip.startswith("SYNTHETIC") or stored.get("synthetic")):
+        return None
+    if isinstance(stored.get("synthetic"), dict):
+        try:
+            return SyntheticProvenance(**stored["synthetic"])
+        except TypeError:
+            pass
+    return provenance_from_summary(descrip)
+
+
+def _save_atomically(img: Any, path: Path) -> Path:
+    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{nifti_stem(path)}.", suffix=suffix)
+    os.close(fd)
+    try:
+        img.to_filename(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

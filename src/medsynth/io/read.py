@@ -1,0 +1,77 @@
+"""The one entry point for reading: a path in, `MedImage` objects out, whatever the format.
+
+- ``.nii`` / ``.nii.gz``: one image (`medsynth.io.nifti`).
+- a DICOM file (``.dcm``, ``.dicom``, ``.ima``, no suffix, or any name with the DICOM preamble): one
+  image, or one per stack (`medsynth.io.dicom`).
+- a folder: every DICOM series directly inside it, one image per series (`medsynth.io.dicom`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from medsynth.errors import InputError, UnreadableFileError
+from medsynth.io.image import MedImage
+
+DICOM_SUFFIXES = ("", ".dcm", ".dicom", ".ima")
+SUPPORTED = "NIfTI (.nii, .nii.gz), DICOM files (.dcm or DICOM files of any name) and folders of DICOM files"
+
+
+def read(path: str | os.PathLike[str], *, as_label: bool | None = None, keep_rgb: bool = False) -> list[MedImage]:
+    """Read every image at `path`.
+
+    Args:
+        path: a NIfTI file, a DICOM file, or a folder holding DICOM series (one level, not recursive).
+        as_label: NIfTI only: True reads label maps, False images, None decides by integer dtype and
+            a label-like file name (``*_seg*``, ``*label*``, ``*mask*``).
+        keep_rgb: keep colour DICOM as RGB (axes ending in ``c``) instead of converting to grayscale.
+
+    Returns:
+        One `MedImage` per image or series found, never empty.
+
+    Raises:
+        UnreadableFileError: missing or unreadable path, unknown format, corrupt file.
+        MissingDecoderError: compressed pixel data without an installed decoder.
+        InputError: data medsynth cannot use (5D, NaN/Inf, a folder without images, ...).
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UnreadableFileError(f"{path}: does not exist. Check the path (and that the drive is mounted).")
+    if not os.access(path, os.R_OK):
+        raise UnreadableFileError(f"{path}: cannot be read (permission denied). Fix its permissions or copy it.")
+    if path.is_dir():
+        from medsynth.io.dicom import read_dicom_folder
+
+        return read_dicom_folder(path, keep_rgb=keep_rgb)
+
+    from medsynth.io.nifti import is_nifti_path, read_nifti
+
+    if is_nifti_path(path):
+        return [read_nifti(path, as_label=as_label)]
+    from medsynth.io.dicom import has_dicom_preamble, read_dicom_file
+
+    if path.suffix.lower() in DICOM_SUFFIXES or has_dicom_preamble(path):
+        return read_dicom_file(path, keep_rgb=keep_rgb)
+    raise UnreadableFileError(
+        f"{path}: unknown file type {path.suffix!r}. medsynth reads {SUPPORTED}; convert the file to "
+        "NIfTI or DICOM first."
+    )
+
+
+def read_image(path: str | os.PathLike[str], **kwargs: object) -> MedImage:
+    """Read exactly one image from `path` (keyword arguments as for `read`).
+
+    Raises:
+        InputError: `path` holds several images; the message names each series so one can be chosen.
+    """
+    images = read(path, **kwargs)  # type: ignore[arg-type]
+    if len(images) == 1:
+        return images[0]
+    found = "; ".join(
+        f"{im.name!r} ({im.metadata.get('series_uid', '?')}, {'x'.join(map(str, im.array.shape))})" for im in images
+    )
+    raise InputError(
+        f"{path}: holds {len(images)} images: {found}. Use read() to get all of them, or point at a folder "
+        "or file holding only one series."
+    )

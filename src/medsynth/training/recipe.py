@@ -1,0 +1,166 @@
+"""Recipes: what a GAN is made of, and the registry that lists them.
+
+A recipe names its models, losses, optimizers, default settings and the shape of its data; the
+trainer (`medsynth.training.trainer`) supplies everything else (data, device, mixed precision,
+seeding, EMA timing, checkpoints, distribution). A recipe subclass declares:
+
+- ``name``, ``description`` (one line), ``data_kind`` (``"image2d"``, ``"sequence"`` or ``"patch"``)
+  and ``settings_cls``, a dataclass declared with `medsynth.settings.setting` that has at least
+  ``resolution`` (training side length) and ``batch_size``;
+- ``build(settings, device)``, which creates ``self.models``, ``self.optimizers`` and ``self.ema``;
+- ``train_step(batch, step)``, one generator update written out plainly per phase, returning every
+  loss term by name;
+- ``sample(n, generator)``, images from the EMA generator.
+
+Recipes register with `register_recipe`; the built-in modules listed in `RECIPE_MODULES` are imported
+on first use of the registry.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from medsynth.errors import SettingsError, TrainingError
+from medsynth.models.ema import EMA
+
+RECIPE_MODULES = ("medsynth.training.recipes.dcgan", "medsynth.training.recipes.wgan_gp")
+DATA_KINDS = ("image2d", "sequence", "patch")
+
+_REGISTRY: dict[str, type[Recipe]] = {}
+
+
+@dataclass(frozen=True)
+class RecipeInfo:
+    """A recipe as the CLI and the widget list it."""
+
+    name: str
+    description: str
+    data_kind: str
+    settings_cls: type
+
+
+class Recipe(ABC):
+    """Models, optimizers and one training step of a GAN; see the module docstring."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    data_kind: ClassVar[str] = "image2d"
+    settings_cls: ClassVar[type]
+
+    def __init__(self) -> None:
+        self.settings: Any = None
+        self.device = torch.device("cpu")
+        self.models: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.ema: EMA | None = None
+        self._training_views: dict[str, nn.Module] = {}
+
+    batches_per_step: int = 1
+    """Real batches one `train_step` consumes (e.g. WGAN-GP's critic steps); the trainer passes them stacked."""
+
+    @abstractmethod
+    def build(self, settings: Any, device: torch.device) -> None:
+        """Create models, optimizers and the generator EMA on `device` from validated `settings`."""
+
+    @abstractmethod
+    def train_step(self, batch: torch.Tensor, step: int) -> dict[str, float]:
+        """One generator update on ``(batches_per_step * batch_size, 1, H, W)`` real images in [-1, 1]."""
+
+    @abstractmethod
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``(n, 1, H, W)`` images in [-1, 1] from the EMA generator; latents drawn on CPU from `generator`."""
+
+    @property
+    def resolution(self) -> int:
+        return int(self.settings.resolution)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.settings.batch_size)
+
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Wrap every trained model (e.g. in DistributedDataParallel) for the steps that optimise it."""
+        self._training_views = {name: wrap(model) for name, model in self.models.items()}
+
+    def trainable(self, name: str) -> nn.Module:
+        """Model `name` as the step that optimises it must call it (wrapped when distributed).
+
+        Steps that only read a model (the generator in a discriminator step and vice versa) call
+        ``self.models[name]`` directly, so that gradient synchronisation runs once per optimised model.
+        """
+        return self._training_views.get(name, self.models[name])
+
+    def optimize(self, name: str, loss: torch.Tensor) -> None:
+        """Backpropagate `loss` and step optimizer `name`, refusing non-finite gradients.
+
+        The optimizer is assumed to own the parameters of the model of the same name.
+        """
+        optimizer = self.optimizers[name]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads)
+        if not torch.isfinite(norm):
+            raise TrainingError(
+                f"the gradients of {name!r} are not finite (norm {float(norm)}); training stopped before the "
+                "update so no broken model is saved: lower the learning rate or check the data"
+            )
+        optimizer.step()
+
+    def learning_rates(self) -> dict[str, float]:
+        return {f"lr_{name}": float(opt.param_groups[0]["lr"]) for name, opt in self.optimizers.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Models, optimizers and EMA as nested dicts of tensors and plain values."""
+        state: dict[str, Any] = {
+            "models": {name: model.state_dict() for name, model in self.models.items()},
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+        }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, model in self.models.items():
+            model.load_state_dict(state["models"][name])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+
+
+def register_recipe(cls: type[Recipe]) -> type[Recipe]:
+    """Class decorator adding a recipe to the registry under ``cls.name``."""
+    if cls.data_kind not in DATA_KINDS:
+        raise ValueError(f"recipe {cls.name!r}: data_kind {cls.data_kind!r} is not one of {DATA_KINDS}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_builtin() -> None:
+    for module in RECIPE_MODULES:
+        importlib.import_module(module)
+
+
+def list_recipes() -> list[RecipeInfo]:
+    """Every registered recipe, sorted by name."""
+    _load_builtin()
+    return [
+        RecipeInfo(cls.name, cls.description, cls.data_kind, cls.settings_cls)
+        for cls in sorted(_REGISTRY.values(), key=lambda c: c.name)
+    ]
+
+
+def get_recipe(name: str) -> type[Recipe]:
+    """The recipe class registered as `name`; SettingsError listing the known recipes otherwise."""
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise SettingsError(f"unknown recipe {name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
