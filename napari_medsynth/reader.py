@@ -9,6 +9,9 @@ from napari_medsynth.layers import LayerDataTuple, to_layer_data
 from napari_medsynth.notify import report_error
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# npe2's "read, but nothing to show" value: after our own notification napari must not report a
+# second, vaguer error ("returned no data") or try other readers on a file we recognised.
+NO_LAYERS = [(None,)]
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
 
@@ -30,7 +33,7 @@ def read_layers(path: str | list[str]) -> list[LayerDataTuple]:
             layers.extend(to_layer_data(image) for image in read(p))
         except MedsynthError as exc:
             report_error(exc)
-    return layers
+    return layers or NO_LAYERS
 
 
 def _is_ours(path: Path) -> bool:

@@ -58,19 +58,20 @@ def as_medimage(data: MedImage | Any, name: str = "array") -> MedImage:
     return MedImage(array=data, axes=axes, spacing=(1.0,) * len(axes.replace("t", "")), name=name)
 
 
-def fit_square(x: torch.Tensor, size: int, fill: float = -1.0) -> torch.Tensor:
-    """Pad ``(C, H, W)`` to a centred square with `fill`, then resize to ``(C, size, size)``.
+def fit_square(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Pad normalised ``(C, H, W)`` to a centred square with -1 (background), resize to ``(C, size, size)``.
 
-    Padding first keeps the aspect ratio; the antialiased bilinear filter has non-negative weights,
-    so values stay inside the input range.
+    Padding first keeps the aspect ratio. The antialiased bilinear filter has non-negative weights,
+    so values stay in [-1, 1] up to rounding, which the final clamp removes.
     """
     h, w = x.shape[-2:]
     side = max(h, w)
     top, left = (side - h) // 2, (side - w) // 2
-    x = F.pad(x, (left, side - w - left, top, side - h - top), value=fill)
+    x = F.pad(x, (left, side - w - left, top, side - h - top), value=-1.0)
     if side == size:
         return x
-    return F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+    x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+    return x.clamp_(-1.0, 1.0)
 
 
 def foreground_fraction(normalised: np.ndarray) -> float:

@@ -25,12 +25,14 @@ import tempfile
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
+from pydicom.tag import Tag
 from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
@@ -46,6 +48,7 @@ from pydicom.valuerep import format_number_as_ds
 import medsynth
 from medsynth.errors import InputError, UnreadableFileError
 from medsynth.io.image import MedImage, SyntheticProvenance
+from medsynth.io.orientation import medimage_affine_xyz_lps
 
 VOLUME_MODALITIES = ("CT", "MR")
 
@@ -123,23 +126,44 @@ def save_atomic(ds: Dataset, path: Path) -> None:
         raise
 
 
-def quantise(values: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """16-bit stored values with the rescale slope and intercept that give `values` back.
+class Rescale(NamedTuple):
+    """How values become 16-bit stored pixels: ``value = stored * slope + intercept``."""
 
-    Integer-valued data that fits 16 bits is kept exactly (slope 1, intercept 0, int16 or uint16);
-    anything else is mapped linearly onto uint16, so the error is at most half a step,
-    (max - min) / 130000. Slope and intercept are the values that DICOM's decimal strings hold.
+    slope: float
+    intercept: float
+    dtype: type
+    """``np.int16`` or ``np.uint16``; the same for every file of one write."""
+
+
+def rescale_for(values: np.ndarray, *, signed: bool) -> Rescale:
+    """The `Rescale` that lets 16-bit stored pixels hold `values` (any shape).
+
+    Integer-valued data spanning at most 65536 values is kept exactly (slope 1; int16 when `signed`
+    storage is allowed and the values fit it, else uint16 with the minimum as intercept); anything
+    else is mapped linearly onto uint16, an error of at most (max - min) / 130000. Slope and intercept
+    are what DICOM's decimal strings hold, so readers get back exactly what `to_stored` used.
     """
     lo, hi = float(values.min()), float(values.max())
-    if np.issubdtype(values.dtype, np.integer) or np.array_equal(values, np.rint(values)):
-        if lo >= -32768 and hi <= 32767:
-            return values.astype(np.int16), 1.0, 0.0
-        if lo >= 0 and hi <= 65535:
-            return values.astype(np.uint16), 1.0, 0.0
+    if hi - lo <= 65535 and _is_integer_valued(values):
+        if signed and -32768 <= lo and hi <= 32767:
+            return Rescale(1.0, 0.0, np.int16)
+        return Rescale(1.0, 0.0 if lo >= 0 and hi <= 65535 else lo, np.uint16)
     slope = float(format_number_as_ds((hi - lo) / _UINT16_STEPS)) if hi > lo else 1.0
-    intercept = float(format_number_as_ds(lo))
-    stored = np.rint((values.astype(np.float64) - intercept) / slope)
-    return np.clip(stored, 0, 65535).astype(np.uint16), slope, intercept
+    return Rescale(slope, float(format_number_as_ds(lo)), np.uint16)
+
+
+def to_stored(values: np.ndarray, rescale: Rescale) -> np.ndarray:
+    """Stored pixels (same shape as `values`) whose rescale gives back `values`."""
+    stored = np.rint((values.astype(np.float64) - rescale.intercept) / rescale.slope)
+    limits = np.iinfo(rescale.dtype)
+    return np.clip(stored, limits.min, limits.max).astype(rescale.dtype)
+
+
+def _is_integer_valued(values: np.ndarray) -> bool:
+    if np.issubdtype(values.dtype, np.integer):
+        return True
+    # Plane by plane, so a large volume is never copied whole.
+    return all(np.array_equal(plane, np.rint(plane)) for plane in values.reshape(-1, *values.shape[-2:]))
 
 
 def _check_image(image: MedImage, enhanced: bool) -> None:
@@ -157,6 +181,11 @@ def _check_image(image: MedImage, enhanced: bool) -> None:
         raise InputError(
             f"image {image.name!r} is a volume of modality {image.modality!r}; write_dicom writes volumes as "
             f"CT or MR image objects: set its modality to one of {VOLUME_MODALITIES} or write it with write_nifti"
+        )
+    if image.is_rgb and image.array.shape[-1] not in (3, 4):
+        raise InputError(
+            f"image {image.name!r} has {image.array.shape[-1]} colour channels; DICOM colour images are RGB: "
+            "give 3 (RGB) or 4 (RGBA, alpha is dropped) channels"
         )
     if enhanced and image.ndim_spatial != 3:
         raise InputError(
@@ -194,7 +223,7 @@ def _base_dataset(image: MedImage, provenance: SyntheticProvenance | None, ref: 
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
     _copy_identity(ds, ref, synthetic, now)
-    ds.Modality = image.modality if image.ndim_spatial == 3 else _sc_modality(image)
+    ds.Modality = image.modality or "OT"
     ds.SeriesDate = ds.ContentDate = ds.InstanceCreationDate = now.strftime("%Y%m%d")
     ds.SeriesTime = ds.ContentTime = ds.InstanceCreationTime = now.strftime("%H%M%S")
     ds.Manufacturer = "medsynth"
@@ -206,17 +235,24 @@ def _base_dataset(image: MedImage, provenance: SyntheticProvenance | None, ref: 
     if synthetic:
         ds.SyntheticData = "YES"
         ds.DerivationDescription = provenance.summary()[:1024]
-        ds.ContributingEquipmentSequence = [
-            hd.ContributingEquipment(
-                manufacturer="medsynth",
-                purpose_of_reference=codes.DCM.SynthesizingEquipment,
-                manufacturer_model_name=_lo(provenance.model),
-                software_versions=_lo(provenance.model_version),
-                contribution_datetime=now,
-                contribution_description=provenance.summary()[:1024],
-            )
-        ]
+        ds.ContributingEquipmentSequence = [synthesizing_equipment(provenance, now)]
     return ds
+
+
+def synthesizing_equipment(provenance: SyntheticProvenance, when: datetime) -> hd.ContributingEquipment:
+    """The Contributing Equipment item that names medsynth's model as the synthesizer of an instance.
+
+    Its purpose is (109100, DCM, "Synthesizing Equipment") from CID 7005 "Contributing Equipment
+    Purposes of Reference".
+    """
+    return hd.ContributingEquipment(
+        manufacturer="medsynth",
+        purpose_of_reference=codes.DCM.SynthesizingEquipment,
+        manufacturer_model_name=_lo(provenance.model),
+        software_versions=_lo(provenance.model_version),
+        contribution_datetime=when,
+        contribution_description=provenance.summary()[:1024],
+    )
 
 
 def _copy_identity(ds: Dataset, ref: Dataset | None, synthetic: bool, now: datetime) -> None:
@@ -239,26 +275,26 @@ def _copy_identity(ds: Dataset, ref: Dataset | None, synthetic: bool, now: datet
 
 def _volume_datasets(image: MedImage, base: Dataset, enhanced: bool) -> list[tuple[str, Dataset]]:
     """One CT/MR series per time point; `enhanced` turns each series into one multi-frame file."""
-    stored, slope, intercept = quantise(np.asarray(image.array))
-    volumes = stored if image.has_time else stored[np.newaxis]
+    values = np.asarray(image.array)
+    volumes = values if image.has_time else values[np.newaxis]
+    rescale = rescale_for(values, signed=image.modality == "CT")
     base = copy.deepcopy(base)
     base.FrameOfReferenceUID = generate_uid()
     base.PositionReferenceIndicator = ""
-    named: list[tuple[str, Dataset]] = []
-    values = np.asarray(image.array)
+    base.PatientPosition = ""
     lo, hi = float(values.min()), float(values.max())
     base.WindowCenter = _ds((lo + hi) / 2)
     base.WindowWidth = _ds(max(hi - lo, 1.0))
+    named: list[tuple[str, Dataset]] = []
     for t, volume in enumerate(volumes):
-        series = _series_attributes(image, base, t)
+        series = _series_attributes(image, base, t if image.has_time else None)
         series.AcquisitionNumber = t + 1
-        slices = [
-            _volume_slice(image, series, volume[z], z, slope, intercept) for z in range(volume.shape[0])
-        ]
         if image.has_time:
-            for ds in slices:
-                ds.TemporalPositionIdentifier = t + 1
-                ds.NumberOfTemporalPositions = volumes.shape[0]
+            series.TemporalPositionIdentifier = t + 1
+            series.NumberOfTemporalPositions = len(volumes)
+        slices = [
+            _volume_slice(image, series, to_stored(volume[z], rescale), z, rescale) for z in range(volume.shape[0])
+        ]
         prefix = f"_t{t:03d}" if image.has_time else ""
         if enhanced:
             named.append((prefix, _enhanced(image, slices)))
@@ -267,17 +303,18 @@ def _volume_datasets(image: MedImage, base: Dataset, enhanced: bool) -> list[tup
     return named
 
 
-def _series_attributes(image: MedImage, base: Dataset, t: int) -> Dataset:
+def _series_attributes(image: MedImage, base: Dataset, time_point: int | None = None) -> Dataset:
+    """A new series; `time_point` names the one time point it holds when a 4D image is split into series."""
     ds = copy.deepcopy(base)
     ds.SeriesInstanceUID = generate_uid()
-    ds.SeriesNumber = t + 1
-    description = _series_description(image, "SyntheticData" in base)
-    ds.SeriesDescription = _lo(f"{description} t={t}" if image.has_time else description)
+    ds.SeriesNumber = 1 if time_point is None else time_point + 1
+    description = f"SYNTHETIC {image.name}" if "SyntheticData" in base else image.name
+    ds.SeriesDescription = _lo(description if time_point is None else f"{description} t={time_point}")
     return ds
 
 
 def _volume_slice(
-    image: MedImage, series: Dataset, pixels: np.ndarray, z: int, slope: float, intercept: float
+    image: MedImage, series: Dataset, pixels: np.ndarray, z: int, rescale: Rescale
 ) -> Dataset:
     """One CT/MR Image Storage slice: `pixels` is ``(Y, X)`` stored values."""
     ds = copy.deepcopy(series)
@@ -285,15 +322,14 @@ def _volume_slice(
     ds.SOPInstanceUID = generate_uid()
     ds.InstanceNumber = z + 1
     ds.ImageType = [*series.ImageType, "AXIAL" if image.modality == "CT" else "OTHER"]
-    ds.PatientPosition = ""
-    position, row_dir, col_dir = slice_geometry(image, z)
+    position, along_row, along_column = slice_geometry(image, z)
     ds.ImagePositionPatient = [_ds(v) for v in position]
-    ds.ImageOrientationPatient = [_ds(v) for v in (*row_dir, *col_dir)]
+    ds.ImageOrientationPatient = [_ds(v) for v in (*along_row, *along_column)]
     ds.PixelSpacing = [_ds(image.spacing[1]), _ds(image.spacing[2])]
     ds.SliceThickness = _ds(image.spacing[0])
     ds.SpacingBetweenSlices = _ds(image.spacing[0])
-    ds.SliceLocation = _ds(float(np.dot(position, np.cross(row_dir, col_dir))))
-    _set_grayscale_pixels(ds, pixels, slope, intercept)
+    ds.SliceLocation = _ds(float(np.dot(position, np.cross(along_row, along_column))))
+    _set_grayscale_pixels(ds, pixels, rescale, "HU" if image.modality == "CT" else None)
     if image.modality == "CT":
         ds.KVP = ""
     else:
@@ -303,13 +339,14 @@ def _volume_slice(
 
 
 def slice_geometry(image: MedImage, z: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """DICOM (x, y, z) position of slice `z`'s first voxel and the row and column direction cosines.
+    """Image Position (Patient) of slice `z` of a 3D `image` and its row and column direction cosines.
 
-    MedImage keeps world vectors in array order (S, P, L); DICOM lists them as (L, P, S), hence the reversals.
+    All three are DICOM (x, y, z) = (L, P, S) vectors: the position of the slice's first voxel, the
+    direction of increasing column index (array ``x``) and of increasing row index (array ``y``).
     """
-    direction = np.asarray(image.direction)
-    position = np.asarray(image.origin) + direction[:, 0] * image.spacing[0] * z
-    return position[::-1], direction[::-1, 2], direction[::-1, 1]
+    affine = medimage_affine_xyz_lps(image.spacing, image.origin, image.direction)
+    position = affine[:3, 3] + affine[:3, 2] * z
+    return position, affine[:3, 0] / image.spacing[2], affine[:3, 1] / image.spacing[1]
 
 
 def _set_mr_acquisition(ds: Dataset) -> None:
@@ -323,18 +360,23 @@ def _set_mr_acquisition(ds: Dataset) -> None:
     ds.EchoTrainLength = ""
 
 
-def _set_grayscale_pixels(ds: Dataset, pixels: np.ndarray, slope: float, intercept: float) -> None:
-    """Image Pixel and rescale attributes for 16-bit stored values `pixels` (``(Y, X)`` or ``(T, Y, X)``)."""
+def _set_grayscale_pixels(ds: Dataset, pixels: np.ndarray, rescale: Rescale, rescale_type: str | None) -> None:
+    """Image Pixel and rescale attributes for 16-bit stored values `pixels` (``(Y, X)`` or ``(T, Y, X)``).
+
+    `rescale_type` is None for the legacy MR IOD, which has no Modality LUT module: there a rescale is
+    written only when the values need one (a widely read extension), and without Rescale Type.
+    """
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = pixels.shape[-2:]
     ds.BitsAllocated = ds.BitsStored = 16
     ds.HighBit = 15
-    ds.PixelRepresentation = 1 if pixels.dtype == np.int16 else 0
-    ds.RescaleIntercept = _ds(intercept)
-    ds.RescaleSlope = _ds(slope)
-    if ds.Modality != "MR":  # the legacy MR IOD has no Modality LUT module; keep its deviation to the minimum
-        ds.RescaleType = "HU" if ds.Modality == "CT" else "US"
+    ds.PixelRepresentation = 1 if rescale.dtype == np.int16 else 0
+    if rescale_type or (rescale.slope, rescale.intercept) != (1.0, 0.0):
+        ds.RescaleIntercept = _ds(rescale.intercept)
+        ds.RescaleSlope = _ds(rescale.slope)
+    if rescale_type:
+        ds.RescaleType = rescale_type
     ds.PixelData = np.ascontiguousarray(pixels).tobytes()
     # Pixel data is bytes already; the VR must say 16-bit words.
     ds["PixelData"].VR = "OW"
@@ -360,7 +402,7 @@ def _enhanced(image: MedImage, slices: list[Dataset]) -> Dataset:
 
 def _secondary_capture_datasets(image: MedImage, base: Dataset, synthetic: bool) -> list[tuple[str, Dataset]]:
     """One Secondary Capture file: single frame for ``yx``/``yxc``, multi-frame for ``tyx``/``tyxc``."""
-    ds = _series_attributes(image, base, 0)
+    ds = _series_attributes(image, base)
     ds.SOPInstanceUID = generate_uid()
     ds.InstanceNumber = 1
     ds.ConversionType = "SYN" if synthetic else "WSD"
@@ -370,15 +412,19 @@ def _secondary_capture_datasets(image: MedImage, base: Dataset, synthetic: bool)
     if image.is_rgb:
         _set_rgb_pixels(ds, array)
     else:
-        stored, slope, intercept = quantise(array)
-        _set_grayscale_pixels(ds, stored, slope, intercept)
+        rescale = rescale_for(array, signed=False)
+        _set_grayscale_pixels(ds, to_stored(array, rescale), rescale, "HU" if image.units == "HU" else "US")
     if image.has_time:
         ds.SOPClassUID = (
             MultiFrameTrueColorSecondaryCaptureImageStorage if image.is_rgb else MultiFrameGrayscaleWordSecondaryCaptureImageStorage
         )
         ds.NumberOfFrames = array.shape[0]
-        ds.FrameIncrementPointer = pydicom.tag.Tag("FrameTime")
-        ds.FrameTime = _ds(image.time_spacing or 1000.0)
+        if image.time_spacing:
+            ds.FrameTime = _ds(image.time_spacing)
+            ds.FrameIncrementPointer = Tag("FrameTime")
+        else:  # no frame rate is known, and none is made up: frames are only labelled in order
+            ds.FrameLabelVector = [f"t={t}" for t in range(array.shape[0])]
+            ds.FrameIncrementPointer = Tag("FrameLabelVector")
         if not image.is_rgb:
             ds.PresentationLUTShape = "IDENTITY"
     else:
@@ -404,16 +450,9 @@ def _set_rgb_pixels(ds: Dataset, array: np.ndarray) -> None:
     ds.PixelData = np.ascontiguousarray(np.rint(rgb).astype(np.uint8)).tobytes()
 
 
-def _sc_modality(image: MedImage) -> str:
-    return image.modality if image.modality and image.modality != "OT" else "OT"
-
-
-def _series_description(image: MedImage, synthetic: bool) -> str:
-    return f"SYNTHETIC {image.name}" if synthetic else image.name
-
-
 def _file_stem(image: MedImage, synthetic: bool) -> str:
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", _series_description(image, synthetic)).strip("._") or "image"
+    description = f"SYNTHETIC {image.name}" if synthetic else image.name
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", description).strip("._") or "image"
     return name[:64]
 
 

@@ -16,7 +16,7 @@ import fnmatch
 import json
 import os
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ _EXTENSION_CODE = "comment"
 _SLAB_BYTES = 64 * 2**20
 """Work on about this much data at a time, so checks and scaling never need a second full copy."""
 _SPACE_TO_MM = {"meter": 1000.0, "micron": 0.001}
+_IMPLAUSIBLE_SECONDS = 100.0
 _TIME_TO_MS = {"sec": 1000.0, "msec": 1.0, "usec": 0.001, "unknown": 1000.0}
 
 
@@ -178,7 +179,7 @@ def write_nifti(image: MedImage, path: str | os.PathLike[str]) -> Path:
     if image.is_label:
         header.set_intent("label")
     if image.synthetic is not None:
-        header["descrip"] = _ascii(image.synthetic.summary(), 80)
+        header["descrip"] = _synthetic_descrip(image.synthetic)
         header["intent_name"] = SYNTHETIC_INTENT.encode()
     else:
         header["descrip"] = _ascii(image.name, 80)
@@ -299,7 +300,24 @@ def _time_spacing_ms(zoom: float, unit: str) -> tuple[float | None, str]:
     if not np.isfinite(zoom) or zoom <= 0:
         return None, "the file gives no time spacing"
     note = "the file gives no time unit; seconds assumed" if unit == "unknown" else ""
+    if unit in ("sec", "unknown") and zoom >= _IMPLAUSIBLE_SECONDS:
+        # Kept as stored; many tools write milliseconds under a "sec" unit, so say so rather than guess.
+        note = f"time step {zoom:g} s is unusually long; if the file means ms, fix its xyzt_units"
     return zoom * _TIME_TO_MS[unit], note
+
+
+def _synthetic_descrip(provenance: SyntheticProvenance) -> bytes:
+    """`SyntheticProvenance.summary` in 80 bytes: free text, then the checkpoint give way to the seed."""
+    candidates = (
+        provenance,
+        replace(provenance, description=""),
+        replace(provenance, description="", checkpoint=""),
+    )
+    for candidate in candidates:
+        text = _ascii(candidate.summary(), 1000)
+        if len(text) <= 80:
+            return text
+    return text[:80]
 
 
 def _text(value: np.ndarray) -> str:

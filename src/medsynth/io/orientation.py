@@ -46,7 +46,8 @@ def dicom_affine(
     Missing orientation or position means an axial plane at the origin.
     """
     iop = np.array([1.0, 0, 0, 0, 1, 0]) if orientation is None else np.asarray(orientation, float)
-    along_row, along_column = iop[:3], iop[3:]
+    # Stored with few decimals, so the cosines are normalised to keep spacing exactly as given.
+    along_row, along_column = iop[:3] / np.linalg.norm(iop[:3]), iop[3:] / np.linalg.norm(iop[3:])
     affine = np.eye(4)
     affine[:3, 0] = along_row * pixel_spacing[1]
     affine[:3, 1] = along_column * pixel_spacing[0]

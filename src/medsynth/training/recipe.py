@@ -32,6 +32,8 @@ from medsynth.models.ema import EMA
 
 RECIPE_MODULES = ("medsynth.training.recipes.dcgan", "medsynth.training.recipes.wgan_gp")
 DATA_KINDS = ("image2d", "sequence", "patch")
+SAMPLE_CHUNK = 256
+"""Images generated per forward pass when sampling, to bound memory."""
 
 _REGISTRY: dict[str, type[Recipe]] = {}
 
@@ -53,6 +55,8 @@ class Recipe(ABC):
     description: ClassVar[str]
     data_kind: ClassVar[str] = "image2d"
     settings_cls: ClassVar[type]
+    batches_per_step: int = 1
+    """Real batches one `train_step` consumes (e.g. WGAN-GP's critic steps); the trainer passes them stacked."""
 
     def __init__(self) -> None:
         self.settings: Any = None
@@ -61,9 +65,6 @@ class Recipe(ABC):
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.ema: EMA | None = None
         self._training_views: dict[str, nn.Module] = {}
-
-    batches_per_step: int = 1
-    """Real batches one `train_step` consumes (e.g. WGAN-GP's critic steps); the trainer passes them stacked."""
 
     @abstractmethod
     def build(self, settings: Any, device: torch.device) -> None:
@@ -134,6 +135,17 @@ class Recipe(ABC):
             opt.load_state_dict(state["optimizers"][name])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
+
+
+class LatentGANRecipe(Recipe):
+    """A recipe whose EMA generator maps ``(N, settings.latent_dim)`` Gaussian latents to ``(N, 1, H, W)`` images."""
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        assert self.ema is not None, "build() must create the generator EMA"
+        latents = torch.randn(n, self.settings.latent_dim, generator=generator)
+        chunks = [self.ema.module(z.to(self.device)).float().cpu() for z in latents.split(SAMPLE_CHUNK)]
+        return torch.cat(chunks) if chunks else torch.empty(0, 1, self.resolution, self.resolution)
 
 
 def register_recipe(cls: type[Recipe]) -> type[Recipe]:

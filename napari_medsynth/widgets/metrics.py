@@ -1,0 +1,224 @@
+"""The Metrics dock widget: compare synthetic images with real ones (PSNR, SSIM, SWD, FID, ...).
+
+The widget only gathers inputs and shows results: `measure` (a plain generator over
+`medsynth.metrics.evaluate`) runs in a napari thread worker and yields progress; the results reach
+the table and the temporal plots in a GUI-thread slot. Items follow `medsynth evaluate`: time frames
+are items, a 2D image is one item, a 3D volume one item unless "3D volumes slice by slice" is on.
+Layers are read, never modified (the batches are float32 copies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from pathlib import Path
+
+import napari
+import numpy as np
+from napari.layers import Image, Labels, Layer
+from napari.qt.threading import GeneratorWorker, thread_worker
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from medsynth.cli.evaluate import _items, load_items
+from medsynth.errors import InputError
+from medsynth.metrics.evaluate import MetricResult, available_metrics, evaluate
+from napari_medsynth.layers import from_layer
+from napari_medsynth.notify import report_error
+from napari_medsynth.widgets.plot import LinePlot
+from napari_medsynth.widgets.results_table import ResultsPanel
+from napari_medsynth.widgets.source_picker import SourcePicker
+
+Progress = tuple[int, int, str]
+Source = np.ndarray | Path
+DEFAULT_METRICS = ("psnr", "ssim", "swd")
+# Per-frame-pair curves of the temporal metric, by unit (curve keys from TemporalReport.curves()).
+INTENSITY_CURVES = ("diff_real", "diff_fake", "warp_error_real", "warp_error_fake")
+FLOW_CURVES = ("flow_real", "flow_fake")
+
+
+def layer_items(layer: Layer, *, slices: bool) -> np.ndarray:
+    """A layer's data as a float32 batch ``(N, H, W)`` or ``(N, D, H, W)``, as `medsynth evaluate` makes it."""
+    image = from_layer(layer.data, {"metadata": layer.metadata, "name": layer.name, "rgb": getattr(layer, "rgb", False)})
+    return _items(image, slices)
+
+
+def is_sequence(layer: Layer) -> bool:
+    """True for a layer whose first axis is time (2D+t or 3D+t)."""
+    return "t" in layer.metadata.get("medsynth", {}).get("axes", "")
+
+
+def measure(
+    real: Source, fake: Source, *, metrics: Sequence[str], mask: np.ndarray | None = None,
+    data_range: float | None = None, slices: bool = False,
+) -> Generator[Progress, None, list[MetricResult]]:
+    """Evaluate `metrics` of `fake` against `real`, yielding ``(done, total, label)`` before each metric.
+
+    `real` and `fake` are batches (see `layer_items`) or paths read as `medsynth evaluate` reads them.
+    Returns the `MetricResult` list of `medsynth.metrics.evaluate.evaluate`.
+    """
+    names = list(dict.fromkeys(metrics))
+    if not names:
+        raise InputError("no metric is ticked; tick at least one metric to compute")
+    total = len(names) + 1
+    yield 0, total, "reading images"
+    real_items = load_items([str(real)], slices, "real") if isinstance(real, Path) else real
+    fake_items = load_items([str(fake)], slices, "fake") if isinstance(fake, Path) else fake
+    results: list[MetricResult] = []
+    for done, name in enumerate(names, start=1):
+        yield done, total, name
+        # "ssim" with a mask also reports ssim_inside and ssim_outside; never compute one twice.
+        if any(r.name == name for r in results):
+            continue
+        results.extend(
+            evaluate(real_items, fake_items, metrics=(name,), mask=mask, data_range=data_range)
+        )
+    yield total, total, "done"
+    return results
+
+
+class MetricsWidget(QWidget):
+    """Pick real and synthetic images (layers or files), an optional mask and metrics; run; see the table."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.worker: GeneratorWorker | None = None
+        self.real = SourcePicker(napari_viewer, (Image,))
+        self.fake = SourcePicker(napari_viewer, (Image,))
+        self.mask = SourcePicker(napari_viewer, (Labels, Image), allow_path=False, allow_none=True)
+        self.mask.select(None)
+        self.slices = QCheckBox("3D volumes slice by slice")
+        self.slices.setToolTip("Off: each 3D volume is one item (3D SSIM); on: each slice is an item")
+        self.data_range = QDoubleSpinBox()
+        self.data_range.setRange(0.0, 1e9)
+        self.data_range.setDecimals(3)
+        self.data_range.setSpecialValueText("real set's max - min")
+        self.data_range.setToolTip("Intensity span L for PSNR and SSIM, in the data's units (e.g. 4095 for CT in HU)")
+        self.metric_boxes = self._metric_boxes()
+        self.run_button = QPushButton("Compute")
+        self.run_button.clicked.connect(self.start)
+        self.progress = QProgressBar()
+        self.status = QLabel("")
+        self.results = ResultsPanel()
+        self.intensity_plot = LinePlot("Temporal: per frame pair", "frame pair", "data-range units")
+        self.flow_plot = LinePlot("Temporal: optical flow", "frame pair", "pixels per frame")
+        for plot in (self.intensity_plot, self.flow_plot):
+            plot.setMinimumHeight(180)
+            plot.hide()
+        self.real.changed.connect(self._suggest_temporal)
+        self._layout()
+        self._suggest_temporal()
+
+    def _metric_boxes(self) -> dict[str, QCheckBox]:
+        boxes = {}
+        for name, definition in available_metrics().items():
+            box = QCheckBox(name)
+            box.setToolTip(definition)
+            box.setChecked(name in DEFAULT_METRICS)
+            boxes[name] = box
+        return boxes
+
+    def _layout(self) -> None:
+        form = QFormLayout()
+        form.addRow("Real", self.real)
+        form.addRow("Synthetic", self.fake)
+        form.addRow("Mask", self.mask)
+        form.addRow("Data range", self.data_range)
+        form.addRow("", self.slices)
+        group = QGroupBox("Metrics")
+        grid = QGridLayout(group)
+        for k, box in enumerate(self.metric_boxes.values()):
+            grid.addWidget(box, k // 3, k % 3)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(group)
+        layout.addWidget(self.run_button)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(self.results)
+        layout.addWidget(self.intensity_plot)
+        layout.addWidget(self.flow_plot)
+        layout.addStretch()
+
+    def chosen_metrics(self) -> list[str]:
+        return [name for name, box in self.metric_boxes.items() if box.isChecked()]
+
+    def _suggest_temporal(self) -> None:
+        """Tick the temporal metric when the real images are a sequence (its items are frames)."""
+        real = self.real.selected()
+        if isinstance(real, Layer) and "temporal" in self.metric_boxes:
+            self.metric_boxes["temporal"].setChecked(is_sequence(real))
+
+    def _source(self, picker: SourcePicker, what: str) -> Source:
+        choice = picker.selected()
+        if choice is None:
+            raise InputError(f"no {what} images chosen; pick a layer or give a file or folder")
+        if isinstance(choice, Path):
+            return choice
+        return layer_items(choice, slices=self.slices.isChecked())
+
+    def arguments(self) -> dict:
+        """The worker's arguments, all gathered here in the GUI thread (the worker reads no widget)."""
+        mask_layer = self.mask.selected()
+        return {
+            "real": self._source(self.real, "real"),
+            "fake": self._source(self.fake, "synthetic"),
+            "metrics": self.chosen_metrics(),
+            "mask": None if mask_layer is None else np.asarray(mask_layer.data) != 0,
+            "data_range": self.data_range.value() or None,
+            "slices": self.slices.isChecked(),
+        }
+
+    def start(self) -> GeneratorWorker | None:
+        """Run the chosen metrics in a worker; errors in the inputs become notifications."""
+        if self.worker is not None:
+            return self.worker
+        try:
+            kwargs = self.arguments()
+        except InputError as exc:
+            report_error(exc)
+            return None
+        self.results.set_results([])
+        self.worker = thread_worker(measure, start_thread=False)(**kwargs)
+        self.worker.yielded.connect(self._on_progress)
+        self.worker.returned.connect(self.show_results)
+        self.worker.errored.connect(report_error)
+        self.worker.finished.connect(self._on_finished)
+        self.run_button.setEnabled(False)
+        self.worker.start()
+        return self.worker
+
+    def _on_progress(self, step: Progress) -> None:
+        done, total, label = step
+        self.progress.setRange(0, total)
+        self.progress.setValue(done)
+        self.status.setText(label)
+
+    def show_results(self, results: list[MetricResult]) -> None:
+        self.results.set_results(results)
+        curves = next((r.details["curves"] for r in results if "curves" in r.details), None)
+        for plot, names in ((self.intensity_plot, INTENSITY_CURVES), (self.flow_plot, FLOW_CURVES)):
+            plot.clear()
+            for name in names if curves else ():
+                plot.set_series(name, range(1, len(curves[name]) + 1), curves[name])
+            plot.redraw()
+            plot.setVisible(bool(curves))
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.run_button.setEnabled(True)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        if self.worker is not None:
+            self.worker.quit()
+        super().closeEvent(event)

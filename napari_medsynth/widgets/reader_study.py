@@ -1,0 +1,258 @@
+"""The Reader study dock widget: a blinded visual Turing test in the viewer.
+
+The session itself (items, order, the durable CSV, statistics) is `medsynth.metrics.reader_session`;
+this widget shows the current item as one neutral image layer and turns key presses (R = real,
+S = synthetic) and button clicks into answers. While a study runs, the other layers are hidden so
+that their names and pixels give nothing away; leaving the study (pause, end, or closing the
+widget) removes the study layer, shows them again and unbinds the keys. Source layers are never
+modified: items are read from them and shown as display copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import napari
+import numpy as np
+from napari.layers import Image, Layer
+from qtpy.QtCore import QEvent
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from medsynth.errors import InputError, MedsynthError
+from medsynth.metrics.reader_session import (
+    REAL,
+    SYNTHETIC,
+    ReaderSession,
+    answers_by_rater,
+    build_items,
+    display_image,
+    images_from_paths,
+    size_hint,
+    study_results,
+)
+from napari_medsynth.notify import report_error
+from napari_medsynth.widgets.results_table import ResultsPanel
+from napari_medsynth.widgets.source_picker import SourcePicker
+
+DISPLAY_LAYER = "Reader study"
+KEYS = {"R": REAL, "S": SYNTHETIC}
+
+
+def named_arrays(choice: Layer | Path | None, what: str) -> list[tuple[str, np.ndarray]]:
+    """The images of a layer or a path as (name, (H, W) or (N, H, W) array) pairs for `build_items`."""
+    if choice is None:
+        raise InputError(f"no {what} images chosen; pick a layer or give a file or folder")
+    if isinstance(choice, Path):
+        return images_from_paths([choice])
+    if getattr(choice, "rgb", False):
+        raise InputError(f"layer {choice.name!r} is a colour image; the reader study shows grayscale images")
+    return [(choice.name, np.asarray(choice.data))]
+
+
+class ReaderStudyWidget(QWidget):
+    """Choose real and synthetic sources, the rater and the answers CSV; answer item by item."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session: ReaderSession | None = None
+        self._display: Image | None = None
+        self._hidden: dict[Layer, bool] = {}
+        self._unbound: dict[str, Callable | None] = {}
+        self.real = SourcePicker(napari_viewer, (Image,))
+        self.fake = SourcePicker(napari_viewer, (Image,))
+        self.rater = QLineEdit()
+        self.rater.setPlaceholderText("your name or initials")
+        self.csv_path = QLineEdit()
+        self.csv_path.setPlaceholderText("answers CSV (one per rater)")
+        self.csv_browse = QPushButton("Browse...")
+        self.csv_browse.clicked.connect(self._browse_csv)
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        self.seed.setToolTip("Study seed: the same seed and rater give the same order, so a session can resume")
+        self.start_button = QPushButton("Start / resume")
+        self.start_button.clicked.connect(self.start)
+        self.real_button = QPushButton("Real (R)")
+        self.real_button.clicked.connect(lambda: self.answer(REAL))
+        self.synthetic_button = QPushButton("Synthetic (S)")
+        self.synthetic_button.clicked.connect(lambda: self.answer(SYNTHETIC))
+        self.pause_button = QPushButton("Pause")
+        self.pause_button.setToolTip("Leave the study; every answer is saved and Start / resume goes on from here")
+        self.pause_button.clicked.connect(self.stop)
+        self.compare_button = QPushButton("Compare raters...")
+        self.compare_button.setToolTip("Statistics of several raters' CSVs and the agreement between them")
+        self.compare_button.clicked.connect(self._ask_compare)
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.results = ResultsPanel()
+        self._layout()
+        self._set_running(False)
+
+    def _layout(self) -> None:
+        form = QFormLayout()
+        form.addRow("Real", self.real)
+        form.addRow("Synthetic", self.fake)
+        form.addRow("Rater", self.rater)
+        csv_row = QHBoxLayout()
+        csv_row.addWidget(self.csv_path)
+        csv_row.addWidget(self.csv_browse)
+        form.addRow("Answers CSV", csv_row)
+        form.addRow("Seed", self.seed)
+        answers = QHBoxLayout()
+        answers.addWidget(self.real_button)
+        answers.addWidget(self.synthetic_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.start_button)
+        layout.addWidget(self.progress)
+        layout.addLayout(answers)
+        layout.addWidget(self.pause_button)
+        layout.addWidget(self.status)
+        layout.addWidget(self.results)
+        layout.addWidget(self.compare_button)
+        layout.addStretch()
+
+    def start(self) -> ReaderSession | None:
+        """Open (or resume) the rater's session and show the first unanswered item."""
+        if self.session is not None:
+            return self.session
+        try:
+            items = build_items(
+                named_arrays(self.real.selected(), "real"), named_arrays(self.fake.selected(), "synthetic")
+            )
+            if not self.csv_path.text().strip():
+                raise InputError("no answers CSV given; enter a file name for this rater's answers")
+            session = ReaderSession(items, self.rater.text(), self.csv_path.text().strip(), seed=self.seed.value())
+        except (MedsynthError, OSError) as exc:
+            report_error(exc)
+            return None
+        hint = size_hint(items)
+        if hint:
+            report_error(InputError(hint))
+        self.session = session
+        if session.done:
+            self._finish()
+            return session
+        self._enter_study_mode()
+        self._show_current()
+        return session
+
+    def answer(self, answer: str) -> None:
+        """Record `answer` for the item on screen and show the next one (or the statistics)."""
+        if self.session is None or self.session.done:
+            return
+        try:
+            self.session.answer(answer)
+        except (MedsynthError, OSError) as exc:
+            report_error(exc)
+            return
+        if self.session.done:
+            self._finish()
+        else:
+            self._show_current()
+
+    def stop(self) -> None:
+        """Leave study mode; the answers stay in the CSV, so Start / resume goes on where this stopped."""
+        self._leave_study_mode()
+        self.session = None
+        self._set_running(False)
+
+    def compare_raters(self, paths: Sequence[str | Path]) -> None:
+        """Show the statistics of every rater in `paths` (their CSVs) and the agreement between them."""
+        try:
+            self.results.set_results(study_results(answers_by_rater(paths)))
+        except (MedsynthError, OSError) as exc:
+            report_error(exc)
+
+    def _finish(self) -> None:
+        session = self.session
+        self.stop()
+        self._update_progress(session)
+        self.status.setText(f"All {session.n_total} items answered by {session.rater}; answers in {session.log.path}")
+        self.results.set_results(study_results({session.rater: session.log.answers}))
+
+    def _show_current(self) -> None:
+        image = display_image(self.session.current.image())
+        if self._display is None or self._display not in self.viewer.layers:
+            self._display = self.viewer.add_image(image, name=DISPLAY_LAYER, colormap="gray", contrast_limits=(0, 1))
+        else:
+            self._display.data = image
+            self._display.contrast_limits = (0, 1)
+        self.viewer.reset_view()
+        self._update_progress(self.session)
+        self.status.setText("Is this image real or synthetic? Press R or S.")
+
+    def _update_progress(self, session: ReaderSession) -> None:
+        self.progress.setRange(0, session.n_total)
+        self.progress.setValue(session.n_answered)
+
+    def _enter_study_mode(self) -> None:
+        self._hidden = {layer: layer.visible for layer in self.viewer.layers}
+        for layer in self._hidden:
+            layer.visible = False
+        for key, answer in KEYS.items():
+            self._unbound[key] = self.viewer.bind_key(key, self._key_handler(answer), overwrite=True)
+        self._set_running(True)
+
+    def _key_handler(self, answer: str) -> Callable[[napari.viewer.Viewer], None]:
+        def handler(viewer: napari.viewer.Viewer) -> None:
+            self.answer(answer)
+
+        return handler
+
+    def _leave_study_mode(self) -> None:
+        for key, previous in self._unbound.items():
+            self.viewer.bind_key(key, None)
+            if previous is not None:
+                self.viewer.bind_key(key, previous)
+        self._unbound = {}
+        if self._display is not None and self._display in self.viewer.layers:
+            self.viewer.layers.remove(self._display)
+        self._display = None
+        for layer, visible in self._hidden.items():
+            if layer in self.viewer.layers:
+                layer.visible = visible
+        self._hidden = {}
+
+    def _set_running(self, running: bool) -> None:
+        for control in (self.real_button, self.synthetic_button, self.pause_button):
+            control.setEnabled(running)
+        for control in (self.start_button, self.real, self.fake, self.rater, self.csv_path, self.csv_browse, self.seed):
+            control.setEnabled(not running)
+
+    def _browse_csv(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Answers CSV", self.csv_path.text() or "answers.csv", "CSV (*.csv)",
+            options=QFileDialog.Option.DontConfirmOverwrite,
+        )
+        if path:
+            self.csv_path.setText(path)
+
+    def _ask_compare(self) -> None:
+        paths, _ = QFileDialog.getOpenFileNames(self, "Raters' answer CSVs", "", "CSV (*.csv)")
+        if paths:
+            self.compare_raters(paths)
+
+    def event(self, event: QEvent) -> bool:
+        # napari's close button takes the widget out of its dock (no close event): leave the study then.
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None:
+            self.stop()
+        return super().event(event)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        self.stop()
+        super().closeEvent(event)

@@ -1,0 +1,230 @@
+"""`medsynth train`, `medsynth generate` and `medsynth recipes`.
+
+Training prints a progress bar when stderr is a terminal and plain log lines otherwise (files,
+Slurm). SIGINT and SIGTERM stop training after the current step and write a checkpoint; a second
+SIGINT aborts. Under torchrun every rank runs this command and only rank 0 prints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from medsynth.errors import InputError, SettingsError
+
+log = logging.getLogger("medsynth")
+
+CONFIG_KEYS_FROM_ARGS = {
+    "recipe": "recipe",
+    "out": "out_dir",
+    "steps": "steps",
+    "device": "device",
+    "seed": "seed",
+    "resume": "resume",
+    "slice_axis": "slice_axis",
+    "checkpoint_every": "checkpoint_every",
+    "sample_every": "sample_every",
+    "log_every": "log_every",
+}
+
+
+def register(subparsers) -> None:
+    train = subparsers.add_parser(
+        "train",
+        help="train a recipe on images",
+        description="Train a GAN recipe on NIfTI/DICOM images. Settings: `medsynth recipes`.",
+    )
+    train.add_argument("--recipe", help="recipe name (see `medsynth recipes`)")
+    train.add_argument("--data", nargs="+", type=Path, metavar="PATH", help="NIfTI files or DICOM files/folders")
+    train.add_argument("--out", type=Path, metavar="DIR", help="folder for checkpoints")
+    train.add_argument("--steps", type=int, help="total generator steps (default 2000)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe setting (repeatable)")
+    train.add_argument(
+        "--config", type=Path, metavar="FILE", help="JSON or TOML file of training options and a [settings] table"
+    )
+    train.add_argument("--resume", type=Path, metavar="CKPT", help="continue from this checkpoint")
+    train.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
+    train.add_argument("--seed", type=int, help="random seed (default 0)")
+    train.add_argument("--slice-axis", type=int, choices=(0, 1, 2), help="axis of 3D volumes to slice (0 = axial)")
+    train.add_argument("--checkpoint-every", type=int, metavar="N", help="steps between checkpoints (default 500)")
+    train.add_argument("--sample-every", type=int, metavar="N", help="steps between preview samples (default 100)")
+    train.add_argument("--log-every", type=int, metavar="N", help="steps between progress reports (default 10)")
+    train.set_defaults(func=run_train)
+
+    generate = subparsers.add_parser(
+        "generate", help="generate synthetic images from a checkpoint", description="Generate synthetic images."
+    )
+    generate.add_argument("checkpoint", type=Path, metavar="CKPT")
+    generate.add_argument("--num", "-n", type=int, required=True, help="number of images")
+    generate.add_argument(
+        "--out", type=Path, required=True, metavar="FILE", help="a .nii/.nii.gz file, or a folder for DICOM"
+    )
+    generate.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    generate.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    generate.set_defaults(func=run_generate)
+
+    recipes = subparsers.add_parser("recipes", help="list recipes and their settings")
+    recipes.set_defaults(func=run_recipes)
+
+
+def run_train(args) -> int:
+    from medsynth.io import read_image
+    from medsynth.training.config import TrainConfig
+    from medsynth.training.control import TrainControl
+    from medsynth.training.distributed import context_from_env
+    from medsynth.training.trainer import train
+
+    values = read_config(args.config) if args.config else {}
+    config_data = values.pop("data", None)
+    data_paths = args.data or config_data
+    for arg, key in CONFIG_KEYS_FROM_ARGS.items():
+        if getattr(args, arg) is not None:
+            values[key] = getattr(args, arg)
+    values["settings"] = {**values.get("settings", {}), **parse_assignments(args.set)}
+    config = TrainConfig.from_mapping(values)
+    if not data_paths:
+        raise InputError("no training data: give --data PATH [PATH ...] (or `data` in the config file)")
+    images = [read_image(Path(p)) for p in data_paths]
+    control = TrainControl()
+    report = Reporter(enabled=context_from_env().is_main)
+    with stop_on_signals(control):
+        for event in train(config, images, control):
+            report(event)
+    return 0
+
+
+def run_generate(args) -> int:
+    from medsynth.io import write_dicom, write_nifti
+    from medsynth.training.generate import generate
+
+    out: Path = args.out
+    is_nifti = out.name.endswith((".nii", ".nii.gz"))
+    if is_nifti and out.exists():
+        raise InputError(f"{out} exists; choose a new file name (files are never overwritten)")
+    image = generate(args.checkpoint, args.num, seed=args.seed, device=args.device)
+    written = [write_nifti(image, out)] if is_nifti else write_dicom(image, out)
+    log.info("wrote %d synthetic image(s) to %s", args.num, out if not is_nifti else written[0])
+    return 0
+
+
+def run_recipes(args) -> int:
+    from medsynth.settings import describe
+    from medsynth.training.recipe import list_recipes
+
+    for info in list_recipes():
+        print(f"{info.name}  [{info.data_kind}]  {info.description}")
+        for s in describe(info.settings_cls):
+            if s.choices is not None:
+                valid = "one of " + ", ".join(map(str, s.choices))
+            elif s.min is not None or s.max is not None:
+                valid = f"{'' if s.min is None else s.min:g}..{'' if s.max is None else s.max:g}"
+            else:
+                valid = ""
+            print(f"    {s.name:<15} {s.type.__name__:<6} default {s.default!s:<8} {valid:<22} {s.help}")
+        print()
+    return 0
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A training config file: JSON (``.json``) or TOML (anything else), as a mapping."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        if path.suffix.lower() == ".json":
+            values = json.loads(text)
+        else:
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            values = tomllib.loads(text)
+    except ValueError as exc:
+        raise InputError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {exc}") from None
+    if not isinstance(values, dict):
+        raise InputError(f"config file {path} must hold a table of options, not {type(values).__name__}")
+    return values
+
+
+def parse_assignments(items: list[str]) -> dict[str, str]:
+    """``["lr_g=1e-4", ...]`` -> ``{"lr_g": "1e-4"}``; values are converted by the settings parser."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SettingsError(f"--set {item!r} must look like KEY=VALUE, e.g. --set batch_size=16")
+        out[key.strip()] = value.strip()
+    return out
+
+
+class stop_on_signals:
+    """Context manager: SIGINT/SIGTERM request a clean stop; a second SIGINT aborts (KeyboardInterrupt)."""
+
+    def __init__(self, control) -> None:
+        self.control = control
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> stop_on_signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        log.info("\nstopping after this step and writing a checkpoint (press Ctrl-C again to abort)")
+        self.control.request_stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+class Reporter:
+    """Prints training events: a one-line progress bar on a terminal, log lines elsewhere."""
+
+    def __init__(self, enabled: bool = True, stream=None) -> None:
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.started = time.perf_counter()
+
+    def __call__(self, event) -> None:
+        from medsynth.training import events
+
+        if not self.enabled:
+            return
+        if isinstance(event, events.Started):
+            log.info(
+                "training %s on %s (%d process%s), steps %d..%d",
+                event.recipe, event.device, event.world_size, "" if event.world_size == 1 else "es",
+                event.start_step, event.total_steps,
+            )
+        elif isinstance(event, events.Progress):
+            self._progress(event)
+        elif isinstance(event, events.CheckpointSaved):
+            self._line(f"checkpoint {event.path}")
+        elif isinstance(event, events.Finished):
+            self._line(f"{event.reason} at step {event.step}; checkpoint {event.checkpoint}")
+
+    def _progress(self, event) -> None:
+        losses = " ".join(f"{name}={value:.4g}" for name, value in event.losses.items())
+        eta = time.strftime("%H:%M:%S", time.gmtime(event.eta_s))
+        text = f"step {event.step}/{event.total_steps} {losses} {event.images_per_s:.1f} img/s ETA {eta}"
+        if self.tty:
+            width = 24
+            done = int(width * event.step / max(1, event.total_steps))
+            self.stream.write(f"\r[{'#' * done}{'.' * (width - done)}] {text}\x1b[K")
+            self.stream.flush()
+        else:
+            log.info(text)
+
+    def _line(self, text: str) -> None:
+        if self.tty:
+            self.stream.write("\n")
+        log.info(text)

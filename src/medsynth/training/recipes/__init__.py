@@ -1,0 +1,1 @@
+"""Built-in recipes, one module each; `medsynth.training.recipe.RECIPE_MODULES` lists them."""

@@ -1,0 +1,76 @@
+"""`dcgan`: the DCGAN baseline (Radford et al., 2016) with the non-saturating BCE loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from medsynth.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from medsynth.models.ema import EMA
+from medsynth.settings import setting
+from medsynth.training.recipe import LatentGANRecipe, register_recipe
+
+
+@dataclass
+class DCGANSettings:
+    resolution: int = setting(64, "Training image side length in pixels", choices=(64, 128))
+    batch_size: int = setting(32, "Real images per batch and process", min=1, max=1024)
+    latent_dim: int = setting(100, "Length of the generator's latent vector", min=8, max=1024)
+    g_channels: int = setting(32, "Generator width at full resolution (doubles at each halving)", min=4, max=256)
+    d_channels: int = setting(32, "Discriminator width at full resolution (doubles at each halving)", min=4, max=256)
+    lr_g: float = setting(2e-4, "Generator Adam learning rate", min=1e-6, max=1e-1)
+    lr_d: float = setting(2e-4, "Discriminator Adam learning rate", min=1e-6, max=1e-1)
+    beta1: float = setting(0.5, "Adam beta1 (DCGAN paper: 0.5)", min=0.0, max=0.999)
+    beta2: float = setting(0.999, "Adam beta2", min=0.0, max=0.9999)
+    ema_decay: float = setting(0.999, "Decay per step of the generator EMA used for samples", min=0.0, max=0.99999)
+
+
+@register_recipe
+class DCGANRecipe(LatentGANRecipe):
+    name = "dcgan"
+    description = "DCGAN baseline (Radford et al. 2016): transposed-conv generator, BCE loss"
+    data_kind = "image2d"
+    settings_cls = DCGANSettings
+
+    def build(self, settings: DCGANSettings, device: torch.device) -> None:
+        self.settings, self.device = settings, device
+        generator = DCGANGenerator(settings.resolution, settings.latent_dim, settings.g_channels).to(device)
+        discriminator = DCGANDiscriminator(settings.resolution, settings.d_channels, norm="batch").to(device)
+        betas = (settings.beta1, settings.beta2)
+        self.models = {"generator": generator, "discriminator": discriminator}
+        self.optimizers = {
+            "generator": torch.optim.Adam(generator.parameters(), lr=settings.lr_g, betas=betas),
+            "discriminator": torch.optim.Adam(discriminator.parameters(), lr=settings.lr_d, betas=betas),
+        }
+        self.ema = EMA(generator, settings.ema_decay)
+
+    def train_step(self, batch: torch.Tensor, step: int) -> dict[str, float]:
+        generator, discriminator = self.models["generator"], self.models["discriminator"]
+        n = batch.shape[0]
+
+        # Discriminator: real images -> 1, generated images -> 0, on separate batches as in the paper.
+        with torch.no_grad():
+            fake = generator(torch.randn(n, self.settings.latent_dim, device=self.device))
+        d_train = self.trainable("discriminator")
+        real_logits, fake_logits = d_train(batch), d_train(fake)
+        d_loss_real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+        d_loss_fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+        self.optimize("discriminator", d_loss_real + d_loss_fake)
+
+        # Generator: non-saturating loss, -log D(G(z)); the discriminator's weights are frozen meanwhile.
+        discriminator.requires_grad_(False)
+        fake = self.trainable("generator")(torch.randn(n, self.settings.latent_dim, device=self.device))
+        logits = discriminator(fake)
+        g_loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+        self.optimize("generator", g_loss)
+        discriminator.requires_grad_(True)
+        self.ema.update()
+
+        return {
+            "d_loss": (d_loss_real + d_loss_fake).item(),
+            "d_loss_real": d_loss_real.item(),
+            "d_loss_fake": d_loss_fake.item(),
+            "g_loss": g_loss.item(),
+        }

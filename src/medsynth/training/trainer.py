@@ -1,0 +1,239 @@
+"""The training loop: a generator of events, shared by the CLI, the napari widget and cluster jobs.
+
+``for event in train(config, data, control): ...`` runs a recipe step by step and yields the events
+of `medsynth.training.events`; the loop knows nothing about who watches it. Each step is seeded from
+(seed, rank, step), and the batch of a step depends only on the step number, so a run on CPU is
+reproducible and a resumed run continues exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medsynth.data.augment import augment_batch
+from medsynth.data.datasets import ClipDataset, PatchDataset, SliceDataset, StepSampler, as_medimage
+from medsynth.data.normalization import Normalization, percentile_normalization, window_normalization
+from medsynth.errors import CheckpointError, SettingsError, TrainingError
+from medsynth.io.image import MedImage
+from medsynth.settings import parse, to_dict
+from medsynth.training import distributed
+from medsynth.training.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
+from medsynth.training.config import TrainConfig
+from medsynth.training.control import TrainControl
+from medsynth.training.device import autocast, select_device
+from medsynth.training.events import CheckpointSaved, Event, Finished, Paused, Progress, Resumed, Samples, Started
+from medsynth.training.recipe import Recipe, get_recipe
+
+SMALL_DATA = 5000
+"""Datasets with fewer items than this are augmented unless the config says otherwise."""
+
+
+def check_config(config: TrainConfig) -> tuple[type[Recipe], Any, Checkpoint | None]:
+    """Validate `config` before any training: the recipe class, its parsed settings and the resume checkpoint.
+
+    Raises SettingsError naming every bad key, or CheckpointError for an unusable resume file. On
+    resume, the checkpoint's settings are the defaults that `config.settings` overrides.
+    """
+    config.validate()
+    recipe_cls = get_recipe(config.recipe)
+    resume = load_checkpoint(config.resume) if config.resume is not None else None
+    if resume is not None and resume.recipe != config.recipe:
+        raise CheckpointError(
+            f"checkpoint {config.resume} was trained with recipe {resume.recipe!r}, not {config.recipe!r}; "
+            f"resume it with --recipe {resume.recipe}"
+        )
+    if resume is not None and resume.step >= config.steps:
+        raise SettingsError(
+            f"checkpoint {config.resume} is already at step {resume.step}; ask for more steps than that to resume"
+        )
+    values = {**resume.settings, **config.settings} if resume is not None else config.settings
+    return recipe_cls, parse(recipe_cls.settings_cls, values), resume
+
+
+def train(config: TrainConfig, data: Sequence[MedImage | Any], control: TrainControl | None = None) -> Iterator[Event]:
+    """Train `config.recipe` on `data` (MedImages or arrays), yielding events; see the module docstring.
+
+    Stop and pause requests of `control` are honoured before the next step; stopping writes a
+    checkpoint. `Finished` is always the last event of a run that did not raise.
+    """
+    control = control or TrainControl()
+    recipe_cls, settings, resume = check_config(config)
+    context = distributed.context_from_env()
+    device = select_device(config.device, context.local_rank)
+    created = distributed.init(context, device)
+    try:
+        yield from _run(config, data, control, recipe_cls, settings, resume, context, device)
+    finally:
+        if created:
+            distributed.shutdown()
+
+
+def _run(
+    config: TrainConfig,
+    data: Sequence[MedImage | Any],
+    control: TrainControl,
+    recipe_cls: type[Recipe],
+    settings: Any,
+    resume: Checkpoint | None,
+    context: distributed.DistributedContext,
+    device: torch.device,
+) -> Iterator[Event]:
+    images = [as_medimage(item, name=f"image {k}") for k, item in enumerate(data)]
+    normalization = resume.normalization if resume is not None else _fit_normalization(config, images)
+    dataset = _make_dataset(recipe_cls, settings, images, normalization, config)
+    augment = config.augment if config.augment is not None else len(dataset) < SMALL_DATA
+    data_description = dataset.describe()
+
+    torch.manual_seed(config.seed)  # identical initial weights on every rank
+    recipe = recipe_cls()
+    recipe.build(settings, device)
+    start = 0
+    if resume is not None:
+        try:
+            recipe.load_state_dict(resume.state)
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(
+                f"checkpoint {config.resume} does not fit the recipe with these settings "
+                f"(were model sizes changed with --set?): {exc}"
+            ) from None
+        start = resume.step
+    if context.is_distributed:
+        recipe.distribute(lambda model: distributed.wrap(model, device))
+    sampler = StepSampler(len(dataset), recipe.batch_size * recipe.batches_per_step, config.seed, context.rank, context.world_size)
+
+    def save(step: int) -> Path | None:
+        return _save(recipe, config, settings, normalization, data_description, step, context)
+
+    yield Started(recipe.name, config.steps, start, str(device), context.world_size)
+    step, reason, losses = start, "completed", {}
+    window: dict[str, list[float]] = {}
+    window_start, window_steps = time.perf_counter(), 0
+    while step < config.steps:
+        if distributed.any_rank(control.stop_requested, context, device):
+            reason = "stopped"
+            break
+        if control.paused:
+            yield Paused(step)
+            control.wait_while_paused()
+            yield Resumed(step)
+            window_start, window_steps = time.perf_counter(), 0
+            continue
+        losses = _step(recipe, dataset, sampler, step, augment, config, context, device)
+        step += 1
+        window_steps += 1
+        for name, value in losses.items():
+            window.setdefault(name, []).append(value)
+        if context.is_main and (step % config.log_every == 0 or step == config.steps):
+            elapsed = time.perf_counter() - window_start
+            images = window_steps * recipe.batch_size * recipe.batches_per_step * context.world_size
+            yield Progress(
+                step=step,
+                total_steps=config.steps,
+                losses={name: float(np.mean(values)) for name, values in window.items()},
+                learning_rates=recipe.learning_rates(),
+                images_per_s=images / elapsed if elapsed > 0 else 0.0,
+                eta_s=(config.steps - step) * elapsed / window_steps,
+            )
+            window, window_start, window_steps = {}, time.perf_counter(), 0
+        if context.is_main and config.sample_every and step % config.sample_every == 0:
+            yield _samples(recipe, normalization, dataset.pixel_spacing, config, step)
+        if step % config.checkpoint_every == 0 and step < config.steps:
+            path = save(step)
+            if path is not None:
+                yield CheckpointSaved(step, path)
+    path = save(step)
+    if path is not None:
+        yield CheckpointSaved(step, path)
+    yield Finished(step=step, checkpoint=path, reason=reason, losses=losses)
+
+
+def _step(
+    recipe: Recipe,
+    dataset: SliceDataset,
+    sampler: StepSampler,
+    step: int,
+    augment: bool,
+    config: TrainConfig,
+    context: distributed.DistributedContext,
+    device: torch.device,
+) -> dict[str, float]:
+    """One recipe step on the batch of `step`; TrainingError when a loss is not finite."""
+    torch.manual_seed(_step_seed(config.seed, context.rank, step))
+    batch = torch.stack([dataset[i] for i in sampler.indices(step)]).to(device, non_blocking=True)
+    if augment:
+        batch = augment_batch(batch)
+    with autocast(device, config.mixed_precision):
+        losses = recipe.train_step(batch, step)
+    bad = {name: value for name, value in losses.items() if not math.isfinite(value)}
+    if bad:
+        raise TrainingError(
+            f"step {step + 1}: loss {', '.join(f'{k}={v}' for k, v in bad.items())} is not finite; training "
+            f"stopped without saving this state (earlier checkpoints in {config.out_dir} are intact): lower the "
+            "learning rates, or check the data for extreme values"
+        )
+    return losses
+
+
+def _step_seed(seed: int, rank: int, step: int) -> int:
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
+
+
+def _samples(recipe: Recipe, normalization: Normalization, spacing: tuple[float, float], config: TrainConfig, step: int) -> Samples:
+    """Preview images from the EMA generator with the same latents every time, in data units."""
+    images = recipe.sample(config.preview_samples, torch.Generator().manual_seed(config.seed))
+    return Samples(step=step, images=normalization.invert(images[:, 0].numpy()), spacing=spacing)
+
+
+def _save(
+    recipe: Recipe,
+    config: TrainConfig,
+    settings: Any,
+    normalization: Normalization,
+    data_description: dict[str, Any],
+    step: int,
+    context: distributed.DistributedContext,
+) -> Path | None:
+    """Write the checkpoint of `step` on rank 0 (a collective: every rank calls it); its path on rank 0."""
+    for name, model in recipe.models.items():
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise TrainingError(f"the weights of {name!r} are not finite at step {step}; no checkpoint was written")
+    digests = distributed.gather_strings(distributed.parameter_digest(recipe.models), context)
+    if not context.is_main:
+        return None
+    if len(set(digests)) > 1:
+        raise TrainingError(f"the ranks' weights diverged at step {step} (digests {digests}); no checkpoint was written")
+    checkpoint = Checkpoint(
+        recipe=recipe.name,
+        settings=to_dict(settings),
+        step=step,
+        normalization=normalization,
+        data=data_description,
+        state=recipe.state_dict(),
+        seed=config.seed,
+        extra={"rank_parameter_sha256": digests} if context.is_distributed else {},
+    )
+    return save_checkpoint(checkpoint, checkpoint_path(config.out_dir, step))
+
+
+def _fit_normalization(config: TrainConfig, images: list[MedImage]) -> Normalization:
+    if config.normalization == "window":
+        return window_normalization(*config.window)
+    return percentile_normalization([image.array for image in images], *config.percentiles)
+
+
+def _make_dataset(
+    recipe_cls: type[Recipe], settings: Any, images: list[MedImage], normalization: Normalization, config: TrainConfig
+) -> SliceDataset | ClipDataset:
+    options = {"slice_axis": config.slice_axis, "min_foreground": config.min_foreground}
+    if recipe_cls.data_kind == "sequence":
+        return ClipDataset(images, normalization, settings.resolution, settings.frames, **options)
+    if recipe_cls.data_kind == "patch":
+        return PatchDataset(images, normalization, settings.resolution, **options)
+    return SliceDataset(images, normalization, settings.resolution, **options)

@@ -1,0 +1,164 @@
+"""The Metrics dock widget in a real viewer, opened through the manifest, on the CT slice pydicom ships."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from qtpy.QtWidgets import QApplication
+from scipy import ndimage
+
+from medsynth.metrics.evaluate import evaluate
+from medsynth.metrics.temporal import temporal_consistency
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture(scope="module")
+def ct_sequence() -> tuple[np.ndarray, np.ndarray]:
+    """A 'real' 2D+t sequence (the CT slice drifting sideways, in HU) and a blurred, noisy 'synthetic' copy."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    hu = (ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)).astype(np.int16)
+    real = np.stack([np.roll(hu, 2 * t, axis=1) for t in range(5)])
+    rng = np.random.default_rng(1)
+    fake = np.stack([ndimage.gaussian_filter(f.astype(np.float32), 1.2) + rng.normal(0, 15, f.shape) for f in real])
+    return real, fake.astype(np.float32)
+
+
+def _open(viewer):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medsynth", "Metrics")
+    return widget
+
+
+def _compute(widget, qtbot) -> list:
+    widget.run_button.click()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    return widget.results.table.results
+
+
+def _table(widget) -> dict[str, list[str]]:
+    table = widget.results.table
+    return {
+        table.item(row, 0).text(): [table.item(row, col).text() for col in range(1, table.columnCount())]
+        for row in range(table.rowCount())
+    }
+
+
+def _choose(widget, metrics) -> None:
+    for name, box in widget.metric_boxes.items():
+        box.setChecked(name in metrics)
+
+
+def test_psnr_ssim_and_temporal_match_the_core(make_napari_viewer, qtbot, ct_sequence, tmp_path):
+    real, fake = ct_sequence
+    viewer = make_napari_viewer()
+    real_layer = viewer.add_image(real, name="cine", metadata={"medsynth": {"axes": "tyx"}})
+    fake_layer = viewer.add_image(fake, name="cine [SYNTHETIC]", metadata={"medsynth": {"axes": "tyx"}})
+    real_before, fake_before = real_layer.data.copy(), fake_layer.data.copy()
+    widget = _open(viewer)
+    assert set(widget.metric_boxes) >= {"psnr", "ssim", "swd", "temporal"}
+    widget.real.select(real_layer)
+    widget.fake.select(fake_layer)
+    assert widget.metric_boxes["temporal"].isChecked(), "a time series should suggest the temporal metric"
+    _choose(widget, ("psnr", "ssim", "temporal"))
+
+    results = _compute(widget, qtbot)
+
+    expected = evaluate(real.astype(np.float32), fake, metrics=("psnr", "ssim", "temporal"))
+    assert [r.name for r in results] == [r.name for r in expected]
+    for got, want in zip(results, expected):
+        np.testing.assert_allclose(got.values, want.values, rtol=1e-6)
+        assert got.n == want.n
+    shown = _table(widget)
+    psnr = expected[0]
+    assert psnr.n == 5 and 20 < psnr.mean < 45
+    assert shown["psnr"] == [f"{psnr.mean:.4g}", f"{psnr.sd:.4g}", "5", psnr.note]
+    assert float(shown["ssim"][0]) == pytest.approx(expected[1].mean, rel=1e-3)
+    assert widget.progress.value() == widget.progress.maximum()
+
+    report = temporal_consistency(real, fake)
+    assert widget.intensity_plot.isVisibleTo(widget)
+    x, y = widget.intensity_plot.series["diff_real"]
+    assert x == [1, 2, 3, 4]
+    np.testing.assert_allclose(y, report.real.diff_curve, rtol=1e-5)
+    np.testing.assert_allclose(widget.flow_plot.series["flow_fake"][1], report.fake.flow_curve, rtol=1e-5)
+
+    widget.results.table.copy_to_clipboard()
+    lines = QApplication.clipboard().text().splitlines()
+    assert lines[0].split("\t") == ["metric", "mean", "SD", "n", "notes"]
+    cells = lines[1].split("\t")
+    assert cells[0] == "psnr" and float(cells[1]) == psnr.mean and float(cells[2]) == psnr.sd
+
+    out = widget.results.table.export_csv(tmp_path / "metrics.csv")
+    with out.open(newline="") as f:
+        rows = {row["metric"]: row for row in csv.DictReader(f)}
+    assert float(rows["ssim"]["mean"]) == expected[1].mean
+    assert [float(v) for v in rows["psnr"]["values"].split(";")] == pytest.approx(psnr.values)
+
+    np.testing.assert_array_equal(real_layer.data, real_before)
+    np.testing.assert_array_equal(fake_layer.data, fake_before)
+
+
+def test_mask_layer_adds_ssim_inside_and_outside(make_napari_viewer, qtbot, ct_sequence):
+    real, fake = ct_sequence
+    viewer = make_napari_viewer()
+    viewer.add_image(real[:3], name="real")
+    viewer.add_image(fake[:3], name="fake")
+    yy, xx = np.mgrid[:128, :128]
+    mask = ((yy - 64) ** 2 + (xx - 64) ** 2 < 30**2).astype(np.uint8)
+    viewer.add_labels(mask, name="lesion")
+    widget = _open(viewer)
+    widget.real.select("real")
+    widget.fake.select("fake")
+    widget.mask.select("lesion")
+    widget.slices.setChecked(True)
+    _choose(widget, ("ssim",))
+
+    results = _compute(widget, qtbot)
+
+    expected = evaluate(real[:3].astype(np.float32), fake[:3], metrics=("ssim",), mask=mask.astype(bool))
+    assert [r.name for r in results] == ["ssim", "ssim_inside", "ssim_outside"]
+    for got, want in zip(results, expected):
+        np.testing.assert_allclose(got.values, want.values, rtol=1e-6)
+    assert results[1].n == 3
+
+
+def test_a_file_path_is_read_like_the_cli(make_napari_viewer, qtbot):
+    """The real image as a layer opened by the plugin's reader, the 'synthetic' one as a file path."""
+    path = Path(get_testdata_file("CT_small.dcm"))
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(path, plugin="napari-medsynth")
+    widget = _open(viewer)
+    widget.real.select(layer)
+    widget.fake.select(path)
+    assert widget.fake.path_edit.isVisibleTo(widget)
+    _choose(widget, ("ssim",))
+
+    [ssim] = _compute(widget, qtbot)
+
+    assert ssim.n == 1 and ssim.values[0] == pytest.approx(1.0)
+
+
+def test_bad_input_is_a_notification_not_a_crash(make_napari_viewer, qtbot, monkeypatch, ct_sequence):
+    import napari_medsynth.widgets.metrics as metrics_module
+
+    errors = []
+    monkeypatch.setattr(metrics_module, "report_error", errors.append)
+    viewer = make_napari_viewer()
+    viewer.add_image(ct_sequence[0], name="real")
+    viewer.add_image(ct_sequence[1][:, :64], name="cropped")
+    widget = _open(viewer)
+    widget.real.select("real")
+    widget.fake.combo.setCurrentText("File or folder...")  # and no path typed
+    assert widget.start() is None
+    assert "no synthetic images chosen" in str(errors[-1])
+
+    widget.fake.select("cropped")
+    _choose(widget, ("psnr",))
+    _compute(widget, qtbot)
+    assert "shape" in str(errors[-1]) and widget.results.table.rowCount() == 0
+    assert widget.run_button.isEnabled()

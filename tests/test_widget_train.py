@@ -1,0 +1,253 @@
+"""The Train widget with a real viewer, opened through the manifest, training on real sample data."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+
+from medsynth.data.samples import load_sample
+from medsynth.errors import TrainingError
+from medsynth.training.checkpoint import load_checkpoint
+from medsynth.training.config import TrainConfig
+from medsynth.training.events import Progress
+from medsynth.training.trainer import train
+from napari_medsynth.layers import SYNTHETIC_SUFFIX, to_layer_data
+from napari_medsynth.widgets.train import TrainWidget, layer_image
+from napari_medsynth.workers import Failed, RunState, TrainingRun
+
+pytestmark = pytest.mark.gui
+
+# Small enough for a few steps per second on a 2-core CPU.
+TINY = {"resolution": 64, "batch_size": 4, "latent_dim": 16, "g_channels": 8, "d_channels": 8}
+WAIT_MS = 30_000
+
+
+@pytest.fixture
+def ct_layer_data():
+    return to_layer_data(load_sample("ct_slice"))
+
+
+@pytest.fixture
+def notifications():
+    """Messages of the napari notifications shown during the test."""
+    from napari.utils.notifications import notification_manager
+
+    seen: list[str] = []
+    notification_manager.notification_ready.connect(lambda n: seen.append(str(n.message)))
+    yield seen
+    notification_manager.notification_ready.disconnect()
+
+
+def open_widget(make_napari_viewer, layer_data, tmp_path: Path, **options) -> tuple[object, TrainWidget, object]:
+    viewer = make_napari_viewer()
+    data, kwargs, _ = layer_data
+    layer = viewer.add_image(data, **kwargs)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medsynth", "Train")
+    assert isinstance(widget, TrainWidget)
+    widget.data["layers"].value = [layer]
+    widget.recipe.value = "dcgan"
+    widget.settings.set_values(TINY)
+    widget.device.value = "cpu"
+    widget.out_dir.value = tmp_path / "run"
+    for name, value in {"steps": 10_000, "log_every": 1, "sample_every": 2, "checkpoint_every": 1000, **options}.items():
+        widget.options[name].value = value
+    return viewer, widget, layer
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    return sorted(folder.glob("checkpoint-*.safetensors"))
+
+
+@pytest.mark.slow
+def test_start_shows_progress_losses_and_preview_then_stop_writes_checkpoint(make_napari_viewer, qtbot, tmp_path, ct_layer_data):
+    viewer, widget, source = open_widget(make_napari_viewer, ct_layer_data, tmp_path)
+    widget.start_button.native.click()
+    assert widget.run.state is RunState.RUNNING
+    assert not widget.start_button.enabled and widget.stop_button.enabled
+    assert widget.run.worker is not None and widget.run.worker.control is not None
+
+    qtbot.waitUntil(lambda: widget.preview_layer is not None and len(widget.loss_plot.series.get("g_loss", ([],))[0]) >= 3, timeout=WAIT_MS)
+    assert widget.progress is not None and widget.progress.total == 10_000 and widget.progress.n >= 3
+    assert {"d_loss", "g_loss", "d_loss_real", "d_loss_fake"} <= set(widget.loss_plot.series)
+
+    preview = widget.preview_layer
+    assert preview.name.endswith(SYNTHETIC_SUFFIX)
+    assert preview.data.shape == (8, 64, 64)
+    # the 128x128 CT slice is shown at 64x64, so the preview pixels are twice the source's size
+    np.testing.assert_allclose(preview.scale[1:], np.asarray(source.scale) * 2, rtol=1e-6)
+    assert preview.metadata["medsynth"]["units"] == "HU"
+    assert [name for name, _ in widget._layer_choices(None)] == [source.name]  # never train on a preview
+    n_layers = len(viewer.layers)
+    first_data = np.array(preview.data)
+    qtbot.waitUntil(lambda: not np.array_equal(widget.preview_layer.data, first_data), timeout=WAIT_MS)
+    assert widget.preview_layer is preview and len(viewer.layers) == n_layers  # updated in place
+
+    widget.stop_button.native.click()
+    assert widget.run.state is RunState.STOPPING
+    qtbot.waitUntil(lambda: widget.run.state is RunState.IDLE, timeout=WAIT_MS)
+    assert widget.progress is None and widget.start_button.enabled
+    saved = checkpoints(tmp_path / "run")
+    assert saved and widget.checkpoint_path == saved[-1]
+    checkpoint = load_checkpoint(saved[-1])
+    assert checkpoint.step >= 3 and widget.status.value == f"stopped at step {checkpoint.step}"
+    # previews are in data units (HU): inside the training window, spread far wider than [-1, 1]
+    low, high = checkpoint.normalization.low, checkpoint.normalization.high
+    assert low - 1e-3 <= preview.data.min() and preview.data.max() <= high + 1e-3
+    assert preview.data.max() - preview.data.min() > 2.0
+
+
+@pytest.mark.slow
+def test_pause_holds_training_and_resume_continues(make_napari_viewer, qtbot, tmp_path, ct_layer_data):
+    _, widget, _ = open_widget(make_napari_viewer, ct_layer_data, tmp_path, sample_every=0)
+    widget.start()
+    qtbot.waitUntil(lambda: len(widget.loss_plot.series.get("g_loss", ([],))[0]) >= 2, timeout=WAIT_MS)
+
+    widget.pause_button.native.click()
+    assert widget.run.state is RunState.PAUSED and widget.pause_button.text == "Resume"
+    qtbot.waitUntil(lambda: widget.status.value.startswith("paused at step"), timeout=WAIT_MS)
+    held = len(widget.loss_plot.series["g_loss"][0])
+    qtbot.wait(600)
+    assert len(widget.loss_plot.series["g_loss"][0]) == held
+
+    widget.pause_button.native.click()
+    assert widget.run.state is RunState.RUNNING and widget.pause_button.text == "Pause"
+    qtbot.waitUntil(lambda: len(widget.loss_plot.series["g_loss"][0]) >= held + 2, timeout=WAIT_MS)
+    widget.run.stop()
+    qtbot.waitUntil(lambda: widget.run.state is RunState.IDLE, timeout=WAIT_MS)
+
+
+def test_bad_setting_is_a_notification_and_starts_nothing(make_napari_viewer, tmp_path, ct_layer_data, notifications):
+    _, widget, _ = open_widget(make_napari_viewer, ct_layer_data, tmp_path)
+    widget.settings["lr_g"].value = "0"
+    widget.settings["lr_d"].value = "fast"
+    widget.start_button.native.click()
+    assert widget.run.state is RunState.IDLE and widget.run.worker is None
+    assert len(notifications) == 1
+    assert "SettingsError" in notifications[0] and "lr_g" in notifications[0] and "lr_d" in notifications[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_no_layer_selected_is_a_notification(make_napari_viewer, tmp_path, ct_layer_data, notifications):
+    _, widget, _ = open_widget(make_napari_viewer, ct_layer_data, tmp_path)
+    widget.data["layers"].value = []
+    widget.start()
+    assert widget.run.worker is None
+    assert notifications and "select one or more image layers" in notifications[0]
+
+
+def test_failure_in_training_is_a_notification_and_the_widget_returns_to_idle(make_napari_viewer, qtbot, tmp_path, notifications):
+    ct = load_sample("ct_slice")
+    constant = ct.with_array(np.full_like(ct.array, -1000), name="air")
+    _, widget, _ = open_widget(make_napari_viewer, to_layer_data(constant), tmp_path)
+    widget.start()
+    assert widget.run.state is RunState.RUNNING
+    qtbot.waitUntil(lambda: widget.run.state is RunState.IDLE, timeout=WAIT_MS)
+    assert any("InputError" in message and "constant" in message for message in notifications)
+    assert widget.status.value == "failed: InputError" and widget.start_button.enabled
+
+
+def test_a_runtime_error_from_the_trainer_reaches_the_gui_thread(qtbot):
+    """superqt turns a RuntimeError raised by a generator into a mere warning; TrainingError is one."""
+    received: list[tuple[object, int]] = []
+
+    def failing(control):
+        yield Progress(1, 2, {"g_loss": 1.0}, {}, 1.0, 1.0)
+        raise TrainingError("loss is not finite")
+
+    run = TrainingRun()
+    run.start(failing, lambda event: received.append((event, threading.get_ident())))
+    qtbot.waitUntil(lambda: run.state is RunState.IDLE, timeout=WAIT_MS)
+    assert [type(event) for event, _ in received] == [Progress, Failed]
+    assert isinstance(received[1][0].error, TrainingError)
+    assert {thread for _, thread in received} == {threading.main_thread().ident}
+
+
+@pytest.fixture
+def ct_checkpoint(tmp_path) -> Path:
+    config = TrainConfig("dcgan", tmp_path / "core", settings=TINY, steps=2, device="cpu", sample_every=0, log_every=1)
+    *_, finished = train(config, [load_sample("ct_slice")])
+    return finished.checkpoint
+
+
+def test_load_checkpoint_and_generate_add_a_synthetic_layer_with_the_training_spacing(
+    make_napari_viewer, qtbot, tmp_path, ct_layer_data, ct_checkpoint
+):
+    viewer, widget, source = open_widget(make_napari_viewer, ct_layer_data, tmp_path)
+    widget.recipe.value = "wgan-gp"
+    checkpoint = widget.load_checkpoint(ct_checkpoint)
+    assert checkpoint is not None and checkpoint.step == 2
+    assert widget.recipe.value == "dcgan" and widget.settings.values()["latent_dim"] == TINY["latent_dim"]
+    assert widget.generate_button.enabled and widget.continue_button.enabled
+
+    widget.num_samples.value = 5
+    widget.generate_button.native.click()
+    qtbot.waitUntil(lambda: len(viewer.layers) == 2, timeout=WAIT_MS)
+    generated = viewer.layers[-1]
+    assert generated.name.endswith(SYNTHETIC_SUFFIX)
+    assert generated.data.shape == (5, 64, 64)
+    np.testing.assert_allclose(generated.scale, [1.0, *(np.asarray(source.scale) * 2)], rtol=1e-6)
+    assert generated.metadata["medsynth"]["synthetic"]["model"] == "dcgan"
+    assert generated.metadata["medsynth"]["units"] == "HU"
+
+    saved = widget.save_checkpoint(tmp_path / "copy.safetensors")
+    assert saved == tmp_path / "copy.safetensors" and load_checkpoint(saved).step == 2
+
+
+@pytest.mark.slow
+def test_continue_training_from_a_loaded_checkpoint(make_napari_viewer, qtbot, tmp_path, ct_layer_data, ct_checkpoint):
+    _, widget, _ = open_widget(make_napari_viewer, ct_layer_data, tmp_path, steps=4, sample_every=0)
+    widget.load_checkpoint(ct_checkpoint)
+    widget.continue_button.native.click()
+    qtbot.waitUntil(lambda: widget.run.state is RunState.IDLE, timeout=WAIT_MS)
+    assert widget.status.value == "completed at step 4"
+    assert [load_checkpoint(p).step for p in checkpoints(tmp_path / "run")] == [4]
+    assert widget.loss_plot.series["g_loss"][0] == [3.0, 4.0]
+
+
+def test_bad_checkpoint_file_is_a_notification(make_napari_viewer, tmp_path, ct_layer_data, notifications):
+    _, widget, _ = open_widget(make_napari_viewer, ct_layer_data, tmp_path)
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a checkpoint")
+    assert widget.load_checkpoint(broken) is None
+    assert notifications and "CheckpointError" in notifications[0] and "broken.safetensors" in notifications[0]
+    assert widget.checkpoint_path is None and not widget.generate_button.enabled
+
+
+@pytest.mark.slow
+def test_closing_the_widget_while_training_stops_it_with_a_checkpoint(make_napari_viewer, qtbot, tmp_path, ct_layer_data):
+    viewer, widget, _ = open_widget(make_napari_viewer, ct_layer_data, tmp_path, sample_every=0)
+    widget.start()
+    qtbot.waitUntil(lambda: len(widget.loss_plot.series.get("g_loss", ([],))[0]) >= 1, timeout=WAIT_MS)
+    viewer.window.remove_dock_widget(widget)
+    # removing returns only once the trainer has stopped and written its checkpoint
+    assert widget.run.state is RunState.IDLE and widget.run.worker is None
+    saved = checkpoints(tmp_path / "run")
+    assert len(saved) == 1 and load_checkpoint(saved[0]).step >= 1
+
+
+@pytest.mark.slow
+def test_closing_the_viewer_while_training_stops_it_with_a_checkpoint(make_napari_viewer, qtbot, tmp_path, ct_layer_data):
+    viewer, widget, _ = open_widget(make_napari_viewer, ct_layer_data, tmp_path, sample_every=0)
+    widget.start()
+    qtbot.waitUntil(lambda: len(widget.loss_plot.series.get("g_loss", ([],))[0]) >= 1, timeout=WAIT_MS)
+    started = time.perf_counter()
+    viewer.close()
+    assert widget.run.worker is None and time.perf_counter() - started < 60
+    assert len(checkpoints(tmp_path / "run")) == 1
+
+
+def test_layers_reach_the_trainer_as_their_own_lazy_arrays(make_napari_viewer):
+    viewer = make_napari_viewer()
+    mni = load_sample("mni152")
+    frames = da.stack([da.from_array(mni.array, chunks=(16, -1, -1))] * 3)  # (t, z, y, x), never computed
+    layer = viewer.add_image(frames, name="mni152 x3", scale=[1.0, *mni.spacing])
+    image = layer_image(layer)
+    assert image.array is frames
+    assert image.axes == "tzyx" and image.spacing == pytest.approx(mni.spacing)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medsynth", "Train")
+    assert [name for name, _ in widget._layer_choices(None)] == [layer.name]
