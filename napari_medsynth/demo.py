@@ -31,9 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     import napari
 
     viewer = napari.Viewer(show=args.interactive, title="napari-medsynth demo")
+    viewer.window._qt_window.resize(1600, 1000)
     load_data(viewer)
     for name in WIDGETS:
-        viewer.window.add_plugin_dock_widget("napari-medsynth", name)
+        viewer.window.add_plugin_dock_widget("napari-medsynth", name, tabify=True)
     if args.interactive:
         napari.run()
         return 0
@@ -118,13 +119,14 @@ def _axial_slices(volume: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _show_4d(viewer) -> None:
-    """End on the 4D layer with its time slider mid-way, as the README's screenshot shows."""
+    """The 4D layer (time slider), the cine and the synthetic samples side by side in a grid."""
+    shown = ("example4d", "color3d_jpeg_baseline")
     for layer in viewer.layers:
-        layer.visible = layer.name in ("example4d", "mni152") or layer.name.endswith("[SYNTHETIC]")
-    four_d = viewer.layers["example4d"]
-    viewer.layers.selection = {four_d}
+        layer.visible = layer.name in shown or layer.name.endswith("[SYNTHETIC]")
+    viewer.layers.selection = {viewer.layers["example4d"]}
     viewer.dims.set_current_step(0, 1)
-    viewer.grid.enabled = True
+    # napari 0.9 moved the grid to viewer.canvas; older releases keep it on the viewer.
+    getattr(viewer, "canvas", viewer).grid.enabled = True
     viewer.reset_view()
 
 

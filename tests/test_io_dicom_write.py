@@ -165,6 +165,16 @@ def test_identity_comes_from_the_reference_which_stays_untouched(ct_volume, tmp_
     np.testing.assert_array_equal(ct_volume.array, original)
 
 
+def test_non_ascii_identity_survives_into_utf8(tmp_path):
+    from pydicom.data import get_charset_files
+
+    (reference,) = get_charset_files("chrGerm.dcm")
+    image = MedImage(np.zeros((4, 4)), "yx", (1, 1), synthetic=PROVENANCE)
+    ds = pydicom.dcmread(write_dicom(image, tmp_path, reference=reference)[0])
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+    assert str(ds.PatientName) == str(pydicom.dcmread(reference).PatientName) == "Äneas^Rüdiger"
+
+
 def test_without_reference_the_patient_is_anonymous(ct_volume, tmp_path):
     ds = pydicom.dcmread(write_dicom(ct_volume, tmp_path)[0])
     assert str(ds.PatientName) == ""
@@ -203,6 +213,18 @@ def test_2d_image_is_secondary_capture_with_conversion_type_syn(tmp_path):
     assert dciodvfy_errors(path) == []
 
 
+def test_rgb_image_is_a_colour_secondary_capture(tmp_path):
+    mr, _ = real_slice("MR_small.dcm")
+    grey = np.rint(255 * (mr - mr.min()) / np.ptp(mr))
+    rgb = np.stack([grey, 255 - grey, np.full_like(grey, 128)], axis=-1)
+    image = MedImage(rgb, "yxc", (0.3125, 0.3125), name="overlay", synthetic=PROVENANCE)
+    (path,) = write_dicom(image, tmp_path)
+    ds = pydicom.dcmread(path)
+    assert ds.PhotometricInterpretation == "RGB" and ds.ConversionType == "SYN"
+    np.testing.assert_array_equal(ds.pixel_array, rgb)
+    assert dciodvfy_errors(path) == []
+
+
 def test_2d_time_series_is_one_multiframe_file(tmp_path):
     hu, _ = real_slice("CT_small.dcm")
     frames = np.stack([np.roll(hu[:32, :48], k, axis=1) for k in range(5)]) + 1024
@@ -230,6 +252,7 @@ def test_4d_volume_is_one_series_per_time_point(mr_volume, tmp_path):
         stack = np.stack([apply_modality_lut(ds.pixel_array, ds) for ds in slices])
         np.testing.assert_allclose(stack, image.array[t - 1], atol=float(slices[0].RescaleSlope) / 2 + 1e-9)
         assert all(int(ds.NumberOfTemporalPositions) == 2 for ds in slices)
+        assert all(ds.SyntheticData == "YES" for ds in slices)
 
 
 @pytest.mark.parametrize("modality", ["CT", "MR"])
@@ -296,10 +319,13 @@ def test_dicom_seg_is_aligned_marked_and_valid(ct_volume, tmp_path):
 def test_dicom_seg_on_an_enhanced_image_follows_its_frame_order(ct_volume, tmp_path):
     (source,) = write_dicom(ct_volume, tmp_path / "ct", enhanced=True)
     labels = lesion_labels(ct_volume)
-    seg = hd.seg.segread(write_dicom_seg(labels, [source], tmp_path / "seg.dcm", provenance=PROVENANCE))
+    path = write_dicom_seg(labels, [source], tmp_path / "seg.dcm", provenance=PROVENANCE)
+    assert dciodvfy_errors(path) == []
+    seg = hd.seg.segread(path)
     image = pydicom.dcmread(source)
     numbers = seg.get_pixels_by_source_frame(
-        image.SOPInstanceUID, list(range(1, 5)), combine_segments=True, relabel=False
+        image.SOPInstanceUID, list(range(1, 5)), combine_segments=True, relabel=False,
+        assert_missing_frames_are_empty=True,
     )
     for frame, frame_numbers in zip(image.PerFrameFunctionalGroupsSequence, numbers):
         position = [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -52,7 +54,7 @@ def test_real_4d_file_voxels_land_at_nibabels_world_positions(nibabel_example4d:
 
     inverse = np.linalg.inv(image.affine)
     rng = np.random.default_rng(0)
-    for i, j, k in zip(rng.integers(0, 128, 20), rng.integers(0, 96, 20), rng.integers(0, 24, 20)):
+    for i, j, k in zip(rng.integers(0, 128, 20), rng.integers(0, 96, 20), rng.integers(0, 24, 20), strict=True):
         world_lps = (RAS_TO_LPS @ img.affine @ [i, j, k, 1])[:3][::-1]
         index = (inverse @ np.r_[world_lps, 1.0])[:3]
         assert np.allclose(index, np.round(index), atol=1e-4)
@@ -228,3 +230,12 @@ def test_read_returns_a_list_for_a_file(nibabel_example4d: Path) -> None:
     images = read(nibabel_example4d)
     assert len(images) == 1 and images[0].name == "example4d"
     assert images[0].metadata["source"] == str(nibabel_example4d)
+
+
+def test_reader_modules_load_no_heavy_library_until_used() -> None:
+    code = (
+        "import sys, medsynth.io.read, medsynth.io.nifti, medsynth.io.dicom;"
+        "print(sorted(m for m in ('torch', 'nibabel', 'pydicom', 'napari') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

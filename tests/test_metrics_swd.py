@@ -157,6 +157,7 @@ def test_swd_matches_plain_reference_algorithm(mni_slices, mni_other_slices):
         assert got[key] == pytest.approx(expected[key], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_swd_orders_same_anatomy_below_blurred_and_noisy(mni_slices, mni_other_slices):
     rng = np.random.default_rng(0)
     same = swd(mni_slices, mni_other_slices)

@@ -15,7 +15,7 @@ from pathlib import Path
 import napari
 import numpy as np
 from napari.layers import Image, Labels, Layer
-from napari.qt.threading import GeneratorWorker, thread_worker
+from napari.qt.threading import GeneratorWorker
 from qtpy.QtWidgets import (
     QCheckBox,
     QDoubleSpinBox,
@@ -34,6 +34,7 @@ from medsynth.errors import InputError
 from medsynth.metrics.evaluate import MetricResult, available_metrics, evaluate
 from napari_medsynth.layers import from_layer
 from napari_medsynth.notify import report_error
+from napari_medsynth.workers import Failed
 from napari_medsynth.widgets.plot import LinePlot
 from napari_medsynth.widgets.results_table import ResultsPanel
 from napari_medsynth.widgets.source_picker import SourcePicker
@@ -84,6 +85,15 @@ def measure(
         )
     yield total, total, "done"
     return results
+
+
+def _measure_or_fail(**kwargs) -> Generator[Progress | Failed, None, list[MetricResult] | None]:
+    """`measure`, with an error yielded as `Failed` so that it reaches the GUI thread as a notification."""
+    try:
+        return (yield from measure(**kwargs))
+    except Exception as exc:  # noqa: BLE001 - every failure must reach the user as a notification
+        yield Failed(exc)
+        return None
 
 
 class MetricsWidget(QWidget):
@@ -189,22 +199,27 @@ class MetricsWidget(QWidget):
             report_error(exc)
             return None
         self.results.set_results([])
-        self.worker = thread_worker(measure, start_thread=False)(**kwargs)
+        self.worker = GeneratorWorker(_measure_or_fail, **kwargs)
         self.worker.yielded.connect(self._on_progress)
         self.worker.returned.connect(self.show_results)
-        self.worker.errored.connect(report_error)
         self.worker.finished.connect(self._on_finished)
         self.run_button.setEnabled(False)
         self.worker.start()
         return self.worker
 
-    def _on_progress(self, step: Progress) -> None:
+    def _on_progress(self, step: Progress | Failed) -> None:
+        if isinstance(step, Failed):
+            report_error(step.error)
+            self.status.setText("failed")
+            return
         done, total, label = step
         self.progress.setRange(0, total)
         self.progress.setValue(done)
         self.status.setText(label)
 
-    def show_results(self, results: list[MetricResult]) -> None:
+    def show_results(self, results: list[MetricResult] | None) -> None:
+        if results is None:
+            return
         self.results.set_results(results)
         curves = next((r.details["curves"] for r in results if "curves" in r.details), None)
         for plot, names in ((self.intensity_plot, INTENSITY_CURVES), (self.flow_plot, FLOW_CURVES)):

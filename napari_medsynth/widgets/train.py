@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Select, SpinBox
-from qtpy.QtCore import QEvent, QObject, QTimer
+from napari.utils.task_status import Status
+from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import QFileDialog, QVBoxLayout, QWidget
 from superqt.utils import FunctionWorker
 
@@ -108,7 +109,7 @@ class TrainWidget(QWidget):
         self.progress = None
         self._recipes = {info.name: info for info in list_recipes()}
         self._source: MedImage | None = None
-        self._watched_window: QObject | None = None
+        self._task: Any = None
 
         self.data = Container(
             widgets=[
@@ -235,6 +236,7 @@ class TrainWidget(QWidget):
             return
         self._source = images[0]
         self.run.start(lambda control: train(config, images, control), self._on_event)
+        self._set_busy(True)
 
     def resume_from_checkpoint(self) -> None:
         """Continue training from the loaded checkpoint (up to the steps now set)."""
@@ -258,6 +260,7 @@ class TrainWidget(QWidget):
         self.continue_button.enabled = idle and self.checkpoint_path is not None
         self.data.enabled = self.setup.enabled = idle
         if idle:
+            self._set_busy(False)
             self._close_progress()
             self._redraw_timer.stop()
             self.loss_plot.redraw()
@@ -387,18 +390,6 @@ class TrainWidget(QWidget):
             self.shutdown()
         return super().event(event)
 
-    def showEvent(self, event: Any) -> None:
-        window = self.window()
-        if window is not self and window is not self._watched_window:
-            window.installEventFilter(self)
-            self._watched_window = window
-        super().showEvent(event)
-
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        if watched is self._watched_window and event.type() == QEvent.Type.Close:
-            self.shutdown()
-        return False
-
     def closeEvent(self, event: Any) -> None:
         self.shutdown()
         super().closeEvent(event)
@@ -408,9 +399,20 @@ class TrainWidget(QWidget):
         if self.run.worker is not None and not self.run.shutdown(SHUTDOWN_TIMEOUT_S):
             report_error(RuntimeError(f"training did not stop within {SHUTDOWN_TIMEOUT_S:.0f} s; its last checkpoint may be older"))
         self._close_progress()
-        if self._watched_window is not None:
-            self._watched_window.removeEventFilter(self)
-            self._watched_window = None
+
+    def _set_busy(self, busy: bool) -> None:
+        """Tell the viewer window whether training runs.
+
+        Closing the window cancels its busy tasks (after asking the user) before anything is torn
+        down; our cancel callback stops training and waits for the checkpoint. This is the window's
+        task-status hook that napari's own `create_worker` uses for its workers.
+        """
+        window = self.viewer.window
+        if busy:
+            self._task = window._register_task_status("napari-medsynth", Status.BUSY, "training", cancel_callback=self.shutdown)
+        elif self._task is not None:
+            window._update_task_status(self._task, Status.COMPLETED)
+            self._task = None
 
 
 def _layer_from_tuple(data: Any, kwargs: dict[str, Any], layer_type: str) -> Any:

@@ -36,14 +36,17 @@ if TYPE_CHECKING:
 LUMINANCE_WEIGHTS = np.array([0.299, 0.587, 0.114])
 """ITU-R BT.601 luma weights: the same Y that YCbCr-encoded (JPEG) DICOM stores."""
 
-ENHANCED_VOLUME_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT",
-    "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT",
-    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR",
-    "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR",
-    "1.2.840.10008.5.1.4.1.1.128.1": "Legacy Converted Enhanced PET",
-    "1.2.840.10008.5.1.4.1.1.130": "Enhanced PET",
-}
+ENHANCED_VOLUME_SOP_CLASSES = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT
+        "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT
+        "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR
+        "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR
+        "1.2.840.10008.5.1.4.1.1.128.1",  # Legacy Converted Enhanced PET
+        "1.2.840.10008.5.1.4.1.1.130",  # Enhanced PET
+    }
+)
+"""Multi-frame objects whose frames are slices of a volume, not time."""
 
 _DECODER_PACKAGES = (
     ("JPEG 2000", "pylibjpeg pylibjpeg-openjpeg"),
@@ -100,8 +103,10 @@ def read_dicom_folder(folder: Path, *, keep_rgb: bool = False) -> list[MedImage]
 
     images = []
     for group in _series_groups(headers):
+        for path, ds in group:
+            _require_decoder(ds, path)
         first_path, first = group[0]
-        _require_decoder(first, first_path)
+        _require_image(first, first_path)
         name = _series_name(first, folder.name)
         if len(group) == 1 and int(first.get("NumberOfFrames") or 1) > 1:
             images.append(_read_multiframe(first_path, first, keep_rgb, name=name))
@@ -184,7 +189,7 @@ def _require_image(ds: Dataset, path: Path) -> None:
 def _require_decoder(ds: Dataset, path: Path) -> None:
     """Raise `MissingDecoderError` when the pixel data's compression has no installed decoder."""
     from pydicom.pixels import get_decoder
-    from pydicom.uid import ImplicitVRLittleEndian, UID
+    from pydicom.uid import UID, ImplicitVRLittleEndian
 
     meta = getattr(ds, "file_meta", None)
     uid = UID(meta.get("TransferSyntaxUID", ImplicitVRLittleEndian) if meta is not None else ImplicitVRLittleEndian)

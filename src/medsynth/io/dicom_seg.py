@@ -125,7 +125,7 @@ def _read_source(path: Path) -> Dataset:
     if not path.is_file():
         raise UnreadableFileError(f"source image {path} does not exist; give the files write_dicom returned")
     try:
-        return pydicom.dcmread(path)
+        return pydicom.dcmread(path, stop_before_pixels=True)  # the SEG needs the headers only
     except (pydicom.errors.InvalidDicomError, OSError, ValueError) as exc:
         raise UnreadableFileError(
             f"source image {path} cannot be read as DICOM ({exc}); give the files write_dicom returned"

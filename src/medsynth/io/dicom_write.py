@@ -103,7 +103,7 @@ def write_dicom(
     if image.ndim_spatial == 3:
         named = _volume_datasets(image, base, enhanced)
     else:
-        named = _secondary_capture_datasets(image, base, provenance is not None)
+        named = _secondary_capture_datasets(image, base)
     out = Path(out_dir)
     stem = _file_stem(image, provenance is not None)
     paths = [out / f"{stem}{suffix}.dcm" for suffix, _ in named]
@@ -217,7 +217,9 @@ def _load_reference(reference: str | Path | Dataset | None) -> Dataset | None:
         ) from exc
 
 
-def _base_dataset(image: MedImage, provenance: SyntheticProvenance | None, ref: Dataset | None, now: datetime) -> Dataset:
+def _base_dataset(
+    image: MedImage, provenance: SyntheticProvenance | None, ref: Dataset | None, now: datetime
+) -> Dataset:
     """Attributes every written file shares: patient, study, equipment, synthesis marks."""
     synthetic = provenance is not None
     ds = Dataset()
@@ -313,9 +315,7 @@ def _series_attributes(image: MedImage, base: Dataset, time_point: int | None = 
     return ds
 
 
-def _volume_slice(
-    image: MedImage, series: Dataset, pixels: np.ndarray, z: int, rescale: Rescale
-) -> Dataset:
+def _volume_slice(image: MedImage, series: Dataset, pixels: np.ndarray, z: int, rescale: Rescale) -> Dataset:
     """One CT/MR Image Storage slice: `pixels` is ``(Y, X)`` stored values."""
     ds = copy.deepcopy(series)
     ds.SOPClassUID = CTImageStorage if image.modality == "CT" else MRImageStorage
@@ -354,7 +354,7 @@ def _set_mr_acquisition(ds: Dataset) -> None:
     ds.ScanningSequence = "RM"
     ds.SequenceVariant = "NONE"
     ds.ScanOptions = ""
-    ds.MRAcquisitionType = "3D"
+    ds.MRAcquisitionType = ""
     ds.RepetitionTime = ""
     ds.EchoTime = ""
     ds.EchoTrainLength = ""
@@ -385,7 +385,9 @@ def _set_grayscale_pixels(ds: Dataset, pixels: np.ndarray, rescale: Rescale, res
 def _enhanced(image: MedImage, slices: list[Dataset]) -> Dataset:
     """One Legacy Converted Enhanced CT/MR file from a series of single slices (highdicom)."""
     first = slices[0]
-    converter = hd.legacy.LegacyConvertedEnhancedCTImage if image.modality == "CT" else hd.legacy.LegacyConvertedEnhancedMRImage
+    converter = {"CT": hd.legacy.LegacyConvertedEnhancedCTImage, "MR": hd.legacy.LegacyConvertedEnhancedMRImage}[
+        image.modality
+    ]
     ds = converter(
         slices,
         series_instance_uid=first.SeriesInstanceUID,
@@ -397,15 +399,22 @@ def _enhanced(image: MedImage, slices: list[Dataset]) -> Dataset:
     del ds.ReferencedSeriesSequence
     ds.SeriesDescription = first.SeriesDescription
     ds.Laterality = first.Laterality
+    # Enhanced objects allow only PRIMARY as value 2 (highdicom sets it), and their value 3 "image
+    # flavor" for a stack of parallel slices is VOLUME, where the legacy objects say AXIAL/OTHER.
+    frame_types = ds.SharedFunctionalGroupsSequence[0][f"{image.modality}ImageFrameTypeSequence"][0]
+    ds.ImageType = frame_types.FrameType = [*ds.ImageType[:2], "VOLUME", *ds.ImageType[3:]]
     return ds
 
 
-def _secondary_capture_datasets(image: MedImage, base: Dataset, synthetic: bool) -> list[tuple[str, Dataset]]:
-    """One Secondary Capture file: single frame for ``yx``/``yxc``, multi-frame for ``tyx``/``tyxc``."""
+def _secondary_capture_datasets(image: MedImage, base: Dataset) -> list[tuple[str, Dataset]]:
+    """One Secondary Capture file: single frame for ``yx``/``yxc``, multi-frame for ``tyx``/``tyxc``.
+
+    Secondary Capture has no plane geometry: Pixel Spacing is kept, a 2D origin and direction are not.
+    """
     ds = _series_attributes(image, base)
     ds.SOPInstanceUID = generate_uid()
     ds.InstanceNumber = 1
-    ds.ConversionType = "SYN" if synthetic else "WSD"
+    ds.ConversionType = "SYN" if "SyntheticData" in base else "WSD"
     ds.PatientOrientation = ""
     ds.PixelSpacing = [_ds(image.spacing[0]), _ds(image.spacing[1])]
     array = np.asarray(image.array)
@@ -413,10 +422,13 @@ def _secondary_capture_datasets(image: MedImage, base: Dataset, synthetic: bool)
         _set_rgb_pixels(ds, array)
     else:
         rescale = rescale_for(array, signed=False)
-        _set_grayscale_pixels(ds, to_stored(array, rescale), rescale, "HU" if image.units == "HU" else "US")
+        rescale_type = "HU" if image.units == "HU" else "US"
+        _set_grayscale_pixels(ds, to_stored(array, rescale), rescale, rescale_type)
     if image.has_time:
         ds.SOPClassUID = (
-            MultiFrameTrueColorSecondaryCaptureImageStorage if image.is_rgb else MultiFrameGrayscaleWordSecondaryCaptureImageStorage
+            MultiFrameTrueColorSecondaryCaptureImageStorage
+            if image.is_rgb
+            else MultiFrameGrayscaleWordSecondaryCaptureImageStorage
         )
         ds.NumberOfFrames = array.shape[0]
         if image.time_spacing:

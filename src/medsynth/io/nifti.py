@@ -100,7 +100,7 @@ def read_nifti(path: Path, *, as_label: bool | None = None) -> MedImage:
     affine_lps = RAS_TO_LPS @ img.affine
     affine_lps[:3] *= _SPACE_TO_MM.get(space_unit, 1.0)
     label = as_label if as_label is not None else (data.dtype.kind in "iu" and looks_like_label_name(path))
-    if label:
+    if label and data.dtype.kind == "f":
         data = _label_array(data, path)
     layout = to_medimage_layout(data, axes, affine_lps)
 

@@ -65,7 +65,7 @@ class SinGANSettings:
 
     scale_factor: float = setting(0.75, "Target ratio between the sizes of neighbouring scales", min=0.5, max=0.95)
     min_size: int = setting(25, "Shorter side of the coarsest scale (px)", min=8, max=256)
-    iterations: int = setting(300, "Training rounds per scale (reference: 2000)", min=1, max=100_000)
+    iterations: int = setting(250, "Training rounds per scale (reference: 2000)", min=1, max=100_000)
     d_steps: int = setting(3, "Critic updates per round", min=1, max=10)
     g_steps: int = setting(3, "Generator updates per round", min=1, max=10)
     lr: float = setting(5e-4, "Adam learning rate of both networks", min=1e-6, max=1e-1)
@@ -340,11 +340,11 @@ class _ScaleRun:
             scheduler.step()
         self.rounds_done = index + 1
         return {
-            "d_loss": float(d_loss),
-            "wasserstein": float(real_score - fake_score),
-            "gp": float(penalty),
-            "g_adv": float(adversarial),
-            "rec": float(rec),
+            "d_loss": d_loss.item(),
+            "wasserstein": (real_score - fake_score).item(),
+            "gp": penalty.item(),
+            "g_adv": adversarial.item(),
+            "rec": rec.item(),
         }
 
 

@@ -156,17 +156,23 @@ def _gaussian_window(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return w / w.sum()
 
 
+def _band_matrix(n: int, w: torch.Tensor) -> torch.Tensor:
+    """``(n, n - k + 1)`` matrix whose product with a length-n signal is its valid correlation with `w`."""
+    offset = torch.arange(n, device=w.device)[:, None] - torch.arange(n - w.numel() + 1, device=w.device)[None, :]
+    inside = (offset >= 0) & (offset < w.numel())
+    return torch.where(inside, w[offset.clamp(0, w.numel() - 1)], torch.zeros((), dtype=w.dtype, device=w.device))
+
+
 def _filter_valid(x: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian filter without padding: ``(B, *S)`` -> ``(B, *(S - 2 * SSIM_RADIUS))``."""
-    nd = x.ndim - 1
-    conv = F.conv2d if nd == 2 else F.conv3d
+    """Separable Gaussian filter without padding: ``(B, *S)`` -> ``(B, *(S - 2 * SSIM_RADIUS))``.
+
+    Each axis is filtered by a product with a banded matrix: on CPU and GPU alike this runs several
+    times faster than single-channel ``conv2d``/``conv3d`` in float64, and it is exact.
+    """
     w = _gaussian_window(x.dtype, x.device)
-    y = x.unsqueeze(1)
-    for axis in range(nd):
-        shape = [1, 1] + [1] * nd
-        shape[2 + axis] = w.numel()
-        y = conv(y, w.reshape(shape))
-    return y.squeeze(1)
+    for axis in range(1, x.ndim):
+        x = torch.matmul(x.movedim(axis, -1), _band_matrix(x.shape[axis], w)).movedim(-1, axis)
+    return x
 
 
 def _ssim_maps(r: torch.Tensor, f: torch.Tensor, span: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,7 @@ mean the rater cannot tell them apart.
 
 McNemar's test compares the two discordant cells, FN and FP: do raters err towards calling synthetic
 images real, or real images synthetic? We use the chi-square statistic with Edwards' continuity
-correction, ``(|FN - FP| - 1)^2 / (FN + FP)`` on 1 degree of freedom: it reproduces the published
+correction, ``max(|FN - FP| - 1, 0)^2 / (FN + FP)`` on 1 degree of freedom: it reproduces the published
 visual Turing test (p = 0.045 ~ 0.046 for FN = 35, FP = 55, where the exact binomial test gives 0.0446 and the
 uncorrected statistic 0.035). The exact binomial p-value is returned as well (`mcnemar_exact_p`),
 which is the better choice when FN + FP is small (< 25).
@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 
 import numpy as np
-from scipy import stats
 
 from medsynth.errors import InputError
 
@@ -46,6 +45,9 @@ def reader_study(tp: int, fn: int, fp: int, tn: int) -> dict[str, float]:
     bad = {k: c for k, c in counts.items() if isinstance(c, bool) or int(c) != c or c < 0}
     if bad:
         raise InputError(f"reader study: counts {bad} must be whole numbers >= 0")
+    # scipy.stats takes seconds to import; `import medsynth.metrics` should not pay for it.
+    from scipy import stats
+
     tp, fn, fp, tn = (int(c) for c in (tp, fn, fp, tn))
     n = tp + fn + fp + tn
     if n == 0:
@@ -58,7 +60,7 @@ def reader_study(tp: int, fn: int, fp: int, tn: int) -> dict[str, float]:
         "specificity": tn / (tn + fp) if tn + fp else float("nan"),
         "accuracy": (tp + tn) / n,
         "kappa": _kappa(np.array([[tp, fn], [fp, tn]], dtype=float)),
-        "mcnemar_p": float(stats.chi2.sf((abs(fn - fp) - 1) ** 2 / discordant, 1)) if discordant else 1.0,
+        "mcnemar_p": float(stats.chi2.sf(max(abs(fn - fp) - 1, 0) ** 2 / discordant, 1)) if discordant else 1.0,
         "mcnemar_exact_p": float(stats.binomtest(fn, discordant, 0.5).pvalue) if discordant else 1.0,
         "binomial_p": float(stats.binomtest(tp + tn, n, 0.5).pvalue),
     }

@@ -1,0 +1,131 @@
+"""`medsynth train`, `generate` and `recipes` end to end on the MNI152 template."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medsynth.cli import main
+from medsynth.io import read_image
+from medsynth.training.checkpoint import load_checkpoint
+
+TINY = ["--set", "batch_size=4", "--set", "g_channels=8", "--set", "d_channels=8", "--set", "latent_dim=16"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread, and far faster when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def small_volume(tmp_path_factory):
+    """The central 60 axial slices of the MNI152 template, written with medsynth's NIfTI writer."""
+    from medsynth.data.samples import sample_path
+    from medsynth.io import write_nifti
+
+    image = read_image(sample_path("mni152"))
+    return write_nifti(image.with_array(image.array[50:110]), tmp_path_factory.mktemp("data") / "mni_mid.nii.gz")
+
+
+def test_train_then_generate_nifti_with_training_spacing(tmp_path, small_volume, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--recipe", "dcgan", "--data", str(small_volume), "--out", str(out), "--steps", "3", *TINY])
+    assert code == 0
+    log = capsys.readouterr().err
+    assert "step 3/3" in log and "d_loss=" in log and "completed at step 3" in log
+    checkpoint = out / "checkpoint-0000003.safetensors"
+    assert load_checkpoint(checkpoint).settings["g_channels"] == 8
+
+    nifti = tmp_path / "synthetic.nii.gz"
+    assert main(["generate", str(checkpoint), "--num", "4", "--out", str(nifti), "--seed", "5"]) == 0
+    stored = nib.load(nifti)
+    assert stored.shape == (64, 64, 4)
+    assert b"SYNTHETIC" in stored.header["descrip"].tobytes()
+    image = read_image(nifti)
+    # The 233 x 197 mm slices were padded to 233 px and shown on 64 px: 3.64 mm pixels; 1.0 between samples.
+    assert image.spacing == pytest.approx((1.0, 233 / 64, 233 / 64), rel=1e-4)
+    assert image.array.max() > 1.5  # MR intensities of the template, not [-1, 1]
+    assert main(["generate", str(checkpoint), "--num", "4", "--out", str(nifti)]) == 2  # never overwrite
+
+
+def test_generate_dicom_folder(tmp_path, small_volume):
+    import pydicom
+
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", "wgan-gp", "--data", str(small_volume), "--out", str(out), "--steps", "1",
+                 "--set", "n_critic=1", *TINY]) == 0  # fmt: skip
+    folder = tmp_path / "dicom"
+    assert main(["generate", str(out / "checkpoint-0000001.safetensors"), "-n", "2", "--out", str(folder)]) == 0
+    files = sorted(folder.glob("*.dcm"))
+    assert files
+    ds = pydicom.dcmread(files[0])
+    assert ds.Rows == 64 and "SYNTHETIC" in str(ds.get("DerivationDescription", "")) + str(ds.get("ImageType", ""))
+
+
+def test_config_file_and_set_override(tmp_path, small_volume):
+    config = tmp_path / "train.toml"
+    config.write_text(
+        f'recipe = "dcgan"\nout_dir = "{tmp_path / "run"}"\nsteps = 2\ndata = ["{small_volume}"]\n'
+        "[settings]\nbatch_size = 4\ng_channels = 8\nd_channels = 8\nlatent_dim = 16\nlr_g = 0.001\n"
+    )
+    assert main(["train", "--config", str(config), "--set", "lr_g=0.0005"]) == 0
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint-0000002.safetensors")
+    assert ckpt.settings["lr_g"] == 0.0005 and ckpt.settings["batch_size"] == 4
+
+
+def test_bad_input_exits_2_with_the_reason(tmp_path, small_volume, capsys):
+    base = ["train", "--data", str(small_volume), "--out", str(tmp_path / "run")]
+    assert main([*base, "--recipe", "dcgan", "--set", "bogus=1", "--set", "batch_size=0"]) == 2
+    err = capsys.readouterr().err
+    assert "'bogus'" in err and "batch_size" in err
+    assert main([*base, "--recipe", "nope"]) == 2
+    assert "unknown recipe 'nope'" in capsys.readouterr().err
+    assert main([*base, "--recipe", "dcgan", "--set", "novalue"]) == 2
+    assert main(["train", "--recipe", "dcgan", "--out", str(tmp_path)]) == 2
+    assert "no training data" in capsys.readouterr().err
+    not_ckpt = tmp_path / "x.safetensors"
+    not_ckpt.write_bytes(b"garbage")
+    assert main(["generate", str(not_ckpt), "-n", "1", "--out", str(tmp_path / "o.nii")]) == 2
+    assert not (tmp_path / "run").exists()
+
+
+def test_recipes_lists_settings_with_types_defaults_and_ranges(capsys):
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    assert "dcgan  [image2d]" in out and "wgan-gp  [image2d]" in out
+    gp_line = next(line for line in out.splitlines() if line.strip().startswith("gp_lambda"))
+    assert "float" in gp_line and "10.0" in gp_line and "0..1000" in gp_line
+    assert "one of 64, 128" in out
+
+
+@pytest.mark.slow
+def test_sigterm_stops_cleanly_with_a_checkpoint(tmp_path, small_volume):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "medsynth", "train", "--recipe", "dcgan", "--data", str(small_volume),
+               "--out", str(out), "--steps", "100000", "--log-every", "1", *TINY]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith("step 2/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, "".join(lines) + rest
+    assert "stopped at step" in rest
+    (checkpoint,) = out.iterdir()
+    step = load_checkpoint(checkpoint).step
+    assert 2 <= step < 100000 and checkpoint.name == f"checkpoint-{step:07d}.safetensors"
+    assert np.isfinite(load_checkpoint(checkpoint).state["models"]["generator"]["main.0.weight"].numpy()).all()
