@@ -53,17 +53,25 @@ def layer_name(image: MedImage) -> str:
 def contrast_limits(image: MedImage) -> tuple[float, float]:
     """CT: the file's own window, else a soft-tissue window; anything else: 1st-99th percentile."""
     if image.modality == "CT" and image.units == "HU":
-        window = image.metadata.get("window")
-        if window:
-            center, width = window
+        if "window_center" in image.metadata and "window_width" in image.metadata:
+            center, width = float(image.metadata["window_center"]), float(image.metadata["window_width"])
             return (center - width / 2, center + width / 2)
         return DEFAULT_CT_WINDOW
-    flat = np.asarray(image.array).reshape(-1)
-    sample = flat[:: max(1, flat.size // _MAX_CONTRAST_SAMPLES)]
+    sample = _strided_sample(image.array)
     low, high = np.percentile(sample, [1, 99]) if sample.size else (0.0, 1.0)
     if high <= low:
         low, high = float(sample.min(initial=0)), float(sample.max(initial=1))
     return (float(low), float(high) if high > low else float(low) + 1.0)
+
+
+def _strided_sample(array: Any) -> np.ndarray:
+    """At most about `_MAX_CONTRAST_SAMPLES` values, taken with a step on every axis.
+
+    Striding each axis reads a view of a memory map; flattening a reoriented view first would copy
+    the whole (possibly 4D) array.
+    """
+    step = max(1, int(np.ceil((array.size / _MAX_CONTRAST_SAMPLES) ** (1 / array.ndim))))
+    return np.asarray(array[(slice(None, None, step),) * array.ndim], dtype=np.float64).ravel()
 
 
 def from_layer(data: Any, attributes: dict[str, Any], *, is_label: bool | None = None) -> MedImage:

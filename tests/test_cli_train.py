@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -38,11 +39,12 @@ def small_volume(tmp_path_factory):
     return write_nifti(image.with_array(image.array[50:110]), tmp_path_factory.mktemp("data") / "mni_mid.nii.gz")
 
 
-def test_train_then_generate_nifti_with_training_spacing(tmp_path, small_volume, capsys):
+def test_train_then_generate_nifti_with_training_spacing(tmp_path, small_volume, caplog):
+    caplog.set_level(logging.INFO, logger="medsynth")
     out = tmp_path / "run"
     code = main(["train", "--recipe", "dcgan", "--data", str(small_volume), "--out", str(out), "--steps", "3", *TINY])
     assert code == 0
-    log = capsys.readouterr().err
+    log = caplog.text
     assert "step 3/3" in log and "d_loss=" in log and "completed at step 3" in log
     checkpoint = out / "checkpoint-0000003.safetensors"
     assert load_checkpoint(checkpoint).settings["g_channels"] == 8
@@ -68,9 +70,10 @@ def test_generate_dicom_folder(tmp_path, small_volume):
     folder = tmp_path / "dicom"
     assert main(["generate", str(out / "checkpoint-0000001.safetensors"), "-n", "2", "--out", str(folder)]) == 0
     files = sorted(folder.glob("*.dcm"))
-    assert files
+    assert len(files) == 2
     ds = pydicom.dcmread(files[0])
-    assert ds.Rows == 64 and "SYNTHETIC" in str(ds.get("DerivationDescription", "")) + str(ds.get("ImageType", ""))
+    assert (ds.Rows, ds.Columns) == (64, 64) and "SYNTHETIC" in str(ds.DerivationDescription)
+    assert [float(v) for v in ds.PixelSpacing] == pytest.approx([233 / 64, 233 / 64], rel=1e-4)
 
 
 def test_config_file_and_set_override(tmp_path, small_volume):
@@ -122,7 +125,7 @@ def test_sigterm_stops_cleanly_with_a_checkpoint(tmp_path, small_volume):
         if line.startswith("step 2/"):
             proc.send_signal(signal.SIGTERM)
             break
-    rest, _ = proc.communicate(timeout=120)
+    _, rest = proc.communicate(timeout=120)
     assert proc.returncode == 0, "".join(lines) + rest
     assert "stopped at step" in rest
     (checkpoint,) = out.iterdir()

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Select, SpinBox
-from napari.utils.task_status import Status
-from qtpy.QtCore import QEvent, QTimer
+from napari.utils import progress
+from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QFileDialog, QVBoxLayout, QWidget
 from superqt.utils import FunctionWorker
 
@@ -106,10 +106,10 @@ class TrainWidget(QWidget):
         self.run = TrainingRun()
         self.preview_layer: Image | None = None
         self.checkpoint_path: Path | None = None
-        self.progress = None
+        self.progress: progress | None = None
         self._recipes = {info.name: info for info in list_recipes()}
         self._source: MedImage | None = None
-        self._task: Any = None
+        self._watched_window: QWidget | None = None
 
         self.data = Container(
             widgets=[
@@ -207,12 +207,11 @@ class TrainWidget(QWidget):
 
     def _config(self, resume: Path | None = None) -> TrainConfig:
         """The run's frozen configuration from the widgets (SettingsError naming each bad value)."""
-        out_dir = Path(self.out_dir.value)
         if str(self.out_dir.value) in ("", "."):
             raise InputError("no output folder chosen: choose the folder where checkpoints are written")
         return TrainConfig(
             recipe=self.recipe.value,
-            out_dir=out_dir,
+            out_dir=Path(self.out_dir.value),
             settings=self.settings.values(),
             device=self.device.value,
             resume=resume,
@@ -236,7 +235,7 @@ class TrainWidget(QWidget):
             return
         self._source = images[0]
         self.run.start(lambda control: train(config, images, control), self._on_event)
-        self._set_busy(True)
+        self._watch_window(True)
 
     def resume_from_checkpoint(self) -> None:
         """Continue training from the loaded checkpoint (up to the steps now set)."""
@@ -260,7 +259,7 @@ class TrainWidget(QWidget):
         self.continue_button.enabled = idle and self.checkpoint_path is not None
         self.data.enabled = self.setup.enabled = idle
         if idle:
-            self._set_busy(False)
+            self._watch_window(False)
             self._close_progress()
             self._redraw_timer.stop()
             self.loss_plot.redraw()
@@ -289,8 +288,6 @@ class TrainWidget(QWidget):
             report_error(event.error)
 
     def _on_started(self, event: Started) -> None:
-        from napari.utils import progress
-
         self._close_progress()
         self.progress = progress(total=event.total_steps, initial=event.start_step, desc=f"Training {event.recipe}")
         if event.start_step == 0:
@@ -321,7 +318,7 @@ class TrainWidget(QWidget):
     def _close_progress(self) -> None:
         if self.progress is not None:
             self.progress.close()
-            self.progress = None
+            self.progress: progress | None = None
 
     # -- checkpoints and generation ------------------------------------------------------------
 
@@ -400,19 +397,24 @@ class TrainWidget(QWidget):
             report_error(RuntimeError(f"training did not stop within {SHUTDOWN_TIMEOUT_S:.0f} s; its last checkpoint may be older"))
         self._close_progress()
 
-    def _set_busy(self, busy: bool) -> None:
-        """Tell the viewer window whether training runs.
+    def _watch_window(self, watch: bool) -> None:
+        """While training runs, a Close event of the viewer's main window stops it (see `eventFilter`)."""
+        if watch:
+            window = self
+            while window.parentWidget() is not None:  # parents, not window(): a floating dock is its own window
+                window = window.parentWidget()
+            if window is not self:
+                window.installEventFilter(self)
+                self._watched_window = window
+        elif self._watched_window is not None:
+            self._watched_window.removeEventFilter(self)
+            self._watched_window = None
 
-        Closing the window cancels its busy tasks (after asking the user) before anything is torn
-        down; our cancel callback stops training and waits for the checkpoint. This is the window's
-        task-status hook that napari's own `create_worker` uses for its workers.
-        """
-        window = self.viewer.window
-        if busy:
-            self._task = window._register_task_status("napari-medsynth", Status.BUSY, "training", cancel_callback=self.shutdown)
-        elif self._task is not None:
-            window._update_task_status(self._task, Status.COMPLETED)
-            self._task = None
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        # The main window's Close arrives before napari tears the window down, while the widgets live.
+        if watched is self._watched_window and event.type() == QEvent.Type.Close:
+            self.shutdown()
+        return False
 
 
 def _layer_from_tuple(data: Any, kwargs: dict[str, Any], layer_type: str) -> Any:

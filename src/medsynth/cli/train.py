@@ -107,9 +107,30 @@ def run_generate(args) -> int:
     if is_nifti and out.exists():
         raise InputError(f"{out} exists; choose a new file name (files are never overwritten)")
     image = generate(args.checkpoint, args.num, seed=args.seed, device=args.device)
-    written = [write_nifti(image, out)] if is_nifti else write_dicom(image, out)
-    log.info("wrote %d synthetic image(s) to %s", args.num, out if not is_nifti else written[0])
+    if is_nifti:
+        write_nifti(image, out)
+    else:
+        # Independent samples are not the slices of one volume: each becomes its own 2D image file.
+        for k in range(args.num):
+            write_dicom(sample_image(image, k), out)
+    log.info("wrote %d synthetic image(s) to %s", args.num, out)
     return 0
+
+
+def sample_image(samples, k: int):
+    """Sample `k` of a generated ``(N, H, W)`` stack as a 2D `MedImage` with the stack's units and provenance."""
+    from medsynth.io.image import MedImage
+
+    return MedImage(
+        array=samples.array[k],
+        axes="yx",
+        spacing=samples.spacing[1:],
+        modality=samples.modality,
+        units=samples.units,
+        name=f"{samples.name} {k + 1:04d}",
+        synthetic=samples.synthetic,
+        metadata={**samples.metadata, "sample_index": k},
+    )
 
 
 def run_recipes(args) -> int:

@@ -4,9 +4,9 @@ Rules per modality, applied to the image's spatial array (a 2D image or a 3D vol
 
 - CT: bone is ``HU > bone_hu`` grown by `bone_margin_mm`; the body is ``HU > body_hu``, closed, its
   holes filled, largest component kept; everything outside the body (air) is forbidden.
-- Radiographs (CR, DX): the body outline by Otsu's threshold; bone is the brightest body pixels
+- Radiographs (CR, DX): the body outline by Li's threshold; bone is the brightest body pixels
   (above the `bone_percentile` of the body), opened to drop speckle, then grown by `bone_margin_mm`.
-- MR and everything else: the body outline by Otsu's threshold.
+- MR and everything else: the body outline by Li's (minimum cross-entropy) threshold.
 
 These are a starting point for the annotator to correct by hand (or for the ``danger-unet``
 model), not an anatomical segmentation: vessels, pleura and organs are not found by thresholds.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-from skimage.filters import threshold_otsu
+from skimage.filters import threshold_li
 
 from medsynth.errors import InputError
 from medsynth.io.image import MedImage
@@ -58,7 +58,7 @@ def bootstrap_danger(image: MedImage, rules: DangerRules | None = None) -> np.nd
     elif modality in RADIOGRAPH_MODALITIES:
         permissible = _radiograph_permissible(values, spacing, rules)
     else:
-        permissible = body_outline(values > _otsu(values, image.name), spacing, rules.closing_mm)
+        permissible = body_outline(values > _body_threshold(values, image.name), spacing, rules.closing_mm)
     return permissible.astype(np.uint8)
 
 
@@ -94,7 +94,7 @@ def _ct_permissible(values: np.ndarray, spacing: tuple[float, ...], rules: Dange
 
 
 def _radiograph_permissible(values: np.ndarray, spacing: tuple[float, ...], rules: DangerRules) -> np.ndarray:
-    body = body_outline(values > _otsu(values, "radiograph"), spacing, rules.closing_mm)
+    body = body_outline(values > _body_threshold(values, "radiograph"), spacing, rules.closing_mm)
     if not body.any():
         return body
     bright = body & (values > np.percentile(values[body], rules.bone_percentile))
@@ -103,7 +103,7 @@ def _radiograph_permissible(values: np.ndarray, spacing: tuple[float, ...], rule
     return body & ~grow(bone, spacing, rules.bone_margin_mm)
 
 
-def _otsu(values: np.ndarray, name: str) -> float:
+def _body_threshold(values: np.ndarray, name: str) -> float:
     if float(values.min()) == float(values.max()):
         raise InputError(f"{name!r} is constant ({float(values.min())}); there is no body to outline")
-    return float(threshold_otsu(values))
+    return float(threshold_body_threshold(values))
