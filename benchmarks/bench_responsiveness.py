@@ -85,6 +85,7 @@ def main() -> None:
     training = summary(measure_gaps(args.seconds))
     steps = widget.progress.n if widget.progress is not None else 0
     samples_shown = widget.preview_layer is not None
+    settings = widget.settings.values()
     started = time.perf_counter()
     widget.run.stop()
     while widget.run.state.value != "idle":
@@ -94,7 +95,7 @@ def main() -> None:
 
     result = {
         "recipe": args.recipe,
-        "settings": widget.settings.values(),
+        "settings": settings,
         "data": "MNI152 T1 1 mm (197x233x189), axial slices",
         "baseline": baseline,
         "training": training,

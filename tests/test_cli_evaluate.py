@@ -71,7 +71,9 @@ def test_data_range_comes_from_the_real_set_not_from_one_image(slices):
     # A brighter fake set does not change the range: PSNR must drop, not be re-normalised away.
     brighter = evaluate(real, fake * 1.5, metrics=["psnr"])[0]
     assert brighter.mean < default.mean - 3
-    per_image = [peak_signal_noise_ratio(r, f, data_range=r.max() - r.min()) for r, f in zip(real, fake) if r.max() > r.min()]
+    per_image = [
+        peak_signal_noise_ratio(r, f, data_range=r.max() - r.min()) for r, f in zip(real, fake) if r.max() > r.min()
+    ]
     assert default.mean != pytest.approx(np.mean(per_image), abs=0.1)
 
 
@@ -96,14 +98,24 @@ def test_missing_inception_weights_skip_fid_and_kid_with_a_note(slices, tmp_path
     results = evaluate(real[:4], fake[:4], metrics=["fid", "kid"])
     for r in results:
         assert math.isnan(r.mean) and r.n == 0
-        assert r.note.startswith(f"no Inception weights: {r.name.upper()} skipped (")
-        assert "pt_inception" in r.note
+        expected = (
+            f"no Inception weights: {r.name.upper()} skipped (put pt_inception-2015-12-05-6726825d.pth in {tmp_path})"
+        )
+        assert r.note == expected
+        assert "does not download" in r.details["error"]
 
 
 def test_sharpness_and_temporal_rows(fmri):
     frames = np.asarray(fmri.array, dtype=np.float64)[:, 8:16]  # 2 frames of (8, 96, 128) volumes
     results = {r.name: r for r in evaluate(frames, frames[::-1].copy(), metrics=["sf", "temporal"])}
-    assert list(results) == ["sf_real", "sf_fake", "temporal_diff_w1", "temporal_flow_w1", "warp_error_real", "warp_error_fake"]
+    assert list(results) == [
+        "sf_real",
+        "sf_fake",
+        "temporal_diff_w1",
+        "temporal_flow_w1",
+        "warp_error_real",
+        "warp_error_fake",
+    ]
     assert results["sf_real"].n == 2 and results["sf_real"].mean > 0
     assert results["warp_error_real"].n == 1
     assert results["temporal_diff_w1"].details["curves"]["diff_real"] == pytest.approx(
@@ -142,7 +154,7 @@ def test_constant_real_set_needs_an_explicit_range(slices):
 
 
 def test_results_are_written_as_json_and_csv(slices, tmp_path):
-    real, fake = slices
+    real = slices[0]
     results = evaluate(real, real.copy(), metrics=["psnr", "swd"])  # identical: PSNR is inf
     assert math.isnan(results[0].mean) and "24 of 24 values not finite" in results[0].note
     json_path, csv_path = to_json(results, tmp_path / "r.json"), to_csv(results, tmp_path / "r.csv")
@@ -166,7 +178,9 @@ def test_results_are_written_as_json_and_csv(slices, tmp_path):
 @pytest.fixture(scope="module")
 def fake_file(fmri, tmp_path_factory):
     """A synthetic NIfTI: the real series with noise, written by medsynth and labelled synthetic."""
-    noisy = np.asarray(fmri.array, np.float32) + np.random.default_rng(0).normal(0, 20, fmri.array.shape).astype(np.float32)
+    noisy = np.asarray(fmri.array, np.float32) + np.random.default_rng(0).normal(0, 20, fmri.array.shape).astype(
+        np.float32
+    )
     image = fmri.with_array(noisy, synthetic=SyntheticProvenance("test-noise", "0", seed=0))
     return write_nifti(image, tmp_path_factory.mktemp("fake") / "fake.nii.gz")
 
@@ -183,7 +197,9 @@ def test_cli_evaluates_per_volume_and_per_slice(example4d_path, fake_file, fmri,
     span = real.max() - real.min()
     psnr = doc["results"][0]
     assert psnr["n"] == 2  # two 3D volumes, evaluated per volume
-    np.testing.assert_allclose(psnr["values"], [peak_signal_noise_ratio(r, f, data_range=span) for r, f in zip(real, fake)], rtol=1e-6)
+    np.testing.assert_allclose(
+        psnr["values"], [peak_signal_noise_ratio(r, f, data_range=span) for r, f in zip(real, fake)], rtol=1e-6
+    )
     assert f"{psnr['mean']:.6g}" in table
 
     out_csv = tmp_path / "out.csv"
@@ -200,7 +216,17 @@ def test_cli_mask_and_metric_list(example4d_path, fake_file, fmri, tmp_path, cap
     label = fmri.with_array((mean > np.percentile(mean, 70)).astype(np.uint8), axes="zyx", is_label=True)
     mask_path = write_nifti(label, tmp_path / "brain_mask.nii.gz")
     code = main(
-        ["evaluate", "--real", str(example4d_path), "--fake", str(fake_file), "--metrics", "ssim", "--mask", str(mask_path)]
+        [
+            "evaluate",
+            "--real",
+            str(example4d_path),
+            "--fake",
+            str(fake_file),
+            "--metrics",
+            "ssim",
+            "--mask",
+            str(mask_path),
+        ]
     )
     assert code == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]

@@ -65,8 +65,25 @@ def test_generate_dicom_folder(tmp_path, small_volume):
     import pydicom
 
     out = tmp_path / "run"
-    assert main(["train", "--recipe", "wgan-gp", "--data", str(small_volume), "--out", str(out), "--steps", "1",
-                 "--set", "n_critic=1", *TINY]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--recipe",
+                "wgan-gp",
+                "--data",
+                str(small_volume),
+                "--out",
+                str(out),
+                "--steps",
+                "1",
+                "--set",
+                "n_critic=1",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     folder = tmp_path / "dicom"
     assert main(["generate", str(out / "checkpoint-0000001.safetensors"), "-n", "2", "--out", str(folder)]) == 0
     files = sorted(folder.glob("*.dcm"))
@@ -115,8 +132,23 @@ def test_recipes_lists_settings_with_types_defaults_and_ranges(capsys):
 @pytest.mark.slow
 def test_sigterm_stops_cleanly_with_a_checkpoint(tmp_path, small_volume):
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "medsynth", "train", "--recipe", "dcgan", "--data", str(small_volume),
-               "--out", str(out), "--steps", "100000", "--log-every", "1", *TINY]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "medsynth",
+        "train",
+        "--recipe",
+        "dcgan",
+        "--data",
+        str(small_volume),
+        "--out",
+        str(out),
+        "--steps",
+        "100000",
+        "--log-every",
+        "1",
+        *TINY,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     lines = []

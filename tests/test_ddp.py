@@ -17,12 +17,37 @@ from medsynth.training.generate import load_recipe
 def test_two_gloo_processes_keep_identical_weights(tmp_path, mni152_path):
     out = tmp_path / "run"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "medsynth", "train", "--recipe", "wgan-gp", "--data", str(mni152_path), "--out", str(out),
-        "--steps", "3", "--log-every", "1", "--device", "cpu",
-        "--set", "batch_size=4", "--set", "g_channels=8", "--set", "d_channels=8", "--set", "latent_dim=16",
-        "--set", "n_critic=2",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "medsynth",
+        "train",
+        "--recipe",
+        "wgan-gp",
+        "--data",
+        str(mni152_path),
+        "--out",
+        str(out),
+        "--steps",
+        "3",
+        "--log-every",
+        "1",
+        "--device",
+        "cpu",
+        "--set",
+        "batch_size=4",
+        "--set",
+        "g_channels=8",
+        "--set",
+        "d_channels=8",
+        "--set",
+        "latent_dim=16",
+        "--set",
+        "n_critic=2",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

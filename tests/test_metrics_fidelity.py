@@ -164,7 +164,7 @@ def _direct_ms_ssim(a: np.ndarray, b: np.ndarray, data_range: float, betas) -> f
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     terms = []
     for j in range(len(betas)):
-        g = lambda x: ndimage.gaussian_filter(x, 1.5, truncate=3.5)[5:-5, 5:-5]  # noqa: E731
+        g = lambda x: ndimage.gaussian_filter(x, 1.5, truncate=3.5)[5:-5, 5:-5]
         ma, mb = g(a), g(b)
         va, vb, cov = g(a * a) - ma**2, g(b * b) - mb**2, g(a * b) - ma * mb
         cs = (2 * cov + c2) / (va + vb + c2)

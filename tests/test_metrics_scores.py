@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import numpy as np
 import pydicom
@@ -36,7 +37,7 @@ def test_hyperscore_is_the_papers_formula_not_its_worked_example():
 
 def test_hyperscore_parameters_and_monotonicity():
     scores = [hyperscore(v) for v in (0.2, 0.5, 0.8, 0.95, 1.0)]
-    assert all(a < b for a, b in zip(scores, scores[1:])) and scores[0] > 100
+    assert all(a < b for a, b in pairwise(scores)) and scores[0] > 100
     assert hyperscore(1e-6) == pytest.approx(100.0)
     assert hyperscore(0.5, beta=2.0, gamma=0.0, kappa=1.0) == pytest.approx(100 * (1 + 1 / (1 + 2**2)))
 
@@ -158,9 +159,7 @@ def test_spatial_frequency_of_a_volume_adds_the_slice_direction(ct):
     volume = np.stack([ct, ct + 10.0, ct])  # 10 HU jumps between slices
     (value,) = spatial_frequency(volume[None])
     size = volume.size
-    expected = math.sqrt(
-        sum(np.sum(np.diff(volume, axis=ax) ** 2) for ax in range(3)) / size
-    )
+    expected = math.sqrt(sum(np.sum(np.diff(volume, axis=ax) ** 2) for ax in range(3)) / size)
     assert value == pytest.approx(expected) and expected > 0
 
 

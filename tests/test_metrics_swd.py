@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -122,7 +124,7 @@ def _reference_swd(real, fake, seed, per_image, repeats, directions):
         gauss = [images[:, None].astype(np.float32)]
         for _ in resolutions[1:]:
             gauss.append(_ref_pyr_down(gauss[-1]))
-        bands = [g - _ref_pyr_up(c, g.shape[2:]) for g, c in zip(gauss[:-1], gauss[1:])] + [gauss[-1]]
+        bands = [g - _ref_pyr_up(c, g.shape[2:]) for g, c in pairwise(gauss)] + [gauss[-1]]
         per_level = []
         for band in bands:
             h, w = band.shape[2:]

@@ -55,7 +55,9 @@ def test_distances_are_scipy_wasserstein_of_direct_frame_differences(real, later
     span = float(real.max() - real.min())
     diffs_real = np.abs(real[1:] - real[:-1]) / span
     diffs_fake = np.abs(later[1:] - later[:-1]) / span
-    assert report.diff_wasserstein == pytest.approx(stats.wasserstein_distance(diffs_real.ravel(), diffs_fake.ravel()), rel=1e-5)
+    assert report.diff_wasserstein == pytest.approx(
+        stats.wasserstein_distance(diffs_real.ravel(), diffs_fake.ravel()), rel=1e-5
+    )
     np.testing.assert_allclose(report.real.diff_curve, diffs_real.mean(axis=(1, 2)), rtol=1e-5)
     # Against a motionless sequence, W1 is the real sequence's mean difference and mean flow (a point mass at 0).
     frozen = temporal_consistency(real, np.repeat(real[:1], 5, axis=0))

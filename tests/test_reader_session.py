@@ -182,7 +182,7 @@ def test_items_from_files(tmp_path):
 
     anat = Path(data_path) / "anatomical.nii"
     named = images_from_paths([anat])
-    assert len(named) == 1 and named[0][0] == str(anat)
+    assert len(named) == 1 and named[0][0] == str(anat.resolve())
     items = build_items(named, [("gan", named[0][1][:2])])
     assert sum(i.truth == REAL for i in items) == named[0][1].shape[0]
     assert items[0].image().shape == named[0][1].shape[1:]

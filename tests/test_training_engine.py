@@ -20,7 +20,10 @@ from medsynth.training.generate import generate
 from medsynth.training.trainer import check_config, train
 
 TINY = {"batch_size": 4, "g_channels": 8, "d_channels": 8, "latent_dim": 16}
-LOSSES = {"dcgan": {"d_loss", "d_loss_real", "d_loss_fake", "g_loss"}, "wgan-gp": {"critic_loss", "wasserstein", "gp", "g_loss"}}
+LOSSES = {
+    "dcgan": {"d_loss", "d_loss_real", "d_loss_fake", "g_loss"},
+    "wgan-gp": {"critic_loss", "wasserstein", "gp", "g_loss"},
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -77,7 +80,10 @@ def test_baseline_trains_on_mni_axial_slices(runs, recipe):
     saved = [e.step for e in got if isinstance(e, events.CheckpointSaved)]
     assert saved == [2, 4] and ckpt.step == 4 and ckpt.recipe == recipe
     out_dir = got[-1].checkpoint.parent
-    assert sorted(p.name for p in out_dir.iterdir()) == ["checkpoint-0000002.safetensors", "checkpoint-0000004.safetensors"]
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "checkpoint-0000002.safetensors",
+        "checkpoint-0000004.safetensors",
+    ]
 
 
 def _progress_losses(config, data):

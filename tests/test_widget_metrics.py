@@ -162,3 +162,39 @@ def test_bad_input_is_a_notification_not_a_crash(make_napari_viewer, qtbot, monk
     _compute(widget, qtbot)
     assert "shape" in str(errors[-1]) and widget.results.table.rowCount() == 0
     assert widget.run_button.isEnabled()
+
+
+def test_closing_the_widget_while_it_computes(make_napari_viewer, qtbot, ct_sequence):
+    """napari's close button during a run: the worker is told to quit and nothing reaches the dead widget."""
+    viewer = make_napari_viewer()
+    viewer.add_image(ct_sequence[0], name="real")
+    viewer.add_image(ct_sequence[1], name="fake")
+    widget = _open(viewer)
+    widget.real.select("real")
+    widget.fake.select("fake")
+    _choose(widget, ("ssim", "swd"))
+    worker = widget.start()
+    viewer.window.remove_dock_widget(widget)
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=60_000)
+    assert worker.abort_requested
+
+
+def test_missing_inception_weights_are_a_note_in_the_table(make_napari_viewer, qtbot, ct_sequence, tmp_path, monkeypatch):
+    from medsynth.weights import ENV_WEIGHTS_DIR
+
+    monkeypatch.delenv(ENV_WEIGHTS_DIR, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    viewer = make_napari_viewer()
+    viewer.add_image(ct_sequence[0], name="real")
+    viewer.add_image(ct_sequence[1], name="fake")
+    widget = _open(viewer)
+    widget.real.select("real")
+    widget.fake.select("fake")
+    _choose(widget, ("fid", "psnr"))
+
+    results = _compute(widget, qtbot)
+
+    assert [r.name for r in results] == ["psnr", "fid"]
+    assert _table(widget)["fid"][:3] == ["-", "-", "0"]
+    assert _table(widget)["fid"][3].startswith("no Inception weights: FID skipped")

@@ -128,8 +128,9 @@ def test_two_raters_agreement(make_napari_viewer, qtbot, ct_sets, tmp_path):
 def test_bad_setup_is_a_notification(make_napari_viewer, monkeypatch, ct_sets, tmp_path):
     import napari_medsynth.widgets.reader_study as module
 
-    errors = []
+    errors, warnings = [], []
     monkeypatch.setattr(module, "report_error", errors.append)
+    monkeypatch.setattr(module, "show_warning", warnings.append)
     viewer = make_napari_viewer()
     viewer.add_image(ct_sets[0], name="real CT")
     viewer.add_image(ct_sets[1], name="GAN CT [SYNTHETIC]")
@@ -139,4 +140,22 @@ def test_bad_setup_is_a_notification(make_napari_viewer, monkeypatch, ct_sets, t
     widget.rater.setText("ann")
     widget.fake.select(viewer.add_image(ct_sets[1][:, :64], name="cropped"))
     assert widget.start() is not None
-    assert "tell them apart by size" in str(errors[-1])
+    assert "tell them apart by size" in warnings[-1] and len(errors) == 1
+
+
+def test_real_images_from_a_file(make_napari_viewer, ct_sets, tmp_path):
+    """A DICOM file as the real source (read by medsynth.io.read), a layer as the synthetic one."""
+    from pathlib import Path
+
+    viewer = make_napari_viewer()
+    viewer.add_image(ct_sets[0], name="real CT")
+    viewer.add_image(ct_sets[1], name="GAN CT [SYNTHETIC]")
+    widget = _open(viewer, "ann", tmp_path / "ann.csv")
+    widget.real.select(Path(get_testdata_file("CT_small.dcm")))
+    session = widget.start()
+    assert session.n_total == 5
+    sources = {item.truth: item.source for item in session.order}
+    assert sources[REAL].endswith("CT_small.dcm") and sources[SYNTHETIC].startswith("GAN CT")
+    real_item = next(item for item in session.order if item.truth == REAL)
+    np.testing.assert_allclose(real_item.image(), ct_sets[0][0])
+    widget.stop()

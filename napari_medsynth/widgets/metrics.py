@@ -4,7 +4,7 @@ The widget only gathers inputs and shows results: `measure` (a plain generator o
 `medsynth.metrics.evaluate`) runs in a napari thread worker and yields progress; the results reach
 the table and the temporal plots in a GUI-thread slot. Items follow `medsynth evaluate`: time frames
 are items, a 2D image is one item, a 3D volume one item unless "3D volumes slice by slice" is on.
-Layers are read, never modified (the batches are float32 copies).
+Layers are read, never modified: the worker makes float32 copies of their data.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import napari
 import numpy as np
 from napari.layers import Image, Labels, Layer
 from napari.qt.threading import GeneratorWorker
+from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import (
     QCheckBox,
     QDoubleSpinBox,
@@ -31,6 +32,7 @@ from qtpy.QtWidgets import (
 
 from medsynth.cli.evaluate import _items, load_items
 from medsynth.errors import InputError
+from medsynth.io.image import MedImage
 from medsynth.metrics.evaluate import MetricResult, available_metrics, evaluate
 from napari_medsynth.layers import from_layer
 from napari_medsynth.notify import report_error
@@ -40,17 +42,21 @@ from napari_medsynth.widgets.results_table import ResultsPanel
 from napari_medsynth.widgets.source_picker import SourcePicker
 
 Progress = tuple[int, int, str]
-Source = np.ndarray | Path
+Source = MedImage | Path
 DEFAULT_METRICS = ("psnr", "ssim", "swd")
 # Per-frame-pair curves of the temporal metric, by unit (curve keys from TemporalReport.curves()).
 INTENSITY_CURVES = ("diff_real", "diff_fake", "warp_error_real", "warp_error_fake")
 FLOW_CURVES = ("flow_real", "flow_fake")
 
 
-def layer_items(layer: Layer, *, slices: bool) -> np.ndarray:
-    """A layer's data as a float32 batch ``(N, H, W)`` or ``(N, D, H, W)``, as `medsynth evaluate` makes it."""
-    image = from_layer(layer.data, {"metadata": layer.metadata, "name": layer.name, "rgb": getattr(layer, "rgb", False)})
-    return _items(image, slices)
+def layer_image(layer: Layer) -> MedImage:
+    """A layer as a `MedImage` sharing its data (no copy), its axes taken from the layer's metadata."""
+    return from_layer(layer.data, {"metadata": layer.metadata, "name": layer.name, "rgb": getattr(layer, "rgb", False)})
+
+
+def as_batch(source: Source, *, slices: bool, what: str) -> np.ndarray:
+    """A float32 batch ``(N, H, W)`` or ``(N, D, H, W)`` of an image or a path, as `medsynth evaluate` makes it."""
+    return load_items([str(source)], slices, what) if isinstance(source, Path) else _items(source, slices)
 
 
 def is_sequence(layer: Layer) -> bool:
@@ -64,7 +70,7 @@ def measure(
 ) -> Generator[Progress, None, list[MetricResult]]:
     """Evaluate `metrics` of `fake` against `real`, yielding ``(done, total, label)`` before each metric.
 
-    `real` and `fake` are batches (see `layer_items`) or paths read as `medsynth evaluate` reads them.
+    `real` and `fake` are images (see `layer_image`) or paths, made into batches by `as_batch`.
     Returns the `MetricResult` list of `medsynth.metrics.evaluate.evaluate`.
     """
     names = list(dict.fromkeys(metrics))
@@ -72,8 +78,8 @@ def measure(
         raise InputError("no metric is ticked; tick at least one metric to compute")
     total = len(names) + 1
     yield 0, total, "reading images"
-    real_items = load_items([str(real)], slices, "real") if isinstance(real, Path) else real
-    fake_items = load_items([str(fake)], slices, "fake") if isinstance(fake, Path) else fake
+    real_items = as_batch(real, slices=slices, what="real")
+    fake_items = as_batch(fake, slices=slices, what="fake")
     results: list[MetricResult] = []
     for done, name in enumerate(names, start=1):
         yield done, total, name
@@ -175,7 +181,7 @@ class MetricsWidget(QWidget):
             raise InputError(f"no {what} images chosen; pick a layer or give a file or folder")
         if isinstance(choice, Path):
             return choice
-        return layer_items(choice, slices=self.slices.isChecked())
+        return layer_image(choice)
 
     def arguments(self) -> dict:
         """The worker's arguments, all gathered here in the GUI thread (the worker reads no widget)."""
@@ -195,7 +201,7 @@ class MetricsWidget(QWidget):
             return self.worker
         try:
             kwargs = self.arguments()
-        except InputError as exc:
+        except ValueError as exc:  # InputError, and layers that are no medical image (5D, ...)
             report_error(exc)
             return None
         self.results.set_results([])
@@ -233,7 +239,24 @@ class MetricsWidget(QWidget):
         self.worker = None
         self.run_button.setEnabled(True)
 
+    def event(self, event: QEvent) -> bool:
+        # napari's close button only takes the widget out of its dock (no close event, no deletion).
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None:
+            self._quit_worker()
+            for picker in (self.real, self.fake, self.mask):
+                picker.detach()
+            self.deleteLater()
+        return super().event(event)
+
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
-        if self.worker is not None:
-            self.worker.quit()
+        self._quit_worker()
         super().closeEvent(event)
+
+    def _quit_worker(self) -> None:
+        if self.worker is not None:
+            # Results of a worker that outlives its widget go nowhere.
+            self.worker.yielded.disconnect(self._on_progress)
+            self.worker.returned.disconnect(self.show_results)
+            self.worker.finished.disconnect(self._on_finished)
+            self.worker.quit()
+            self.worker = None

@@ -16,6 +16,7 @@ from pathlib import Path
 import napari
 import numpy as np
 from napari.layers import Image, Layer
+from napari.utils.notifications import show_warning
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import (
     QFileDialog,
@@ -142,7 +143,7 @@ class ReaderStudyWidget(QWidget):
             return None
         hint = size_hint(items)
         if hint:
-            report_error(InputError(hint))
+            show_warning(f"reader study: {hint}")
         self.session = session
         if session.done:
             self._finish()
@@ -248,9 +249,13 @@ class ReaderStudyWidget(QWidget):
             self.compare_raters(paths)
 
     def event(self, event: QEvent) -> bool:
-        # napari's close button takes the widget out of its dock (no close event): leave the study then.
+        # napari's close button only takes the widget out of its dock (no close event, no deletion):
+        # leave the study and delete the widget, or it lingers unparented until Qt is torn down.
         if event.type() == QEvent.Type.ParentChange and self.parent() is None:
             self.stop()
+            for picker in (self.real, self.fake):
+                picker.detach()
+            self.deleteLater()
         return super().event(event)
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt override

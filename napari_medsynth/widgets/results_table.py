@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from medsynth.errors import MedsynthError
 from medsynth.metrics.evaluate import MetricResult, to_csv
 from napari_medsynth.notify import report_error
 
@@ -115,5 +116,5 @@ class ResultsPanel(QWidget):
         if path:
             try:
                 self.table.export_csv(path)
-            except Exception as exc:  # noqa: BLE001 - a failed save must not take the viewer down
+            except (MedsynthError, OSError) as exc:
                 report_error(exc)

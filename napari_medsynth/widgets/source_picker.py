@@ -52,9 +52,18 @@ class SourcePicker(QWidget):
         layout.addWidget(self._path_row)
         self.combo.currentIndexChanged.connect(self._on_choice)
         self.path_edit.textChanged.connect(self.changed)
-        for event in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved):
+        for event in self._layer_events():
             event.connect(self.refresh)
         self.refresh()
+
+    def _layer_events(self) -> tuple:
+        events = self._viewer.layers.events
+        return (events.inserted, events.removed, events.moved)
+
+    def detach(self) -> None:
+        """Stop following the viewer's layers (before the widget is deleted)."""
+        for event in self._layer_events():
+            event.disconnect(self.refresh)
 
     def layers(self) -> list[Layer]:
         return [layer for layer in self._viewer.layers if isinstance(layer, self._layer_types)]

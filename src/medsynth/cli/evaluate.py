@@ -35,7 +35,9 @@ def register(subparsers) -> None:
         default=DEFAULT_METRICS,
         help=f"comma-separated metric names (default {DEFAULT_METRICS}); `--metrics list` prints them all",
     )
-    parser.add_argument("--mask", metavar="PATH", help="binary mask (one item's shape or the batch's) for SSIM inside/outside")
+    parser.add_argument(
+        "--mask", metavar="PATH", help="binary mask (one item's shape or the batch's) for SSIM inside/outside"
+    )
     parser.add_argument(
         "--data-range",
         nargs=2,
@@ -43,7 +45,9 @@ def register(subparsers) -> None:
         metavar=("MIN", "MAX"),
         help="intensity range of the data, e.g. -1024 3071 for CT in HU (default: the real set's min and max)",
     )
-    parser.add_argument("--slices", action="store_true", help="evaluate 3D volumes slice by slice instead of per volume")
+    parser.add_argument(
+        "--slices", action="store_true", help="evaluate 3D volumes slice by slice instead of per volume"
+    )
     parser.add_argument("--json", metavar="OUT", help="write results, definitions and versions as JSON")
     parser.add_argument("--csv", metavar="OUT", help="write one row per metric with the per-item values as CSV")
     parser.set_defaults(func=run)

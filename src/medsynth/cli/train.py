@@ -11,7 +11,6 @@ import json
 import logging
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +166,9 @@ def read_config(path: Path) -> dict[str, Any]:
                 import tomli as tomllib
             values = tomllib.loads(text)
     except ValueError as exc:
-        raise InputError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {exc}") from None
+        raise InputError(
+            f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {exc}"
+        ) from None
     if not isinstance(values, dict):
         raise InputError(f"config file {path} must hold a table of options, not {type(values).__name__}")
     return values
@@ -213,7 +214,6 @@ class Reporter:
         self.enabled = enabled
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
-        self.started = time.perf_counter()
 
     def __call__(self, event) -> None:
         from medsynth.training import events
@@ -223,8 +223,12 @@ class Reporter:
         if isinstance(event, events.Started):
             log.info(
                 "training %s on %s (%d process%s), steps %d..%d",
-                event.recipe, event.device, event.world_size, "" if event.world_size == 1 else "es",
-                event.start_step, event.total_steps,
+                event.recipe,
+                event.device,
+                event.world_size,
+                "" if event.world_size == 1 else "es",
+                event.start_step,
+                event.total_steps,
             )
         elif isinstance(event, events.Progress):
             self._progress(event)
@@ -235,7 +239,8 @@ class Reporter:
 
     def _progress(self, event) -> None:
         losses = " ".join(f"{name}={value:.4g}" for name, value in event.losses.items())
-        eta = time.strftime("%H:%M:%S", time.gmtime(event.eta_s))
+        seconds = int(event.eta_s)
+        eta = f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
         text = f"step {event.step}/{event.total_steps} {losses} {event.images_per_s:.1f} img/s ETA {eta}"
         if self.tty:
             width = 24

@@ -106,4 +106,4 @@ def _radiograph_permissible(values: np.ndarray, spacing: tuple[float, ...], rule
 def _body_threshold(values: np.ndarray, name: str) -> float:
     if float(values.min()) == float(values.max()):
         raise InputError(f"{name!r} is constant ({float(values.min())}); there is no body to outline")
-    return float(threshold_body_threshold(values))
+    return float(threshold_li(values))

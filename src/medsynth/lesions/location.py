@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.feature import peak_local_max
 
+from medsynth.atomic import write_text
 from medsynth.errors import CheckpointError, InputError
 
 FORMAT = "medsynth-location-prior"
@@ -97,16 +97,7 @@ def fit_location_prior(label_maps: Sequence[np.ndarray]) -> LocationPrior:
 
 def save_location_prior(prior: LocationPrior, path: str | os.PathLike[str]) -> Path:
     """Write `prior` as JSON atomically; return the path."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(prior.to_dict(), handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(path, json.dumps(prior.to_dict()))
 
 
 def load_location_prior(path: str | os.PathLike[str]) -> LocationPrior:

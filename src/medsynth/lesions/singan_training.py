@@ -20,7 +20,7 @@ returns lesions in the crop's units (the crop is normalised to [-1, 1] by its ow
 maximum, which the checkpoint stores).
 
 A checkpoint is one ``.safetensors`` file (written atomically) whose header holds the JSON
-metadata under the key ``medsynth`` (recipe ``singan``, settings, normalisation, pyramid shapes,
+metadata under the key ``medsynth_singan`` (recipe ``singan``, settings, normalisation, pyramid shapes,
 noise amplitudes) and whose tensors are the generators' weights and ``z*``; the critics are not
 kept, because a SinGAN is not resumed after a scale is done.
 """
@@ -43,6 +43,7 @@ from safetensors.torch import save as save_tensors
 from scipy import ndimage
 
 import medsynth
+from medsynth.atomic import write_bytes
 from medsynth.data.normalization import Normalization
 from medsynth.errors import CheckpointError, InputError, TrainingError
 from medsynth.lesions.crop import MIN_CROP_SIDE
@@ -55,7 +56,8 @@ from medsynth.training.events import CheckpointSaved, Event, Finished, Paused, P
 
 RECIPE = "singan"
 FORMAT_VERSION = 1
-METADATA_KEY = "medsynth"
+METADATA_KEY = "medsynth_singan"
+"""Not the engine's ``medsynth`` key: `medsynth.training.checkpoint` cannot resume or sample a SinGAN."""
 PREVIEW_SAMPLES = 4
 
 
@@ -65,7 +67,7 @@ class SinGANSettings:
 
     scale_factor: float = setting(0.75, "Target ratio between the sizes of neighbouring scales", min=0.5, max=0.95)
     min_size: int = setting(25, "Shorter side of the coarsest scale (px)", min=8, max=256)
-    iterations: int = setting(250, "Training rounds per scale (reference: 2000)", min=1, max=100_000)
+    iterations: int = setting(200, "Training rounds per scale (reference: 2000)", min=1, max=100_000)
     d_steps: int = setting(3, "Critic updates per round", min=1, max=10)
     g_steps: int = setting(3, "Generator updates per round", min=1, max=10)
     lr: float = setting(5e-4, "Adam learning rate of both networks", min=1e-6, max=1e-1)
@@ -174,7 +176,7 @@ def train_singan(
             for name, value in losses.items():
                 window.setdefault(name, []).append(value)
             if step % settings.log_every == 0 or round_index == settings.iterations - 1:
-                yield _progress(step, total, window, run, started, round_index + 1)
+                yield _progress(step, total, window, run, started)
                 window, started = {}, time.perf_counter()
         if reason == "stopped" and scale > 0 and not run.rounds_done:
             break
@@ -221,18 +223,7 @@ def save_singan(lesion_generator: LesionGenerator, path: str | os.PathLike[str],
     }
     tensors = {f"generators.{k}": v.detach().cpu().contiguous() for k, v in model.generators.state_dict().items()}
     tensors["z_star"] = model.z_star.detach().cpu().contiguous()
-    blob = save_tensors(tensors, metadata={METADATA_KEY: json.dumps(meta)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(blob)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_bytes(path, save_tensors(tensors, metadata={METADATA_KEY: json.dumps(meta)}))
 
 
 def load_singan(path: str | os.PathLike[str]) -> LesionGenerator:
@@ -372,7 +363,7 @@ def _scale_networks(
     return generator, critic
 
 
-def _progress(step: int, total: int, window: dict[str, list[float]], run: _ScaleRun, started: float, rounds: int) -> Progress:
+def _progress(step: int, total: int, window: dict[str, list[float]], run: _ScaleRun, started: float) -> Progress:
     elapsed = time.perf_counter() - started
     count = len(next(iter(window.values()), [])) or 1
     per_round = elapsed / count
@@ -380,7 +371,7 @@ def _progress(step: int, total: int, window: dict[str, list[float]], run: _Scale
     return Progress(
         step=step,
         total_steps=total,
-        losses={**{name: float(np.mean(v)) for name, v in window.items()}, "scale": float(run.scale)},
+        losses={name: float(np.mean(v)) for name, v in window.items()},
         learning_rates={"lr_generator": run.opt_g.param_groups[0]["lr"], "lr_critic": run.opt_d.param_groups[0]["lr"]},
         images_per_s=count / elapsed if elapsed > 0 else 0.0,
         eta_s=remaining * per_round,

@@ -31,21 +31,27 @@ _LAZY = {
     "TemporalReport": "temporal",
 }
 
-__all__ = sorted(
-    [
-        *_LAZY,
-        "MetricResult",
-        "aggregate_v",
-        "available_metrics",
-        "evaluate",
-        "hyperscore",
-        "inter_rater_kappa",
-        "reader_study",
-        "swd",
-        "to_csv",
-        "to_json",
-    ]
-)
+__all__ = [
+    "MetricResult",
+    "TemporalReport",
+    "aggregate_v",
+    "available_metrics",
+    "evaluate",
+    "fid",
+    "hyperscore",
+    "inter_rater_kappa",
+    "kid",
+    "ms_ssim",
+    "psnr",
+    "reader_study",
+    "scd",
+    "spatial_frequency",
+    "ssim",
+    "swd",
+    "temporal_consistency",
+    "to_csv",
+    "to_json",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -80,7 +80,7 @@ def _prepare(
 
 
 class _Extractor(nn.Module):
-    """The caller's extractor, checked to return ``(B, F)``, with ``num_features`` for torchmetrics."""
+    """The caller's extractor, checked to return ``(B, F)`` (as float64), with ``num_features`` for torchmetrics."""
 
     def __init__(self, extractor: nn.Module, probe: torch.Tensor) -> None:
         super().__init__()
@@ -96,7 +96,8 @@ class _Extractor(nn.Module):
                 f"the feature extractor must map (B, 3, H, W) images to (B, F) features; for input "
                 f"{tuple(x.shape)} it returned {shape}"
             )
-        return out
+        # float64 from here on: KID's kernel sums cancel to small differences that float32 loses.
+        return out.double()
 
 
 def _feed(metric, real: torch.Tensor, fake: torch.Tensor, data_range, batch_size: int, size: int | None) -> None:

@@ -24,13 +24,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 from medsynth.errors import InputError, MissingWeightsError
 
-DataRange = Union[float, tuple[float, float]]
+DataRange = float | tuple[float, float]
 Progress = Callable[[int, int, str], None]
 
 
@@ -111,9 +111,14 @@ def _swd(x: _Inputs) -> list[MetricResult]:
     return [MetricResult("swd", mean, float("nan"), 1, list(levels.values()), note, {"levels": levels})]
 
 
-def _skipped(name: str, exc: MissingWeightsError) -> MetricResult:
-    weights = "Inception" if name in ("fid", "kid") else "LPIPS"
-    return MetricResult(name, float("nan"), float("nan"), 0, [], f"no {weights} weights: {name.upper()} skipped ({exc})")
+def _skipped(name: str, exc: MissingWeightsError, kind: str, weight_names: Sequence[str]) -> MetricResult:
+    """A NaN result whose note says, in one line, which file to put where; the full message goes in details."""
+    from medsynth.weights import REGISTRY, search_dirs
+
+    files = [REGISTRY[w].filename for w in weight_names]
+    missing = next((f for f in files if f in str(exc)), files[0])
+    note = f"no {kind} weights: {name.upper()} skipped (put {missing} in {search_dirs()[0]})"
+    return MetricResult(name, float("nan"), float("nan"), 0, [], note, {"error": str(exc)})
 
 
 def _fid(x: _Inputs) -> list[MetricResult]:
@@ -122,7 +127,7 @@ def _fid(x: _Inputs) -> list[MetricResult]:
     try:
         value = fid(x.real, x.fake, data_range=x.bounds)
     except MissingWeightsError as exc:
-        return [_skipped("fid", exc)]
+        return [_skipped("fid", exc, "Inception", ["inception-fid"])]
     return [MetricResult("fid", float(value), float("nan"), 1, [float(value)], "one figure for the whole sets")]
 
 
@@ -132,7 +137,7 @@ def _kid(x: _Inputs) -> list[MetricResult]:
     try:
         mean, std = kid(x.real, x.fake, data_range=x.bounds)
     except MissingWeightsError as exc:
-        return [_skipped("kid", exc)]
+        return [_skipped("kid", exc, "Inception", ["inception-fid"])]
     return [MetricResult("kid", float(mean), float(std), 1, [float(mean)], "SD over KID subsets")]
 
 
@@ -142,7 +147,7 @@ def _lpips(x: _Inputs) -> list[MetricResult]:
     try:
         values = lpips(x.real, x.fake, data_range=x.bounds)
     except MissingWeightsError as exc:
-        return [_skipped("lpips", exc)]
+        return [_skipped("lpips", exc, "LPIPS", ["lpips-vgg", "vgg16"])]
     return [_result("lpips", values)]
 
 

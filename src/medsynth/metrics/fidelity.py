@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 import torch
@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 from medsynth.errors import InputError
 
-ArrayLike = Union[np.ndarray, torch.Tensor]
-DataRange = Union[float, tuple[float, float]]
+ArrayLike = np.ndarray | torch.Tensor
+DataRange = float | tuple[float, float]
 
 SSIM_SIGMA = 1.5
 SSIM_K1 = 0.01
@@ -43,7 +43,7 @@ SSIM_K2 = 0.03
 SSIM_RADIUS = int(3.5 * SSIM_SIGMA + 0.5)
 # Wang, Simoncelli & Bovik (2003): weights of the five scales, finest first.
 MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-# Items per chunk are chosen so a chunk's five SSIM moment stacks stay around 256 MiB in float64.
+# Items per chunk are chosen so a chunk's five SSIM moment stacks stay around 320 MiB in float64.
 _CHUNK_VOXELS = 2**23
 
 
@@ -85,7 +85,13 @@ def as_items(
 
     Raises `InputError` naming `name` for non-finite values or too few axes.
     """
-    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+    if isinstance(x, torch.Tensor):
+        t = x
+    else:
+        a = np.asarray(x)
+        if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_) or np.iscomplexobj(a):
+            raise InputError(f"{name} has dtype {a.dtype}; metrics need real-valued numeric images")
+        t = torch.from_numpy(np.ascontiguousarray(a))  # views with negative strides (x[::-1]) need a copy
     t = t.detach().to(device=device if device is not None else t.device, dtype=dtype)
     spatial_dims = t.ndim - 1 if spatial_dims is None else spatial_dims
     if spatial_dims not in (2, 3) or t.ndim < spatial_dims:
@@ -103,6 +109,7 @@ def as_pair(
     real: ArrayLike, fake: ArrayLike, spatial_dims: int | None, device: torch.device | str | None
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
     """Both inputs as ``(M, *spatial)`` float64 tensors on one device, and the items' leading shape."""
+    real, fake = (x if isinstance(x, torch.Tensor) else np.asarray(x) for x in (real, fake))
     if tuple(real.shape) != tuple(fake.shape):
         raise InputError(
             f"real and fake have different shapes {tuple(real.shape)} and {tuple(fake.shape)}; paired metrics "

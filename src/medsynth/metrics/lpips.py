@@ -77,13 +77,12 @@ class LPIPS(nn.Module):
 
 def load_lpips(path: str | os.PathLike | None = None) -> LPIPS:
     """LPIPS-VGG with the published weights; `path` is a folder holding both files (default: standard places)."""
-    vgg = load_vgg(16, path)
     file = require_weights("lpips-vgg", path)
     heads = LPIPSHeads()
     # The published file holds only the heads; anything else in it is not ours to judge.
     state = {k: v for k, v in read_state_dict(file).items() if k.startswith("lin")}
     load_into(heads, state, file)
-    return LPIPS(vgg, heads)
+    return LPIPS(load_vgg(16, path), heads)
 
 
 def lpips(

@@ -157,13 +157,15 @@ def images_from_paths(paths: Iterable[str | os.PathLike[str]]) -> list[tuple[str
     from medsynth.io.read import read
 
     named = []
-    for path in paths:
+    for path in map(Path, paths):
         images = read(path)
         for k, image in enumerate(images):
             if image.is_rgb:
                 raise InputError(f"reader study: {path} holds a colour image; give grayscale images")
-            name = str(path) if len(images) == 1 else f"{path}#{k}"
-            named.append((name, image.array.reshape(-1, *image.array.shape[-2:]) if image.array.ndim > 3 else image.array))
+            # Absolute names keep item ids stable however the path was typed, so sessions resume.
+            name = str(path.resolve()) if len(images) == 1 else f"{path.resolve()}#{k}"
+            array = image.array
+            named.append((name, array.reshape(-1, *array.shape[-2:]) if array.ndim > 3 else array))
     return named
 
 
@@ -386,6 +388,16 @@ def agreement(by_rater: Mapping[str, Sequence[Answer]]) -> list[Agreement]:
     return result
 
 
+_STATISTICS = (
+    ("sensitivity", "real images called real"),
+    ("specificity", "synthetic images called synthetic"),
+    ("accuracy", "near 0.5: real and synthetic cannot be told apart"),
+    ("kappa", "Cohen's kappa of answer vs truth; near 0: chance"),
+    ("mcnemar_p", "McNemar (continuity-corrected) on FN vs FP"),
+    ("binomial_p", "binomial test of accuracy against 0.5"),
+)
+
+
 def study_results(by_rater: Mapping[str, Sequence[Answer]]) -> list[MetricResult]:
     """Each rater's statistics and the agreement between raters as table rows (`MetricResult`).
 
@@ -397,21 +409,12 @@ def study_results(by_rater: Mapping[str, Sequence[Answer]]) -> list[MetricResult
         stats = summarise(by_rater[rater])
         counts = f"TP={stats['tp']} FN={stats['fn']} FP={stats['fp']} TN={stats['tn']} (positive = real)"
         for key, note in _STATISTICS:
-            rows.append(MetricResult(f"{rater}: {key}", float(stats[key]), float("nan"), stats["n"], [], f"{note}; {counts}"))
+            figure = float(stats[key])
+            rows.append(MetricResult(f"{rater}: {key}", figure, float("nan"), stats["n"], [], f"{note}; {counts}"))
     for pair in agreement(by_rater):
         note = "Cohen's kappa of the two raters' calls on the items both answered"
         rows.append(MetricResult(f"kappa {pair.rater_a} vs {pair.rater_b}", pair.kappa, float("nan"), pair.n, [], note))
     return rows
-
-
-_STATISTICS = (
-    ("sensitivity", "real images called real"),
-    ("specificity", "synthetic images called synthetic"),
-    ("accuracy", "near 0.5: real and synthetic cannot be told apart"),
-    ("kappa", "Cohen's kappa of answer vs truth; near 0: chance"),
-    ("mcnemar_p", "McNemar (continuity-corrected) on FN vs FP"),
-    ("binomial_p", "binomial test of accuracy against 0.5"),
-)
 
 
 def size_hint(items: Sequence[StudyItem]) -> str | None:

@@ -54,7 +54,5 @@ def scd(fused: object, source_a: object, source_b: object) -> np.ndarray:
     a = _as_batch(source_a, "source_a")
     b = _as_batch(source_b, "source_b")
     if not f.shape == a.shape == b.shape:
-        raise InputError(
-            f"SCD: fused {f.shape}, source_a {a.shape} and source_b {b.shape} must have the same shape"
-        )
+        raise InputError(f"SCD: fused {f.shape}, source_a {a.shape} and source_b {b.shape} must have the same shape")
     return _pearson(f - b, a) + _pearson(f - a, b)

@@ -20,6 +20,8 @@ patches and seed give the same figure, independent of `batch_size`.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 from scipy import ndimage
 
@@ -74,7 +76,7 @@ def laplacian_pyramid(images: np.ndarray, levels: int) -> list[np.ndarray]:
     gauss = [np.asarray(images, dtype=np.float32)]
     for _ in range(1, levels):
         gauss.append(_pyr_down(gauss[-1]))
-    bands = [fine - _pyr_up(coarse, fine.shape[-2:]) for fine, coarse in zip(gauss[:-1], gauss[1:])]
+    bands = [fine - _pyr_up(coarse, fine.shape[-2:]) for fine, coarse in pairwise(gauss)]
     return bands + [gauss[-1]]
 
 
@@ -170,9 +172,7 @@ def _as_images(x: object, name: str, channel_axis: int | None) -> np.ndarray:
     return arr
 
 
-def _descriptors(
-    images: np.ndarray, centres: list[np.ndarray], levels: int, batch_size: int
-) -> list[np.ndarray]:
+def _descriptors(images: np.ndarray, centres: list[np.ndarray], levels: int, batch_size: int) -> list[np.ndarray]:
     """Normalised descriptors per pyramid level for ``(B, C, H, W)`` images, given each level's centres."""
     per_level: list[list[np.ndarray]] = [[] for _ in range(levels)]
     for start in range(0, images.shape[0], batch_size):

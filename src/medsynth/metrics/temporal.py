@@ -19,6 +19,7 @@ matched rather than minimised. Per-frame curves (one value per frame pair) show 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 from scipy import stats
@@ -104,7 +105,7 @@ def sequence_motion(frames: np.ndarray, *, data_range: float, flow: str = "ilk")
     scaled = np.asarray(frames, dtype=np.float32) / np.float32(data_range)
     grid = np.indices(scaled.shape[1:], dtype=np.float32)
     magnitudes, errors = [], []
-    for ref, moving in zip(scaled[:-1], scaled[1:]):
+    for ref, moving in pairwise(scaled):
         vector = FLOW_METHODS[flow](ref, moving).astype(np.float32)
         magnitudes.append(np.sqrt(np.sum(vector**2, axis=0)))
         warped = warp(moving, grid + vector, mode="edge", preserve_range=True)

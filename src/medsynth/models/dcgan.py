@@ -80,7 +80,11 @@ class DCGANDiscriminator(nn.Module):
         widths = stage_widths(resolution, channels)[::-1]
         layers: list[nn.Module] = [nn.Conv2d(1, widths[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]
         for w_in, w_out in zip(widths[:-1], widths[1:]):
-            layers += [nn.Conv2d(w_in, w_out, 4, 2, 1, bias=norm == "none"), _norm(norm, w_out), nn.LeakyReLU(0.2, True)]
+            layers += [
+                nn.Conv2d(w_in, w_out, 4, 2, 1, bias=norm == "none"),
+                _norm(norm, w_out),
+                nn.LeakyReLU(0.2, True),
+            ]
         layers.append(nn.Conv2d(widths[-1], 1, 4, 1, 0))
         self.main = nn.Sequential(*layers)
         self.apply(init_weights)

@@ -29,6 +29,7 @@ def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 def _body(channels: int, width: int, layers: int) -> nn.Sequential:
+    """The first ``layers - 1`` blocks of a `layers`-deep network (the last layer differs between G and D)."""
     if layers < 3:
         raise ValueError(f"a SinGAN network needs at least 3 layers, got {layers}")
     return nn.Sequential(conv_block(channels, width), *[conv_block(width, width) for _ in range(layers - 2)])
@@ -55,7 +56,7 @@ class PatchCritic(nn.Module):
 
     def __init__(self, channels: int = 2, width: int = 32, layers: int = 5) -> None:
         super().__init__()
-        self.body = _body(channels, width, layers - 1)
+        self.body = _body(channels, width, layers)
         self.tail = nn.Conv2d(width, 1, 3)
         self.apply(init_weights)
 

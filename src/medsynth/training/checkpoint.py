@@ -119,7 +119,9 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
             "upgrade napari-medsynth"
         )
     if _data_sha256(blob) != meta.get("tensors_sha256"):
-        raise CheckpointError(f"checkpoint {path} is corrupt (its tensor data does not match its hash); use another one")
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt (its tensor data does not match its hash); use another one"
+        )
     try:
         get_recipe(meta["recipe"])
     except SettingsError as exc:

@@ -12,13 +12,14 @@ seeding, EMA timing, checkpoints, distribution). A recipe subclass declares:
   loss term by name;
 - ``sample(n, generator)``, images from the EMA generator.
 
-Recipes register with `register_recipe`; the built-in modules listed in `RECIPE_MODULES` are imported
-on first use of the registry.
+Recipes register with `register_recipe`. Every module of the package `medsynth.training.recipes` is
+imported on first use of the registry, so adding a recipe is adding one module there.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from torch import nn
 from medsynth.errors import SettingsError, TrainingError
 from medsynth.models.ema import EMA
 
-RECIPE_MODULES = ("medsynth.training.recipes.dcgan", "medsynth.training.recipes.wgan_gp")
+RECIPE_PACKAGE = "medsynth.training.recipes"
 DATA_KINDS = ("image2d", "sequence", "patch")
 SAMPLE_CHUNK = 256
 """Images generated per forward pass when sampling, to bound memory."""
@@ -99,10 +100,7 @@ class Recipe(ABC):
         return self._training_views.get(name, self.models[name])
 
     def optimize(self, name: str, loss: torch.Tensor) -> None:
-        """Backpropagate `loss` and step optimizer `name`, refusing non-finite gradients.
-
-        The optimizer is assumed to own the parameters of the model of the same name.
-        """
+        """Backpropagate `loss` and step optimizer `name`, refusing non-finite gradients of its parameters."""
         optimizer = self.optimizers[name]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -157,8 +155,9 @@ def register_recipe(cls: type[Recipe]) -> type[Recipe]:
 
 
 def _load_builtin() -> None:
-    for module in RECIPE_MODULES:
-        importlib.import_module(module)
+    package = importlib.import_module(RECIPE_PACKAGE)
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{RECIPE_PACKAGE}.{module.name}")
 
 
 def list_recipes() -> list[RecipeInfo]:

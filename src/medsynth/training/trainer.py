@@ -106,7 +106,9 @@ def _run(
         start = resume.step
     if context.is_distributed:
         recipe.distribute(lambda model: distributed.wrap(model, device))
-    sampler = StepSampler(len(dataset), recipe.batch_size * recipe.batches_per_step, config.seed, context.rank, context.world_size)
+    sampler = StepSampler(
+        len(dataset), recipe.batch_size * recipe.batches_per_step, config.seed, context.rank, context.world_size
+    )
 
     def save(step: int) -> Path | None:
         return _save(recipe, config, settings, normalization, data_description, step, context)
@@ -130,17 +132,18 @@ def _run(
         window_steps += 1
         for name, value in losses.items():
             window.setdefault(name, []).append(value)
-        if context.is_main and (step % config.log_every == 0 or step == config.steps):
+        if step % config.log_every == 0 or step == config.steps:
             elapsed = time.perf_counter() - window_start
             images = window_steps * recipe.batch_size * recipe.batches_per_step * context.world_size
-            yield Progress(
-                step=step,
-                total_steps=config.steps,
-                losses={name: float(np.mean(values)) for name, values in window.items()},
-                learning_rates=recipe.learning_rates(),
-                images_per_s=images / elapsed if elapsed > 0 else 0.0,
-                eta_s=(config.steps - step) * elapsed / window_steps,
-            )
+            if context.is_main:
+                yield Progress(
+                    step=step,
+                    total_steps=config.steps,
+                    losses={name: float(np.mean(values)) for name, values in window.items()},
+                    learning_rates=recipe.learning_rates(),
+                    images_per_s=images / elapsed if elapsed > 0 else 0.0,
+                    eta_s=(config.steps - step) * elapsed / window_steps,
+                )
             window, window_start, window_steps = {}, time.perf_counter(), 0
         if context.is_main and config.sample_every and step % config.sample_every == 0:
             yield _samples(recipe, normalization, dataset.pixel_spacing, config, step)
@@ -185,7 +188,9 @@ def _step_seed(seed: int, rank: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
-def _samples(recipe: Recipe, normalization: Normalization, spacing: tuple[float, float], config: TrainConfig, step: int) -> Samples:
+def _samples(
+    recipe: Recipe, normalization: Normalization, spacing: tuple[float, float], config: TrainConfig, step: int
+) -> Samples:
     """Preview images from the EMA generator with the same latents every time, in data units."""
     images = recipe.sample(config.preview_samples, torch.Generator().manual_seed(config.seed))
     return Samples(step=step, images=normalization.invert(images[:, 0].numpy()), spacing=spacing)
@@ -208,7 +213,9 @@ def _save(
     if not context.is_main:
         return None
     if len(set(digests)) > 1:
-        raise TrainingError(f"the ranks' weights diverged at step {step} (digests {digests}); no checkpoint was written")
+        raise TrainingError(
+            f"the ranks' weights diverged at step {step} (digests {digests}); no checkpoint was written"
+        )
     checkpoint = Checkpoint(
         recipe=recipe.name,
         settings=to_dict(settings),

@@ -1,1 +1,1 @@
-"""Built-in recipes, one module each; `medsynth.training.recipe.RECIPE_MODULES` lists them."""
+"""Built-in recipes, one module each; every module here is imported when the recipe registry is first used."""

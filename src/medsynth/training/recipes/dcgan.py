@@ -16,10 +16,10 @@ from medsynth.training.recipe import LatentGANRecipe, register_recipe
 @dataclass
 class DCGANSettings:
     resolution: int = setting(64, "Training image side length in pixels", choices=(64, 128))
-    batch_size: int = setting(32, "Real images per batch and process", min=1, max=1024)
+    batch_size: int = setting(16, "Real images per batch and process", min=1, max=1024)
     latent_dim: int = setting(100, "Length of the generator's latent vector", min=8, max=1024)
-    g_channels: int = setting(32, "Generator width at full resolution (doubles at each halving)", min=4, max=256)
-    d_channels: int = setting(32, "Discriminator width at full resolution (doubles at each halving)", min=4, max=256)
+    g_channels: int = setting(16, "Generator width at full resolution (doubles at each halving)", min=4, max=256)
+    d_channels: int = setting(16, "Discriminator width at full resolution (doubles at each halving)", min=4, max=256)
     lr_g: float = setting(2e-4, "Generator Adam learning rate", min=1e-6, max=1e-1)
     lr_d: float = setting(2e-4, "Discriminator Adam learning rate", min=1e-6, max=1e-1)
     beta1: float = setting(0.5, "Adam beta1 (DCGAN paper: 0.5)", min=0.0, max=0.999)

@@ -16,11 +16,13 @@ from medsynth.training.recipe import LatentGANRecipe, register_recipe
 @dataclass
 class WGANGPSettings:
     resolution: int = setting(64, "Training image side length in pixels", choices=(64, 128))
-    batch_size: int = setting(32, "Real images per critic batch and process", min=1, max=1024)
+    batch_size: int = setting(16, "Real images per critic batch and process", min=1, max=1024)
     latent_dim: int = setting(128, "Length of the generator's latent vector", min=8, max=1024)
-    g_channels: int = setting(32, "Generator width at full resolution (doubles at each halving)", min=4, max=256)
-    d_channels: int = setting(32, "Critic width at full resolution (doubles at each halving)", min=4, max=256)
-    critic_norm: str = setting("layer", "Critic normalisation (never batch norm with a gradient penalty)", choices=("layer", "none"))
+    g_channels: int = setting(16, "Generator width at full resolution (doubles at each halving)", min=4, max=256)
+    d_channels: int = setting(16, "Critic width at full resolution (doubles at each halving)", min=4, max=256)
+    critic_norm: str = setting(
+        "layer", "Critic normalisation (never batch norm with a gradient penalty)", choices=("layer", "none")
+    )
     n_critic: int = setting(5, "Critic updates per generator update", min=1, max=20)
     gp_lambda: float = setting(10.0, "Weight of the gradient penalty", min=0.0, max=1000.0)
     lr_g: float = setting(1e-4, "Generator Adam learning rate", min=1e-6, max=1e-1)

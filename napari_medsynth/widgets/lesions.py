@@ -1,0 +1,735 @@
+"""The Lesions dock widget: the annotator's lesion-synthesis workflow of `medsynth.lesions`.
+
+Background image (a 2D layer, or the current slice of a volume) -> lesion crop (a Shapes rectangle,
+or a label's bounding box) -> SinGAN trained in a worker (or loaded) -> danger zone (a Labels layer,
+0 forbidden shown red, 1 permissible; painted, bootstrapped by the modality rules, or loaded) ->
+location prior (heatmap and top-k candidate points from historical label maps) -> placement by hand
+(the last or selected point or box of a layer) or k sampled from ``C_final`` -> fusion into a NEW
+synthetic image layer and an editable lesion Labels layer -> Re-fuse after moving or deleting a
+lesion label, Undo -> export (NIfTI, DICOM and DICOM-SEG, marked synthetic).
+
+The widget is thin: the computation is in `medsynth.lesions`. What is placed lives in `Scene`, a
+tuple of immutable `Placement` values; every change commits a new scene, keeps the previous one in
+a short history (Undo), and shows the fusion of the scene in the result layers. The source layer is
+never modified. Training runs in a worker that never touches layers or widgets.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections import deque
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Select, SpinBox
+from napari.utils import progress
+from napari.utils.colormaps import DirectLabelColormap
+from qtpy.QtWidgets import QFileDialog, QVBoxLayout, QWidget
+
+import medsynth
+from medsynth.atomic import write_text
+from medsynth.errors import InputError, MedsynthError
+from medsynth.io.image import MedImage, SyntheticProvenance
+from medsynth.lesions.crop import image_plane, label_box, lesion_crop, rectangle_box
+from medsynth.lesions.danger import bootstrap_danger
+from medsynth.lesions.fusion import BLENDS, Lesion, fuse
+from medsynth.lesions.location import LocationPrior, fit_location_prior
+from medsynth.lesions.placement import Point, box_centre, footprint_slices, place_by_hand, sample_placements
+from medsynth.lesions.singan_training import (
+    RECIPE,
+    LesionGenerator,
+    SinGANSettings,
+    load_singan,
+    sample_lesions,
+    save_singan,
+    train_singan,
+)
+from medsynth.settings import parse, setting
+from medsynth.training.control import TrainControl
+from medsynth.training.events import Finished, Progress, Samples, Started
+from napari_medsynth.layers import to_layer_data
+from napari_medsynth.notify import report_error
+from napari_medsynth.widgets.settings_form import SettingsForm
+from napari_medsynth.widgets.train import layer_image
+from napari_medsynth.workers import Failed, RunState, TrainingRun
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import napari
+    from napari.layers import Image, Labels, Layer, Points
+
+HISTORY = 20
+"""Scenes kept for Undo."""
+MAX_DRAWS = 20
+"""Draws per lesion before giving up on a model whose generated masks keep coming out empty."""
+SHUTDOWN_TIMEOUT_S = 60.0
+DANGER_NAME = "danger zone (0 forbidden)"
+# Forbidden pixels (0) in opaque red so that they stand out; permissible ones (1) faintly green.
+DANGER_COLORS = {0: (1.0, 0.15, 0.15, 1.0), 1: (0.2, 0.9, 0.3, 0.2), None: (0.0, 0.0, 0.0, 0.0)}
+DANGER_OPACITY = 0.45
+HEATMAP_OPACITY = 0.5
+
+
+@dataclass
+class PlacementOptions:
+    """How lesions are drawn, placed and fused."""
+
+    count: int = setting(3, "Lesions to sample (k)", min=1, max=100)
+    seed: int = setting(0, "Random seed of the lesions and of their positions", min=0, max=2**31 - 1)
+    min_spacing: float = setting(10.0, "Minimum distance between sampled lesion centres (px)", min=0.0, max=10_000.0)
+    size: float = setting(1.0, "Lesion size relative to the training crop (a dragged box sets its own)", min=0.1, max=8.0)
+    variability: int = setting(
+        0, "Scale where fresh noise starts: 0 draws whole new lesions, higher keeps the crop's layout", min=0, max=32
+    )
+    blend: str = setting("published", "Fusion: the published hard seam, or feathered", choices=BLENDS)
+    feather_px: float = setting(3.0, "Feather width of the feathered blend (px)", min=0.5, max=100.0)
+
+
+@dataclass
+class PriorOptions:
+    """How the location prior shows its candidates."""
+
+    top_k: int = setting(10, "Candidate positions: the top-k peaks of the prior", min=1, max=10_000)
+    min_distance: int = setting(5, "Minimum distance between candidates (px)", min=1, max=10_000)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One placed lesion: its patch, its centre ``(y, x)`` in the background plane, label id and seed."""
+
+    lesion: Lesion
+    centre: Point
+    label_id: int
+    seed: int
+
+
+Scene = tuple[Placement, ...]
+
+
+@dataclass(frozen=True)
+class Trained:
+    """Last item of a training run: the trained model (the core generator's return value)."""
+
+    generator: LesionGenerator
+
+
+def training_events(values: np.ndarray, mask: np.ndarray, settings: SinGANSettings, control: TrainControl) -> Iterator[Any]:
+    """`train_singan`'s events, then `Trained` with the model it returns (runs in the worker)."""
+    generator = yield from train_singan(values, mask, settings, control=control)
+    yield Trained(generator)
+
+
+def lesion_seed(seed: int, label_id: int) -> int:
+    """The seed of lesion `label_id` drawn under base `seed`: distinct per lesion, repeatable."""
+    return int(np.random.SeedSequence([seed, label_id]).generate_state(1)[0])
+
+
+def draw_lesion(generator: LesionGenerator, seed: int, size: float, start_scale: int) -> tuple[Lesion, int]:
+    """A lesion with a non-empty footprint and the seed that drew it (the next seeds if a mask came out empty)."""
+    for attempt in range(MAX_DRAWS):
+        lesion = sample_lesions(generator, 1, seed + attempt, start_scale=start_scale, size=size)[0]
+        if lesion.mask.any():
+            return lesion, seed + attempt
+    raise InputError(
+        f"the lesion model drew {MAX_DRAWS} lesions with empty masks; train it longer, or raise the variability "
+        "scale so that lesions keep the crop's layout"
+    )
+
+
+def placed_mask(placement: Placement, shape: tuple[int, int]) -> np.ndarray:
+    """``(H, W)`` boolean footprint of `placement` in a plane of `shape`."""
+    mask = np.zeros(shape, dtype=bool)
+    rows, cols = footprint_slices(placement.centre, placement.lesion.mask.shape)
+    mask[rows, cols] = placement.lesion.mask
+    return mask
+
+
+def edited_scene(scene: Scene, labels: np.ndarray) -> Scene:
+    """The scene after the annotator edited its ``(H, W)`` label map: deleted ids go, moved ids follow their pixels.
+
+    A lesion moves by the shift between the centroid of its label's pixels now and of its footprint as placed.
+    """
+    kept = []
+    for placement in scene:
+        now = np.argwhere(labels == placement.label_id)
+        if len(now) == 0:
+            continue
+        before = np.argwhere(placed_mask(placement, labels.shape)).mean(axis=0)
+        dy, dx = np.rint(now.mean(axis=0) - before).astype(int)
+        kept.append(replace(placement, centre=(placement.centre[0] + int(dy), placement.centre[1] + int(dx))))
+    return tuple(kept)
+
+
+def check_scene(scene: Scene, permissible: np.ndarray) -> None:
+    """InputError unless every lesion of `scene` lies on permissible pixels, inside the plane, on no other lesion."""
+    taken = np.zeros(permissible.shape, dtype=bool)
+    for placement in scene:
+        place_by_hand(permissible & ~taken, placement.lesion.mask, placement.centre)
+        taken |= placed_mask(placement, permissible.shape)
+
+
+def _reported(method):
+    """Run a user action; medsynth errors become a notification and the action returns None."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except MedsynthError as exc:
+            report_error(exc)
+            return None
+
+    return run
+
+
+class LesionWidget(QWidget):
+    """Place SinGAN lesions into an image layer; see the module docstring."""
+
+    def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.run = TrainingRun()
+        self.progress: progress | None = None
+        self.generator: LesionGenerator | None = None
+        self.prior: LocationPrior | None = None
+        self.danger_layer: Labels | None = None
+        self.heatmap_layer: Image | None = None
+        self.candidates_layer: Points | None = None
+        self.result_layer: Image | None = None
+        self.labels_layer: Labels | None = None
+        self.scene: Scene = ()
+        self.history: deque[Scene] = deque(maxlen=HISTORY)
+        self._session: tuple[Image, int | None] | None = None
+        self._fused: tuple[MedImage, MedImage] | None = None
+
+        self.background = ComboBox(name="background", choices=self._image_choices, tooltip="Image the lesions go into")
+        self.crop_layer = ComboBox(
+            name="crop_layer", choices=self._crop_choices, tooltip="A Shapes layer (its selected or last rectangle) or a Labels layer"
+        )
+        self.label_id = SpinBox(name="label_id", value=1, min=1, max=2**31 - 1, tooltip="Lesion label id (Labels layer)")
+        self.training = SettingsForm(SinGANSettings)
+        self.train_button = PushButton(text="Train SinGAN")
+        self.stop_button = PushButton(text="Stop")
+        self.load_model_button = PushButton(text="Load SinGAN…")
+        self.save_model_button = PushButton(text="Save SinGAN…")
+        self.model_status = Label(value="no lesion model")
+        self.new_danger_button = PushButton(text="New (all permissible)")
+        self.bootstrap_button = PushButton(text="From modality rules")
+        self.load_danger_button = PushButton(text="Load…")
+        self.prior_layers = Select(name="prior_layers", choices=self._prior_choices, tooltip="Historical lesion label layers")
+        self.prior_files = FileEdit(name="prior_files", mode="rm", tooltip="Historical lesion label files (NIfTI, DICOM-SEG)")
+        self.prior_options = SettingsForm(PriorOptions)
+        self.prior_button = PushButton(text="Show location prior")
+        self.hand_layer = ComboBox(
+            name="hand_layer", choices=self._hand_choices, tooltip="Points or Shapes layer: its selected (else last) point or box"
+        )
+        self.place_button = PushButton(text="Place at point / box")
+        self.options = SettingsForm(PlacementOptions)
+        self.sample_button = PushButton(text="Sample k lesions")
+        self.refuse_button = PushButton(text="Re-fuse", tooltip="Apply moved or deleted lesion labels")
+        self.undo_button = PushButton(text="Undo")
+        self.export_button = PushButton(text="Export…")
+        self.status = Label(value="")
+
+        sections = [
+            Container(widgets=[self.background], label="Background"),
+            Container(
+                widgets=[
+                    self.crop_layer,
+                    self.label_id,
+                    self.training,
+                    _row(self.train_button, self.stop_button),
+                    _row(self.load_model_button, self.save_model_button),
+                    self.model_status,
+                ],
+                label="Lesion model",
+            ),
+            Container(
+                widgets=[Label(value="Danger zone:"), _row(self.new_danger_button, self.bootstrap_button, self.load_danger_button)],
+                labels=False,
+            ),
+            Container(widgets=[self.prior_layers, self.prior_files, self.prior_options, self.prior_button]),
+            Container(
+                widgets=[
+                    self.hand_layer,
+                    self.place_button,
+                    self.options,
+                    self.sample_button,
+                    _row(self.refuse_button, self.undo_button),
+                    self.export_button,
+                    self.status,
+                ]
+            ),
+        ]
+        layout = QVBoxLayout(self)
+        for section in sections:
+            layout.addWidget(section.native)
+        layout.addStretch()
+        self._sections = sections
+
+        self.train_button.clicked.connect(self.train)
+        self.stop_button.clicked.connect(self.run.stop)
+        self.load_model_button.clicked.connect(lambda: self._ask_path("Load SinGAN", "SinGAN (*.safetensors)", self.load_model))
+        self.save_model_button.clicked.connect(
+            lambda: self._ask_path("Save SinGAN", "SinGAN (*.safetensors)", self.save_model, save=True)
+        )
+        self.new_danger_button.clicked.connect(self.new_danger)
+        self.bootstrap_button.clicked.connect(self.bootstrap_danger)
+        self.load_danger_button.clicked.connect(lambda: self._ask_path("Load danger zone", "Images (*)", self.load_danger))
+        self.prior_button.clicked.connect(self.show_prior)
+        self.place_button.clicked.connect(self.place_by_hand)
+        self.sample_button.clicked.connect(self.sample)
+        self.refuse_button.clicked.connect(self.refuse)
+        self.undo_button.clicked.connect(self.undo)
+        self.export_button.clicked.connect(self._ask_export)
+        self.run.state_changed.connect(self._show_state)
+        self._show_state(self.run.state)
+
+    # -- layer choices ----------------------------------------------------------------------------
+
+    def reset_choices(self, *_: Any) -> None:
+        """Refresh the layer lists (napari calls this when layers are added, removed or renamed)."""
+        for section in self._sections:
+            section.reset_choices()
+
+    def _layers(self, *kinds: str) -> list[Layer]:
+        return [layer for layer in self.viewer.layers if type(layer).__name__ in kinds]
+
+    def _image_choices(self, _widget: Any) -> list[tuple[str, Image]]:
+        return [(layer.name, layer) for layer in self._layers("Image") if not layer.rgb and layer is not self.heatmap_layer]
+
+    def _crop_choices(self, _widget: Any) -> list[tuple[str, Layer]]:
+        return [(layer.name, layer) for layer in self._layers("Shapes", "Labels") if layer is not self.danger_layer]
+
+    def _prior_choices(self, _widget: Any) -> list[tuple[str, Labels]]:
+        return [(layer.name, layer) for layer in self._layers("Labels") if layer not in (self.danger_layer, self.labels_layer)]
+
+    def _hand_choices(self, _widget: Any) -> list[tuple[str, Layer]]:
+        return [(layer.name, layer) for layer in self._layers("Points", "Shapes")]
+
+    # -- the background plane ----------------------------------------------------------------------
+
+    def _target(self) -> tuple[Image, int | None]:
+        """The background layer and the slice shown (None for a 2D image)."""
+        layer = self.background.value
+        if layer is None:
+            raise InputError("no background image: open an image and choose it under Background")
+        if layer.ndim == 2:
+            return layer, None
+        if layer.ndim != 3:
+            raise InputError(f"{layer.name!r} has {layer.ndim} dimensions; lesions go into a 2D image or a slice of a 3D volume")
+        index = int(np.rint(layer.world_to_data(self.viewer.dims.point)[0]))
+        return layer, int(np.clip(index, 0, layer.data.shape[0] - 1))
+
+    def _plane(self, target: tuple[Image, int | None]) -> np.ndarray:
+        layer, index = target
+        return image_plane(np.asarray(layer.data if index is None else layer.data[index]))
+
+    def _to_pixel(self, layer: Layer, coords: np.ndarray, image: Image) -> np.ndarray:
+        """Data coordinates of `layer` -> ``(y, x)`` pixel coordinates (float) of the background `image`."""
+        world = np.asarray(layer.data_to_world(coords), dtype=float)
+        point = np.asarray(self.viewer.dims.point, dtype=float)
+        point[-len(world) :] = world
+        return np.asarray(image.world_to_data(point), dtype=float)[-2:]
+
+    def _start_session(self, target: tuple[Image, int | None]) -> None:
+        """Placements belong to one plane: another background or slice starts afresh (new result layers)."""
+        if self._session is not None and (self._session[0] is not target[0] or self._session[1] != target[1]):
+            self.scene, self._fused = (), None
+            self.history.clear()
+            self.result_layer = self.labels_layer = None
+        self._session = target
+
+    # -- the lesion model --------------------------------------------------------------------------
+
+    def crop(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(values, mask)`` of the lesion crop the annotator selected, in the background's units."""
+        target = self._target()
+        plane = self._plane(target)
+        source = self.crop_layer.value
+        if source is None:
+            raise InputError("no lesion crop: draw a rectangle in a Shapes layer (or label the lesion) and choose it")
+        if type(source).__name__ == "Labels":
+            labels = np.asarray(source.data if source.ndim == 2 else source.data[target[1]])
+            box = label_box(labels, self.label_id.value)
+            return lesion_crop(plane, box, labels, self.label_id.value)
+        vertices = _chosen_item(source, "rectangle")
+        pixels = np.array([self._to_pixel(source, v, target[0]) for v in vertices])
+        return lesion_crop(plane, rectangle_box(pixels, plane.shape))
+
+    @_reported
+    def train(self) -> None:
+        """Train a SinGAN on the selected crop in a worker, with a progress bar."""
+        if self.run.state is not RunState.IDLE:
+            raise InputError("a SinGAN is training already; stop it first")
+        settings = parse(SinGANSettings, self.training.values())
+        values, mask = self.crop()
+        self.run.start(lambda control: training_events(values, mask, settings, control), self._on_event)
+
+    def _on_event(self, event: Any) -> None:
+        if isinstance(event, Started):
+            self._close_progress()
+            self.progress = progress(total=event.total_steps, desc="Training SinGAN")
+            self.model_status.value = f"training on {event.device}"
+        elif isinstance(event, Progress):
+            if self.progress is not None:
+                self.progress.update(event.step - self.progress.n)
+            scale = int(event.losses.get("scale", 0))
+            self.model_status.value = f"step {event.step}/{event.total_steps} (scale {scale}), rec {event.losses.get('rec', 0):.3g}"
+        elif isinstance(event, Samples):
+            self.model_status.value = f"scale done at step {event.step}"
+        elif isinstance(event, Finished):
+            self.model_status.value = f"training {event.reason} at step {event.step}"
+        elif isinstance(event, Trained):
+            self._set_generator(event.generator, f"trained SinGAN ({event.generator.scales} scales)")
+        elif isinstance(event, Failed):
+            self.model_status.value = f"training failed: {type(event.error).__name__}"
+            report_error(event.error)
+
+    def _set_generator(self, generator: LesionGenerator, text: str) -> None:
+        self.generator = generator
+        self.model_status.value = text
+
+    @_reported
+    def load_model(self, path: str | Path) -> LesionGenerator:
+        generator = load_singan(path)
+        self._set_generator(generator, f"loaded {Path(path).name} ({generator.scales} scales)")
+        return generator
+
+    @_reported
+    def save_model(self, path: str | Path) -> Path:
+        saved = save_singan(self._require_generator(), path)
+        self.generator = replace(self.generator, path=saved)
+        self.model_status.value = f"saved {saved.name}"
+        return saved
+
+    def _require_generator(self) -> LesionGenerator:
+        if self.generator is None:
+            raise InputError("no lesion model: train a SinGAN on a crop, or load a saved one")
+        return self.generator
+
+    def _show_state(self, state: RunState) -> None:
+        self.train_button.enabled = state is RunState.IDLE
+        self.stop_button.enabled = state in (RunState.RUNNING, RunState.PAUSED)
+        if state is RunState.IDLE:
+            self._close_progress()
+
+    def _close_progress(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+            self.progress = None
+
+    # -- the danger zone ---------------------------------------------------------------------------
+
+    @_reported
+    def new_danger(self) -> Labels:
+        """An all-permissible danger zone to paint the forbidden parts into (paint label 0)."""
+        layer, _ = self._target()
+        return self._show_danger(np.ones(layer.data.shape, dtype=np.uint8))
+
+    @_reported
+    def bootstrap_danger(self) -> Labels:
+        """The danger zone from the modality's intensity and morphology rules (to correct by hand)."""
+        layer, _ = self._target()
+        return self._show_danger(bootstrap_danger(layer_image(layer)))
+
+    @_reported
+    def load_danger(self, path: str | Path) -> Labels:
+        """A danger zone from a mask file (1 permissible, 0 forbidden) on the background's grid."""
+        layer, _ = self._target()
+        mask = np.asarray(medsynth.io.read_image(path).array)
+        if mask.shape != layer.data.shape:
+            raise InputError(f"{path}: the mask has shape {mask.shape} but {layer.name!r} has {layer.data.shape}; give a mask of this image")
+        values = set(np.unique(mask).tolist())
+        if not values <= {0, 1}:
+            raise InputError(f"{path}: a danger mask holds 1 (permissible) and 0 (forbidden), found values {sorted(values)[:10]}")
+        return self._show_danger(mask.astype(np.uint8))
+
+    def _show_danger(self, mask: np.ndarray) -> Labels:
+        layer, _ = self._target()
+        if self.danger_layer is not None and self.danger_layer in self.viewer.layers:
+            self.danger_layer.data = mask
+        else:
+            self.danger_layer = self.viewer.add_labels(
+                mask,
+                name=DANGER_NAME,
+                opacity=DANGER_OPACITY,
+                colormap=DirectLabelColormap(color_dict=DANGER_COLORS),
+                **_geometry(layer, mask.ndim),
+            )
+        # Painting with label 0 marks forbidden pixels, label 1 permissible ones.
+        self.danger_layer.selected_label = 0
+        return self.danger_layer
+
+    def _permissible(self, target: tuple[Image, int | None]) -> np.ndarray:
+        """``(H, W)`` boolean: permissible pixels of the danger zone in the plane."""
+        layer = self.danger_layer
+        if layer is None or layer not in self.viewer.layers:
+            raise InputError("no danger zone: create one (New, From modality rules or Load) before placing lesions")
+        danger = np.asarray(layer.data)
+        if danger.shape != target[0].data.shape:
+            raise InputError(
+                f"the danger zone has shape {danger.shape} but {target[0].name!r} has {target[0].data.shape}; make a new one for this image"
+            )
+        return image_plane(danger, target[1]) == 1
+
+    # -- the location prior ------------------------------------------------------------------------
+
+    @_reported
+    def show_prior(self) -> LocationPrior:
+        """Fit the prior to the chosen label layers and files; show its heatmap and top-k candidates."""
+        maps = [np.asarray(layer.data) for layer in self.prior_layers.value]
+        maps += [np.asarray(medsynth.io.read_image(path).array) for path in self.prior_files.value]
+        if not maps:
+            raise InputError("no historical lesions: choose label layers or label files for the location prior")
+        prior = fit_location_prior(maps)
+        target = self._target()
+        shape = self._plane(target).shape
+        options = parse(PriorOptions, self.prior_options.values())
+        heat = prior.heatmap(shape)
+        candidates, _ = prior.candidates(shape, options.top_k, options.min_distance)
+        geometry = _geometry(target[0], 2)
+        if self.heatmap_layer is not None and self.heatmap_layer in self.viewer.layers:
+            self.heatmap_layer.data = heat
+            self.heatmap_layer.contrast_limits = (0.0, float(heat.max()))
+        else:
+            self.heatmap_layer = self.viewer.add_image(
+                heat, name="location prior", colormap="inferno", blending="additive", opacity=HEATMAP_OPACITY, **geometry
+            )
+        if self.candidates_layer is not None and self.candidates_layer in self.viewer.layers:
+            self.candidates_layer.data = candidates
+        else:
+            self.candidates_layer = self.viewer.add_points(
+                candidates, name="lesion candidates", symbol="cross", face_color="cyan", size=4, **geometry
+            )
+        self.prior = prior
+        self.status.value = f"location prior from {len(prior.points)} lesions; {len(candidates)} candidates"
+        return prior
+
+    # -- placing -----------------------------------------------------------------------------------
+
+    def _draw(self, label_id: int, size: float, options: PlacementOptions) -> tuple[Lesion, int]:
+        generator = self._require_generator()
+        start = min(options.variability, generator.scales - 1)
+        return draw_lesion(generator, lesion_seed(options.seed, label_id), size, start)
+
+    def _next_id(self) -> int:
+        return max((p.label_id for p in self.scene), default=0) + 1
+
+    def _free(self, target: tuple[Image, int | None]) -> np.ndarray:
+        """Permissible pixels of the plane not covered by a placed lesion."""
+        free = self._permissible(target)
+        for placement in self.scene:
+            free &= ~placed_mask(placement, free.shape)
+        return free
+
+    @_reported
+    def place_by_hand(self) -> Scene:
+        """Place one lesion at the selected (else last) point or box of the hand layer; refused in the danger zone."""
+        target = self._target()
+        self._start_session(target)
+        options = parse(PlacementOptions, self.options.values())
+        layer = self.hand_layer.value
+        if layer is None:
+            raise InputError("no placement layer: add a Points layer (click a point) or a Shapes layer (drag a box) and choose it")
+        generator = self._require_generator()
+        if type(layer).__name__ == "Points":
+            centre, size = self._to_pixel(layer, _chosen_item(layer, "point"), target[0]), options.size
+        else:
+            vertices = np.array([self._to_pixel(layer, v, target[0]) for v in _chosen_item(layer, "rectangle")])
+            box = rectangle_box(vertices, self._plane(target).shape)
+            centre = box_centre(box)
+            height, width = generator.model.shapes[-1]
+            size = float(np.clip(min((box[2] - box[0]) / height, (box[3] - box[1]) / width), 0.1, 8.0))
+        free = self._free(target)
+        label_id = self._next_id()
+        lesion, seed = self._draw(label_id, size, options)
+        position = place_by_hand(free, lesion.mask, (int(np.rint(centre[0])), int(np.rint(centre[1]))))
+        return self._commit((*self.scene, Placement(lesion, position, label_id, seed)))
+
+    @_reported
+    def sample(self) -> Scene:
+        """Sample k lesions into ``C_final`` (the prior's candidates, else every permissible place)."""
+        target = self._target()
+        self._start_session(target)
+        options = parse(PlacementOptions, self.options.values())
+        free = self._free(target)
+        first = self._next_id()
+        drawn = [self._draw(first + i, options.size, options) for i in range(options.count)]
+        candidates = weights = None
+        if self.prior is not None:
+            prior_options = parse(PriorOptions, self.prior_options.values())
+            candidates, weights = self.prior.candidates(free.shape, prior_options.top_k, prior_options.min_distance)
+        rng = np.random.default_rng([options.seed, first])
+        centres = sample_placements(
+            free, [lesion.mask for lesion, _ in drawn], rng, candidates=candidates, weights=weights, min_spacing=options.min_spacing
+        )
+        added = [Placement(lesion, centre, first + i, seed) for i, ((lesion, seed), centre) in enumerate(zip(drawn, centres))]
+        return self._commit((*self.scene, *added))
+
+    @_reported
+    def refuse(self) -> Scene:
+        """Fuse again after the annotator moved or deleted lesion labels; a lesion moved onto forbidden pixels is refused."""
+        if self._session is None or self.labels_layer is None or self.labels_layer not in self.viewer.layers:
+            raise InputError("nothing to re-fuse: place lesions first (the lesion labels layer is missing)")
+        labels = image_plane(np.asarray(self.labels_layer.data), self._session[1])
+        scene = edited_scene(self.scene, labels)
+        check_scene(scene, self._permissible(self._session))
+        return self._commit(scene)
+
+    @_reported
+    def undo(self) -> Scene:
+        """Go back to the previous placements and their fusion."""
+        if not self.history:
+            raise InputError("nothing to undo")
+        self.scene = self.history.pop()
+        self._show_scene()
+        return self.scene
+
+    def _commit(self, scene: Scene) -> Scene:
+        self.history.append(self.scene)
+        self.scene = scene
+        self._show_scene()
+        return scene
+
+    # -- fusion results ----------------------------------------------------------------------------
+
+    def _fusion(self) -> tuple[MedImage, MedImage]:
+        """The synthetic image and lesion label map of the current scene, on the background's grid."""
+        layer, index = self._session
+        source = layer_image(layer)
+        plane = self._plane(self._session)
+        options = parse(PlacementOptions, self.options.values())
+        result = fuse(
+            plane,
+            [p.lesion for p in self.scene],
+            [p.centre for p in self.scene],
+            ids=[p.label_id for p in self.scene],
+            blend=options.blend,
+            feather_px=options.feather_px,
+        )
+        image = np.array(layer.data, dtype=np.float32)
+        labels = np.zeros(image.shape, dtype=np.uint16)
+        image[() if index is None else index] = result.image
+        labels[() if index is None else index] = result.labels
+        checkpoint = self.generator.path.name if self.generator and self.generator.path else ""
+        provenance = SyntheticProvenance(
+            model=RECIPE,
+            model_version=medsynth.__version__,
+            checkpoint=checkpoint,
+            seed=options.seed,
+            description=f"{len(self.scene)} SinGAN lesions fused ({options.blend}) into {source.name}",
+        )
+        name = f"{source.name} lesions"
+        return (
+            source.with_array(image, synthetic=provenance, name=name),
+            source.with_array(labels, synthetic=provenance, name=f"{name} labels", is_label=True, units=""),
+        )
+
+    def _show_scene(self) -> None:
+        image, labels = self._fusion()
+        self.result_layer = self._update_layer(self.result_layer, image)
+        self.labels_layer = self._update_layer(self.labels_layer, labels)
+        self._fused = (image, labels)
+        ids = [p.label_id for p in self.scene]
+        self.status.value = f"{len(ids)} lesions (ids {', '.join(map(str, ids)) or 'none'})"
+
+    def _update_layer(self, layer: Layer | None, image: MedImage) -> Layer:
+        data, kwargs, layer_type = to_layer_data(image)
+        if layer is not None and layer in self.viewer.layers:
+            layer.data = data
+            layer.metadata = kwargs["metadata"]
+            return layer
+        add = self.viewer.add_labels if layer_type == "labels" else self.viewer.add_image
+        return add(data, **kwargs)
+
+    # -- export ------------------------------------------------------------------------------------
+
+    @_reported
+    def export(self, folder: str | Path) -> list[Path]:
+        """Write the fused image and lesion labels: NIfTI, DICOM, DICOM-SEG and a JSON manifest, all marked synthetic."""
+        if self._fused is None or not self.scene:
+            raise InputError("nothing to export: place lesions first")
+        image, labels = self._fused
+        if self.labels_layer is not None and not np.array_equal(np.asarray(self.labels_layer.data), labels.array):
+            raise InputError("the lesion labels were edited since the last fusion; press Re-fuse (or Undo) before exporting")
+        folder = Path(folder)
+        stem = re.sub(r"[^A-Za-z0-9_-]+", "_", image.name).strip("_") or "lesions"
+        targets = {
+            "image": folder / f"{stem}.nii.gz",
+            "labels": folder / f"{stem}_labels.nii.gz",
+            "seg": folder / f"{stem}_seg.dcm",
+            "manifest": folder / f"{stem}.json",
+            "dicom": folder / f"{stem}_dicom",
+        }
+        clashes = [str(path) for path in targets.values() if path.exists()]
+        if clashes:
+            raise InputError(f"{', '.join(clashes)} exist already; choose an empty folder (files are never overwritten)")
+        from medsynth.io import write_dicom, write_dicom_seg, write_nifti
+
+        written = [write_nifti(image, targets["image"]), write_nifti(labels, targets["labels"])]
+        dicom = write_dicom(image, targets["dicom"])
+        names = {p.label_id: f"Synthetic lesion {p.label_id}" for p in self.scene}
+        written += [*dicom, write_dicom_seg(labels, dicom, targets["seg"], provenance=labels.synthetic, segment_names=names)]
+        written.append(write_text(targets["manifest"], json.dumps(self._manifest(image), indent=2)))
+        self.status.value = f"exported {len(written)} files to {folder}"
+        return written
+
+    def _manifest(self, image: MedImage) -> dict[str, Any]:
+        return {
+            "synthetic": image.synthetic.summary(),
+            "background": self._session[0].name,
+            "slice": self._session[1],
+            "lesion_model": str(self.generator.path) if self.generator and self.generator.path else "",
+            "options": self.options.values(),
+            "lesions": [
+                {"label_id": p.label_id, "centre_yx": list(p.centre), "size_hw": list(p.lesion.mask.shape), "seed": p.seed}
+                for p in self.scene
+            ],
+        }
+
+    # -- dialogs and closing -----------------------------------------------------------------------
+
+    def _ask_path(self, title: str, filter_: str, action, *, save: bool = False) -> None:
+        ask = QFileDialog.getSaveFileName if save else QFileDialog.getOpenFileName
+        path, _ = ask(self, title, str(Path.home()), filter_)
+        if path:
+            action(path)
+
+    def _ask_export(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Export lesions to folder", str(Path.home()))
+        if folder:
+            self.export(folder)
+
+    def closeEvent(self, event: Any) -> None:
+        self.shutdown()
+        super().closeEvent(event)
+
+    def shutdown(self) -> None:
+        """Stop training and wait for it (closing the widget or the viewer)."""
+        if self.run.worker is not None and not self.run.shutdown(SHUTDOWN_TIMEOUT_S):
+            report_error(RuntimeError(f"SinGAN training did not stop within {SHUTDOWN_TIMEOUT_S:.0f} s"))
+        self._close_progress()
+
+
+def _chosen_item(layer: Layer, kind: str) -> np.ndarray:
+    """The selected (else the last) point ``(D,)`` or shape's vertices ``(N, D)`` of a Points or Shapes layer."""
+    if len(layer.data) == 0:
+        raise InputError(f"{layer.name!r} is empty; add a {kind} to it first")
+    selected = sorted(layer.selected_data)
+    return np.asarray(layer.data[selected[-1] if selected else -1], dtype=float)
+
+
+def _geometry(layer: Image, ndim: int) -> dict[str, Any]:
+    """scale, translate and affine of `layer`'s last `ndim` axes, for layers drawn over it."""
+    affine = np.asarray(layer.affine.affine_matrix)[-ndim - 1 :, -ndim - 1 :]
+    return {"scale": tuple(layer.scale[-ndim:]), "translate": tuple(layer.translate[-ndim:]), "affine": affine}
+
+
+def _row(*buttons: PushButton) -> Container:
+    return Container(widgets=list(buttons), layout="horizontal", labels=False)

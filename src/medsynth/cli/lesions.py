@@ -1,0 +1,122 @@
+"""`medsynth lesions`: synthetic images with SinGAN lesions placed outside the danger zone, plus masks and a manifest.
+
+Writes ``synthetic_NNNN.nii.gz`` (marked synthetic), ``synthetic_NNNN_mask.nii.gz`` (label map, one
+id per lesion), ``manifest.csv`` and ``manifest.json`` into ``--out``; with ``--location-labels``
+also the fitted prior as ``location_prior.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from medsynth.errors import InputError
+
+log = logging.getLogger("medsynth")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "lesions",
+        help="fuse SinGAN lesions into background images (outside the danger zone) and write images, masks, manifest",
+        description=__doc__,
+    )
+    parser.add_argument("--background", nargs="+", required=True, type=Path, metavar="PATH", help="background images (NIfTI or DICOM)")
+    parser.add_argument("--lesion-model", required=True, type=Path, metavar="CKPT", help="SinGAN lesion checkpoint (.safetensors)")
+    parser.add_argument(
+        "--danger",
+        nargs="+",
+        default=["auto"],
+        metavar="PATH|auto",
+        help="danger-zone masks (1 permissible, 0 forbidden), one per background or one for all; 'auto' bootstraps them from intensity rules (default)",
+    )
+    prior = parser.add_mutually_exclusive_group()
+    prior.add_argument("--location-model", type=Path, metavar="JSON", help="location prior written by an earlier run")
+    prior.add_argument("--location-labels", nargs="+", type=Path, metavar="PATH", help="historical lesion label maps to fit the location prior on")
+    parser.add_argument("--per-image", type=int, default=1, metavar="K", help="lesions per image (default 1)")
+    parser.add_argument("--num", type=int, metavar="N", help="number of images (default: one per background)")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    parser.add_argument("--size", nargs=2, type=float, default=(0.8, 1.2), metavar=("MIN", "MAX"), help="lesion size factor range (default 0.8 1.2)")
+    parser.add_argument("--variability", type=int, default=0, metavar="SCALE", help="scale where fresh noise starts: 0 = most varied (default)")
+    parser.add_argument("--min-spacing", type=float, default=0.0, metavar="PX", help="minimum distance between lesion centres (pixels)")
+    parser.add_argument("--candidates", type=int, default=50, metavar="K", help="top-k location candidates when a prior is used (default 50)")
+    parser.add_argument("--blend", choices=("published", "feather"), default="published", help="fusion blend (default: as published)")
+    parser.add_argument("--slice", type=int, metavar="Z", help="slice of 3D backgrounds to put lesions in (default: the middle one)")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from medsynth.io import read_image, write_nifti
+    from medsynth.lesions.batch import BatchOptions, manifest_rows, synthesize, write_manifest
+    from medsynth.lesions.singan_training import load_singan
+
+    lesion_generator = load_singan(args.lesion_model)
+    backgrounds = [read_image(path) for path in args.background]
+    for path, image in zip(args.background, backgrounds):
+        image.metadata.setdefault("source", str(path))
+    dangers, danger_source = _dangers(args.danger, backgrounds)
+    prior, prior_source = _prior(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.location_labels:
+        from medsynth.lesions.location import save_location_prior
+
+        prior_source = str(save_location_prior(prior, args.out / "location_prior.json"))
+    options = BatchOptions(
+        per_image=args.per_image,
+        size_range=tuple(args.size),
+        start_scale=args.variability,
+        min_spacing=args.min_spacing,
+        candidates=args.candidates,
+        blend=args.blend,
+        slice_index=args.slice,
+        checkpoint=args.lesion_model.name,
+    )
+    num = args.num if args.num is not None else len(backgrounds)
+    cases, files = [], []
+    for case in synthesize(backgrounds, dangers, lesion_generator, num, args.seed, options, prior):
+        image_path = write_nifti(case.image, args.out / f"{case.image.name}.nii.gz")
+        mask_path = write_nifti(case.labels, args.out / f"{case.labels.name}.nii.gz")
+        cases.append(case)
+        files.append((image_path.name, mask_path.name))
+        log.info("%s: %d lesions into %s", image_path.name, len(case.lesions), case.background)
+    models = {"lesion_model": str(args.lesion_model), "location_model": prior_source, "danger": danger_source}
+    meta = {"seed": args.seed, "num": num, "per_image": args.per_image, "blend": args.blend, "models": models}
+    csv_path, _ = write_manifest(manifest_rows(cases, files, models), meta, args.out)
+    log.info("wrote %d images, their masks and %s", len(cases), csv_path)
+    return 0
+
+
+def _dangers(sources: list[str], backgrounds: list) -> tuple[list[np.ndarray], str]:
+    """One ``M_danger`` per background: bootstrapped (``auto``) or read from mask files."""
+    if sources == ["auto"]:
+        from medsynth.lesions.danger import bootstrap_danger
+
+        return [bootstrap_danger(image) for image in backgrounds], "auto"
+    if len(sources) not in (1, len(backgrounds)):
+        raise InputError(
+            f"--danger got {len(sources)} masks for {len(backgrounds)} backgrounds; give one mask per background, "
+            "one for all, or 'auto'"
+        )
+    from medsynth.io import read_image
+
+    masks = [np.asarray(read_image(path, as_label=True).array) > 0 for path in sources]
+    if len(masks) == 1:
+        masks = masks * len(backgrounds)
+    return masks, " ".join(sources)
+
+
+def _prior(args):
+    """The location prior and where it came from (``""`` without one)."""
+    from medsynth.lesions.location import fit_location_prior, load_location_prior
+
+    if args.location_model is not None:
+        return load_location_prior(args.location_model), str(args.location_model)
+    if args.location_labels:
+        from medsynth.io import read_image
+
+        maps = [np.asarray(read_image(path, as_label=True).array) for path in args.location_labels]
+        return fit_location_prior(maps), ""
+    return None, ""

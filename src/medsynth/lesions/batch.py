@@ -1,0 +1,224 @@
+"""Batch lesion synthesis: N synthetic images with lesions, their label maps and a manifest.
+
+Image ``i`` uses background ``i mod len(backgrounds)`` and its own random stream
+(``SeedSequence([seed, i])``), so any image can be made again from the seed and its index. For each
+image, `per_image` lesions are drawn from the SinGAN (size factor uniform in `size_range`, a lesion
+with an empty generated mask is drawn again), placed in ``C_final`` (the location prior's top
+candidates, weighted by their density, or every permissible pixel without a prior) with no lesion
+pixel in the danger zone and no two lesions overlapping, then fused (`medsynth.lesions.fusion`).
+Volumes get their lesions in one slice (`slice_index`, the middle one by default).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+import medsynth
+from medsynth.atomic import write_text
+from medsynth.errors import InputError
+from medsynth.io.image import MedImage, SyntheticProvenance
+from medsynth.lesions.crop import image_plane
+from medsynth.lesions.fusion import Lesion, fuse
+from medsynth.lesions.location import LocationPrior
+from medsynth.lesions.placement import sample_placements
+from medsynth.lesions.singan_training import LesionGenerator, sample_lesions
+
+MAX_DRAWS = 20
+"""Draws per lesion before giving up on a generator whose masks keep coming out empty."""
+
+
+@dataclass(frozen=True)
+class LesionRecord:
+    """One placed lesion, as the manifest lists it."""
+
+    label_id: int
+    centre_y: int
+    centre_x: int
+    height: int
+    width: int
+    pixels: int
+    size_factor: float
+    lesion_seed: int
+
+
+@dataclass(frozen=True)
+class SyntheticCase:
+    index: int
+    image: MedImage
+    """The fused image, marked synthetic, in the background's units and geometry."""
+    labels: MedImage
+    """The label map (one id per lesion), marked synthetic."""
+    background: str
+    seed: int
+    slice_index: int | None
+    lesions: list[LesionRecord]
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    per_image: int = 1
+    size_range: tuple[float, float] = (0.8, 1.2)
+    start_scale: int = 0
+    min_spacing: float = 0.0
+    candidates: int = 50
+    """Top-k location candidates (``C_loc``) when a prior is given."""
+    blend: str = "published"
+    slice_index: int | None = None
+    checkpoint: str = ""
+    """Name of the lesion model, recorded in the provenance."""
+
+
+def synthesize(
+    backgrounds: Sequence[MedImage],
+    dangers: Sequence[np.ndarray],
+    lesion_generator: LesionGenerator,
+    num: int,
+    seed: int,
+    options: BatchOptions,
+    prior: LocationPrior | None = None,
+) -> Iterator[SyntheticCase]:
+    """Yield `num` synthetic cases; `dangers` are ``M_danger`` masks, one per background (same spatial shape)."""
+    if num < 1 or options.per_image < 1:
+        raise InputError(f"--num {num} and --per-image {options.per_image} must both be at least 1")
+    if len(dangers) != len(backgrounds):
+        raise InputError(f"got {len(dangers)} danger masks for {len(backgrounds)} backgrounds; give one per background")
+    low, high = options.size_range
+    if not 0 < low <= high:
+        raise InputError(f"lesion size range ({low}, {high}) must satisfy 0 < min <= max")
+    for index in range(num):
+        k = index % len(backgrounds)
+        yield synthesize_case(backgrounds[k], dangers[k], lesion_generator, index, seed, options, prior)
+
+
+def synthesize_case(
+    background: MedImage,
+    danger: np.ndarray,
+    lesion_generator: LesionGenerator,
+    index: int,
+    seed: int,
+    options: BatchOptions,
+    prior: LocationPrior | None = None,
+) -> SyntheticCase:
+    """One synthetic image with `options.per_image` lesions; see the module docstring."""
+    if background.is_rgb or background.has_time or background.is_label:
+        raise InputError(f"background {background.name!r} ({background.axes}) must be a grey 2D image or 3D volume")
+    slice_index = _slice_index(background, options.slice_index)
+    plane = image_plane(np.asarray(background.array), slice_index)
+    danger = np.asarray(danger)
+    if danger.shape != background.array.shape:
+        raise InputError(
+            f"the danger mask has shape {danger.shape} but background {background.name!r} has {background.array.shape}; "
+            "give a mask drawn on this image, or --danger auto"
+        )
+    permissible = image_plane(danger, slice_index).astype(bool)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
+    lesions, sizes, seeds = _draw_lesions(lesion_generator, rng, options)
+    candidates = weights = None
+    if prior is not None:
+        candidates, weights = prior.candidates(plane.shape, options.candidates)
+    centres = sample_placements(
+        permissible, [l.mask for l in lesions], rng, candidates=candidates, weights=weights, min_spacing=options.min_spacing
+    )
+    result = fuse(plane, lesions, centres, blend=options.blend)
+    records = [
+        LesionRecord(i + 1, c[0], c[1], *l.mask.shape, int(l.mask.sum()), size, s)
+        for i, (l, c, size, s) in enumerate(zip(lesions, centres, sizes, seeds))
+    ]
+    provenance = SyntheticProvenance(
+        model="singan",
+        model_version=medsynth.__version__,
+        checkpoint=options.checkpoint,
+        seed=seed,
+        description=f"{len(lesions)} SinGAN lesions fused into {background.name} (image {index}, blend {options.blend})",
+    )
+    image, labels = _assemble(background, result.image, result.labels, slice_index)
+    name = f"synthetic_{index:04d}"
+    return SyntheticCase(
+        index=index,
+        image=background.with_array(image, synthetic=provenance, name=name),
+        labels=background.with_array(labels, synthetic=provenance, name=f"{name}_mask", is_label=True, units=""),
+        background=str(background.metadata.get("source", background.name)),
+        seed=seed,
+        slice_index=slice_index,
+        lesions=records,
+    )
+
+
+def manifest_rows(cases: Sequence[SyntheticCase], files: Sequence[tuple[str, str]], models: dict[str, str]) -> list[dict]:
+    """One flat row per lesion (for CSV): the image and mask files, background, seeds, position, size, models."""
+    rows = []
+    for case, (image_file, mask_file) in zip(cases, files):
+        for record in case.lesions:
+            rows.append(
+                {
+                    "image": image_file,
+                    "mask": mask_file,
+                    "background": case.background,
+                    "image_index": case.index,
+                    "seed": case.seed,
+                    "slice": "" if case.slice_index is None else case.slice_index,
+                    **asdict(record),
+                    **models,
+                }
+            )
+    return rows
+
+
+def write_manifest(rows: list[dict], meta: dict, out_dir: Path) -> tuple[Path, Path]:
+    """Write ``manifest.csv`` (one row per lesion) and ``manifest.json`` (`meta` plus the rows) atomically."""
+    text = io.StringIO()
+    fields = list(rows[0]) if rows else ["image"]
+    writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    csv_path = write_text(out_dir / "manifest.csv", text.getvalue())
+    json_path = write_text(out_dir / "manifest.json", json.dumps({**meta, "lesions": rows}, indent=2))
+    return csv_path, json_path
+
+
+def _draw_lesions(
+    lesion_generator: LesionGenerator, rng: np.random.Generator, options: BatchOptions
+) -> tuple[list[Lesion], list[float], list[int]]:
+    lesions, sizes, seeds = [], [], []
+    for number in range(options.per_image):
+        for _ in range(MAX_DRAWS):
+            size = float(rng.uniform(*options.size_range))
+            lesion_seed = int(rng.integers(2**31))
+            lesion = sample_lesions(lesion_generator, 1, lesion_seed, start_scale=options.start_scale, size=size)[0]
+            if lesion.mask.any():
+                break
+        else:
+            raise InputError(
+                f"the lesion model produced {MAX_DRAWS} lesions with empty masks for lesion {number + 1}; "
+                "train it longer or on a crop whose lesion mask is larger"
+            )
+        lesions.append(lesion)
+        sizes.append(size)
+        seeds.append(lesion_seed)
+    return lesions, sizes, seeds
+
+
+def _slice_index(background: MedImage, requested: int | None) -> int | None:
+    if background.array.ndim == 2:
+        return None
+    return background.array.shape[0] // 2 if requested is None else requested
+
+
+def _assemble(
+    background: MedImage, plane: np.ndarray, labels: np.ndarray, slice_index: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The full-size image and label map: the fused plane put back into a copy of the volume."""
+    if slice_index is None:
+        return plane, labels
+    volume = np.array(background.array, dtype=np.float32, copy=True)
+    volume[slice_index] = plane
+    label_volume = np.zeros(volume.shape, dtype=np.uint16)
+    label_volume[slice_index] = labels
+    return volume, label_volume

@@ -1,0 +1,1 @@
+"""Training losses, one per module (`dtcr`, `feature_matching`); submodules import torch."""

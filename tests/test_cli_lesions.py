@@ -1,0 +1,103 @@
+"""`medsynth lesions` end to end on the real CT slice: images, masks and manifest, lesions outside the danger zone."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medsynth.cli import lesions as lesions_cli
+from medsynth.data.samples import load_sample, sample_path
+from medsynth.errors import InputError
+from medsynth.io import read_image, write_nifti
+from medsynth.lesions.crop import lesion_crop
+from medsynth.lesions.danger import bootstrap_danger
+from medsynth.lesions.singan_training import SinGANSettings, train_to_end
+
+
+def _main(argv: list[str]) -> int:
+    """`medsynth ARGV` through this subcommand's parser, with the exit code cli.main gives bad input."""
+    parser = argparse.ArgumentParser(prog="medsynth")
+    lesions_cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError:
+        return 2
+
+
+@pytest.fixture(scope="module")
+def lesion_model(tmp_path_factory):
+    """A tiny SinGAN trained on a real soft-tissue crop of the CT slice (HU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    plane = np.asarray(load_sample("ct_slice").array, dtype=np.float32)
+    values, mask = lesion_crop(plane, (96, 40, 112, 56))
+    path = tmp_path_factory.mktemp("model") / "lesion.safetensors"
+    settings = SinGANSettings(min_size=16, iterations=15, width=8, layers=3, log_every=100)
+    train_to_end(values, mask, settings, checkpoint=path)
+    torch.set_num_threads(threads)
+    return path
+
+
+@pytest.mark.slow
+def test_lesions_cli_writes_synthetic_images_masks_and_manifest(lesion_model, tmp_path):
+    ct = sample_path("ct_slice")
+    out = tmp_path / "out"
+    argv = ["lesions", "--background", str(ct), "--lesion-model", str(lesion_model), "--danger", "auto",
+            "--per-image", "3", "--num", "2", "--out", str(out), "--seed", "5", "--min-spacing", "12"]
+    assert _main(argv) == 0
+
+    background = np.asarray(load_sample("ct_slice").array, dtype=np.float32)
+    permissible = bootstrap_danger(load_sample("ct_slice")).astype(bool)
+    rows = list(csv.DictReader((out / "manifest.csv").open()))
+    assert len(rows) == 6 and {r["image"] for r in rows} == {"synthetic_0000.nii.gz", "synthetic_0001.nii.gz"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seed"] == 5 and manifest["models"]["lesion_model"] == str(lesion_model)
+    for index in range(2):
+        image = read_image(out / f"synthetic_{index:04d}.nii.gz")
+        labels = read_image(out / f"synthetic_{index:04d}_mask.nii.gz", as_label=True)
+        assert image.synthetic is not None and image.synthetic.model == "singan" and image.synthetic.seed == 5
+        assert "SYNTHETIC" in str(nib.load(out / f"synthetic_{index:04d}.nii.gz").header["descrip"])
+        assert image.array.shape == background.shape and labels.is_label
+        assert set(np.unique(labels.array)) == {0, 1, 2, 3}
+        assert not (np.asarray(labels.array) > 0)[~permissible].any()  # no lesion pixel in the danger zone
+        untouched = np.asarray(labels.array) == 0
+        changed = ~np.isclose(np.asarray(image.array), background, atol=0.5)
+        assert changed.any() and changed[untouched].mean() < 0.05  # only lesions and their seams changed
+        for row in (r for r in rows if r["image_index"] == str(index)):
+            assert np.count_nonzero(labels.array == int(row["label_id"])) == int(row["pixels"])
+
+    # Same seed, same images: the manifest is enough to make them again.
+    again = tmp_path / "again"
+    assert _main([*argv[:-6], "--out", str(again), "--seed", "5", "--min-spacing", "12"]) == 0
+    np.testing.assert_array_equal(read_image(again / "synthetic_0001.nii.gz").array, read_image(out / "synthetic_0001.nii.gz").array)
+
+
+@pytest.mark.slow
+def test_lesions_cli_with_a_painted_danger_mask_and_location_labels(lesion_model, tmp_path):
+    ct = sample_path("ct_slice")
+    image = load_sample("ct_slice")
+    painted = np.zeros(image.array.shape, dtype=np.uint8)
+    painted[70:120, 10:60] = 1  # only this block is permissible
+    danger_path = write_nifti(image.with_array(painted, is_label=True, name="danger"), tmp_path / "danger_mask.nii.gz")
+    history = np.zeros(image.array.shape, dtype=np.uint8)
+    history[90:96, 30:36] = 1
+    labels_path = write_nifti(image.with_array(history, is_label=True, name="history"), tmp_path / "history_label.nii.gz")
+    out = tmp_path / "out"
+    argv = ["lesions", "--background", str(ct), "--lesion-model", str(lesion_model), "--danger", str(danger_path),
+            "--location-labels", str(labels_path), "--per-image", "1", "--out", str(out), "--candidates", "200"]
+    assert _main(argv) == 0
+    labels = np.asarray(read_image(out / "synthetic_0000_mask.nii.gz", as_label=True).array)
+    assert labels.any() and not labels[painted == 0].any()
+    assert (out / "location_prior.json").is_file()
+    row = next(csv.DictReader((out / "manifest.csv").open()))
+    assert abs(int(row["centre_y"]) - 93) < 20 and abs(int(row["centre_x"]) - 33) < 20  # near the past lesion
+
+    nowhere = write_nifti(image.with_array(np.zeros_like(painted), is_label=True, name="none"), tmp_path / "none_mask.nii.gz")
+    assert _main([*argv[:5], "--danger", str(nowhere), "--out", str(tmp_path / "x")]) == 2

@@ -1,0 +1,261 @@
+"""The Lesions widget with a real viewer on the real CT sample slice: the annotator's whole workflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medsynth.data.samples import load_sample
+from medsynth.io import read_image
+from medsynth.lesions.crop import lesion_crop
+from medsynth.lesions.danger import bootstrap_danger
+from medsynth.lesions.placement import allowed_centres, final_candidates
+from medsynth.lesions.singan_training import SinGANSettings, load_singan, save_singan, train_to_end
+from napari_medsynth.layers import SYNTHETIC_SUFFIX, to_layer_data
+from napari_medsynth.widgets.lesions import LesionWidget, placed_mask
+from napari_medsynth.workers import RunState
+
+pytestmark = pytest.mark.gui
+
+# Two pyramid scales on a 20x20 crop, a few rounds each: seconds on a 2-core CPU, yet the lesion
+# mask channel is learnt well enough that sampled lesions have footprints.
+TINY = {"min_size": 16, "iterations": 30, "width": 8, "layers": 4, "d_steps": 1, "g_steps": 1, "log_every": 10}
+CROP_BOX = (44, 44, 64, 64)
+WAIT_MS = 60_000
+
+
+@pytest.fixture
+def notifications():
+    """Messages of the napari notifications shown during the test."""
+    from napari.utils.notifications import notification_manager
+
+    seen: list[str] = []
+    notification_manager.notification_ready.connect(lambda n: seen.append(str(n.message)))
+    yield seen
+    notification_manager.notification_ready.disconnect()
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Networks this small gain nothing from threads, which only contend on a shared 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def singan_file(tmp_path_factory) -> Path:
+    """A tiny SinGAN trained on a lesion crop of the CT slice, saved as the widget's Save button does."""
+    values, mask = lesion_crop(load_sample("ct_slice").array, CROP_BOX)
+    generator = train_to_end(values, mask, SinGANSettings(**TINY))
+    return save_singan(generator, tmp_path_factory.mktemp("model") / "lesion.safetensors")
+
+
+def open_widget(viewer) -> LesionWidget:
+    """The widget through the manifest; docked by hand until napari.yaml declares it."""
+    try:
+        _, widget = viewer.window.add_plugin_dock_widget("napari-medsynth", "Lesions")
+    except KeyError:
+        widget = LesionWidget(viewer)
+        viewer.window.add_dock_widget(widget, name="Lesions")
+    assert isinstance(widget, LesionWidget)
+    return widget
+
+
+def world(layer, yx) -> list[float]:
+    return list(layer.data_to_world(np.asarray(yx, dtype=float)))
+
+
+def ids(layer) -> set[int]:
+    return set(np.unique(layer.data).tolist()) - {0}
+
+
+@pytest.mark.slow
+def test_annotator_workflow(make_napari_viewer, qtbot, tmp_path, notifications):
+    viewer = make_napari_viewer()
+    data, kwargs, _ = to_layer_data(load_sample("ct_slice"))
+    background = viewer.add_image(data, **kwargs)
+    source = np.array(background.data)
+    y0, x0, y1, x1 = CROP_BOX
+    # The annotator draws the crop in the viewer, i.e. in world millimetres.
+    corners = [world(background, p) for p in [(y0, x0), (y0, x1), (y1, x1), (y1, x0)]]
+    shapes = viewer.add_shapes([np.array(corners)], shape_type="rectangle", name="crop")
+    widget = open_widget(viewer)
+    widget.background.value = background
+    widget.crop_layer.value = shapes
+
+    # Train a tiny SinGAN on the crop in a worker.
+    widget.training.set_values(TINY)
+    widget.train_button.native.click()
+    assert widget.run.state is RunState.RUNNING and not widget.train_button.enabled
+    qtbot.waitUntil(lambda: widget.generator is not None and widget.run.state is RunState.IDLE, timeout=WAIT_MS)
+    print(widget.model_status.value)
+    assert widget.generator.scales == 2 and widget.progress is None
+    assert widget.model_status.value.startswith("trained SinGAN")
+    np.testing.assert_array_equal(widget.crop()[0], source[y0:y1, x0:x1])
+    saved = widget.save_model(tmp_path / "lesion.safetensors")
+    assert load_singan(saved).scales == 2
+
+    # Danger zone: all permissible, then the annotator paints a forbidden region (label 0).
+    widget.new_danger_button.native.click()
+    danger = widget.danger_layer
+    assert danger.data.shape == source.shape and danger.data.min() == 1
+    assert danger.colormap.map(np.array([0]))[0, 3] > 0 and danger.opacity < 1  # forbidden pixels are visible
+    danger.brush_size = 30
+    for point in [(100, 20), (110, 20), (100, 35)]:
+        danger.paint(point, 0)
+    forbidden = np.asarray(danger.data) == 0
+    assert forbidden[100, 20] and forbidden.sum() > 500
+
+    # By hand: a click in the forbidden region is refused and nothing changes; a permissible one is placed.
+    points = viewer.add_points([world(background, (100, 20))], name="clicks")
+    widget.hand_layer.value = points
+    widget.place_button.native.click()
+    assert any("danger zone" in message for message in notifications)
+    assert widget.scene == () and widget.result_layer is None and widget.labels_layer is None
+    points.add(world(background, (100, 90)))
+    points.selected_data = {1}
+    widget.place_button.native.click()
+    assert len(widget.scene) == 1 and widget.scene[0].centre == (100, 90)
+    result, labels = widget.result_layer, widget.labels_layer
+    assert result.name.endswith(SYNTHETIC_SUFFIX) and labels.name.endswith(SYNTHETIC_SUFFIX)
+    assert result.metadata["medsynth"]["synthetic"]["model"] == "singan"
+    assert ids(labels) == {1}
+    lesion = np.asarray(labels.data) == 1
+    assert not np.array_equal(np.asarray(result.data)[lesion], source[lesion])
+    np.testing.assert_array_equal(np.asarray(result.data)[:40, :40], source[:40, :40])  # far from the lesion
+    np.testing.assert_array_equal(background.data, source)  # the source layer is never modified
+
+    # Sample k more from C_final (every permissible place here), seeded, spaced, never overlapping.
+    widget.options.set_values({"count": 3, "seed": 7, "min_spacing": 8.0})
+    widget.sample_button.native.click()
+    assert [p.label_id for p in widget.scene] == [1, 2, 3, 4]
+    label_map = np.asarray(labels.data)
+    assert ids(labels) == {1, 2, 3, 4} and not (label_map > 0)[forbidden].any()
+    for placement in widget.scene:
+        assert (label_map == placement.label_id).sum() == placement.lesion.mask.sum()
+    before_edit = np.array(result.data)
+
+    # The annotator deletes lesion 2 and moves lesion 3, then re-fuses.
+    moved = widget.scene[2]
+    free = ~forbidden
+    for other in widget.scene:
+        if other.label_id != 3:
+            free &= ~placed_mask(other, free.shape)
+    allowed = allowed_centres(free, moved.lesion.mask)
+    shift = next(
+        (dy, dx) for dy, dx in [(0, 4), (4, 0), (0, -4), (-4, 0), (4, 4), (-4, -4)] if allowed[moved.centre[0] + dy, moved.centre[1] + dx]
+    )
+    edited = label_map.copy()
+    edited[edited == 2] = 0
+    edited[edited == 3] = 0
+    edited[np.roll(label_map == 3, shift, axis=(0, 1))] = 3
+    labels.data = edited
+    widget.refuse_button.native.click()
+    assert [p.label_id for p in widget.scene] == [1, 3, 4]
+    assert widget.scene[1].centre == (moved.centre[0] + shift[0], moved.centre[1] + shift[1])
+    assert ids(labels) == {1, 3, 4}
+    gone = placed_mask(widget.history[-1][1], source.shape)
+    inner = gone & ~np.asarray(labels.data).astype(bool)
+    inner &= np.roll(inner, 2, 0) & np.roll(inner, -2, 0) & np.roll(inner, 2, 1) & np.roll(inner, -2, 1)  # off the seam band
+    assert inner.any()
+    np.testing.assert_array_equal(np.asarray(result.data)[inner], source[inner].astype(np.float32))
+
+    # A lesion label moved onto forbidden pixels is refused and the scene stays.
+    scene = widget.scene
+    onto_forbidden = np.asarray(labels.data).copy()
+    onto_forbidden[onto_forbidden == 1] = 0
+    onto_forbidden[95:105, 15:25] = 1
+    labels.data = onto_forbidden
+    widget.refuse_button.native.click()
+    assert widget.scene == scene and notifications[-1].count("danger zone")
+
+    # Undo restores the placements before the re-fuse and their fusion.
+    widget.undo_button.native.click()
+    assert [p.label_id for p in widget.scene] == [1, 2, 3, 4]
+    assert ids(labels) == {1, 2, 3, 4}
+    np.testing.assert_array_equal(result.data, before_edit)
+
+    # Export: NIfTI, DICOM and DICOM-SEG, all marked synthetic and readable.
+    written = widget.export(tmp_path / "out")
+    assert written and all(path.is_file() for path in written)
+    out = tmp_path / "out"
+    image = read_image(next(out.glob("*lesions.nii.gz")))
+    assert image.synthetic is not None and image.units == "HU"
+    np.testing.assert_allclose(image.array, result.data, atol=1e-3)
+    mask = read_image(next(out.glob("*lesions_labels.nii.gz")))
+    assert mask.is_label and mask.synthetic is not None
+    np.testing.assert_array_equal(mask.array, labels.data)
+    dicom = read_image(next(out.glob("*_dicom/*.dcm")))
+    assert dicom.synthetic is not None
+    np.testing.assert_allclose(dicom.array, result.data, atol=np.ptp(result.data) / 60_000 + 1e-3)
+    seg = read_image(next(out.glob("*_seg.dcm")))
+    assert seg.is_label and seg.synthetic is not None
+    np.testing.assert_array_equal(np.asarray(seg.array) > 0, np.asarray(labels.data) > 0)
+    manifest = json.loads(next(out.glob("*lesions.json")).read_text())
+    assert [lesion["label_id"] for lesion in manifest["lesions"]] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_volume_slice_with_rules_danger_prior_and_loaded_model(make_napari_viewer, tmp_path, singan_file, notifications):
+    """A volume: lesions go into the shown slice only, placed at the prior's candidates in C_final."""
+    ct = load_sample("ct_slice")
+    volume = ct.with_array(np.stack([ct.array, np.flip(ct.array, 1), ct.array]), axes="zyx", spacing=(2.0, *ct.spacing))
+    viewer = make_napari_viewer()
+    data, kwargs, _ = to_layer_data(volume)
+    background = viewer.add_image(data, **kwargs)
+    viewer.dims.set_current_step(0, 1)
+    widget = open_widget(viewer)
+    widget.background.value = background
+
+    # Placing before there is a model or a danger zone: a notification, nothing placed.
+    widget.sample_button.native.click()
+    assert widget.scene == () and any("no lesion model" in message for message in notifications)
+    assert widget.load_model(singan_file).scales == 2
+
+    # Danger zone from the CT rules: the core's mask, on the volume's grid.
+    widget.bootstrap_button.native.click()
+    np.testing.assert_array_equal(widget.danger_layer.data, bootstrap_danger(volume))
+    np.testing.assert_allclose(widget.danger_layer.scale, background.scale)
+
+    # Location prior from a historical label layer with two lesions.
+    history = np.zeros((128, 128), dtype=np.uint16)
+    history[95:105, 55:65] = 1
+    history[100:110, 85:95] = 2
+    viewer.add_labels(history, name="historical lesions")
+    widget.reset_choices()
+    widget.prior_layers.value = [viewer.layers["historical lesions"]]
+    widget.prior_options.set_values({"top_k": 8})
+    widget.prior_button.native.click()
+    heat = widget.heatmap_layer
+    assert heat.blending == "additive" and heat.opacity < 1 and heat.colormap.name == "inferno"
+    assert heat.data.shape == (128, 128) and abs(float(heat.data.sum()) - 1) < 1e-3
+    candidates = np.asarray(widget.candidates_layer.data)
+    assert 1 <= len(candidates) <= 8
+    assert np.min(np.linalg.norm(candidates - [99.5, 59.5], axis=1)) < 3  # a peak at an annotated lesion
+
+    widget.options.set_values({"count": 2, "seed": 3, "min_spacing": 0.0, "variability": 1})
+    widget.sample_button.native.click()
+    assert len(widget.scene) == 2
+    permissible = widget.danger_layer.data[1] == 1
+    for placement in widget.scene:
+        in_final = final_candidates(candidates.astype(int), permissible, placement.lesion.mask)
+        assert any(tuple(c) == placement.centre for c in in_final)
+    result, labels = widget.result_layer, widget.labels_layer
+    assert result.data.shape == volume.array.shape and labels.data.shape == volume.array.shape
+    assert ids(labels) == {1, 2} and not np.asarray(labels.data)[[0, 2]].any()  # only the shown slice
+    np.testing.assert_array_equal(np.asarray(result.data)[[0, 2]], volume.array[[0, 2]])
+    assert not np.array_equal(np.asarray(result.data)[1], volume.array[1])
+    np.testing.assert_array_equal(background.data, volume.array)
+
+    # Another slice starts a new session: the earlier result layers stay, new ones are made.
+    viewer.dims.set_current_step(0, 0)
+    widget.sample_button.native.click()
+    assert widget.result_layer is not result and ids(widget.labels_layer) == {1, 2}
+    assert np.asarray(widget.labels_layer.data)[0].any() and not np.asarray(widget.labels_layer.data)[1].any()
