@@ -68,7 +68,9 @@ def _direct_kid(a: np.ndarray, b: np.ndarray) -> float:
     k = lambda x, y: (x @ y.T / d + 1) ** 3
     kaa, kbb, kab = k(a, a), k(b, b), k(a, b)
     return float(
-        (kaa.sum() - np.trace(kaa)) / (m * (m - 1)) + (kbb.sum() - np.trace(kbb)) / (m * (m - 1)) - 2 * kab.mean()
+        (kaa.sum() - np.trace(kaa)) / (m * (m - 1))
+        + (kbb.sum() - np.trace(kbb)) / (m * (m - 1))
+        - 2 * kab.mean()
     )
 
 

@@ -140,7 +140,9 @@ def test_masked_ssim_accepts_a_mask_per_item(mr_pairs):
     masks[2, 40:90, 40:90] = 1
     got = ssim(real, fake, data_range=MR_RANGE, mask=masks)
     for k in range(3):
-        assert got[k] == pytest.approx(ssim(real[k : k + 1], fake[k : k + 1], data_range=MR_RANGE, mask=masks[k])[0])
+        assert got[k] == pytest.approx(
+            ssim(real[k : k + 1], fake[k : k + 1], data_range=MR_RANGE, mask=masks[k])[0]
+        )
         _, full = _sk_ssim(real[k], fake[k], MR_RANGE, full=True)
         assert got[k] == pytest.approx(full[5:-5, 5:-5][masks[k, 5:-5, 5:-5] == 1].mean(), abs=1e-10)
 
@@ -186,7 +188,12 @@ def test_ms_ssim_matches_direct_formula_and_torchmetrics(mr):
     for k in range(2):
         assert got[k] == pytest.approx(_direct_ms_ssim(real[k], fake[k], MR_RANGE, MS_SSIM_BETAS), abs=1e-10)
     # torchmetrics also averages its coarsest SSIM over the padded border, hence the looser match.
-    tm = tm_ms_ssim(torch.from_numpy(fake[:1, None]), torch.from_numpy(real[:1, None]), data_range=MR_RANGE, normalize=None)
+    tm = tm_ms_ssim(
+        torch.from_numpy(fake[:1, None]),
+        torch.from_numpy(real[:1, None]),
+        data_range=MR_RANGE,
+        normalize=None,
+    )
     assert got[0] == pytest.approx(float(tm), abs=2e-3)
     assert ms_ssim(real, real, data_range=MR_RANGE) == pytest.approx(1.0, abs=1e-12)
 

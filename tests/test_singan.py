@@ -8,7 +8,7 @@ import torch
 
 from medsynth.data.samples import load_sample
 from medsynth.errors import CheckpointError, InputError
-from medsynth.lesions.crop import lesion_crop
+from medsynth.lesions.crop import image_plane, label_box, lesion_crop, rectangle_box
 from medsynth.lesions.singan_training import (
     SinGANSettings,
     crop_tensor,
@@ -45,6 +45,30 @@ def _run(generator):
             events.append(next(generator))
         except StopIteration as done:
             return events, done.value
+
+
+def test_crop_from_a_label_or_a_rectangle_in_a_slice_of_a_volume():
+    plane = np.asarray(load_sample("ct_slice").array, dtype=np.float32)
+    volume = np.stack([plane - 10, plane, plane + 10])
+    labels = np.zeros(plane.shape, dtype=np.uint8)
+    labels[50:61, 70:79] = 4
+    labels[52, 79] = 4
+    box = label_box(labels, 4, margin=2)
+    assert box == (48, 68, 63, 82)
+    values, mask = lesion_crop(image_plane(volume, 2), box, labels, 4)
+    np.testing.assert_array_equal(values, plane[48:63, 68:82] + 10)
+    assert mask.sum() == np.count_nonzero(labels == 4)
+    # A napari Shapes rectangle on a 3D layer: vertices (z, y, x) in pixel coordinates.
+    vertices = np.array([[1, 10.2, 20.7], [1, 10.2, 40.1], [1, 33.9, 40.1], [1, 33.9, 20.7]])
+    assert rectangle_box(vertices, plane.shape) == (10, 20, 34, 41)
+    values, mask = lesion_crop(plane, rectangle_box(vertices, plane.shape))
+    assert values.shape == mask.shape == (24, 21) and mask[12, 10] and not mask[0, 0]
+    with pytest.raises(InputError, match="label 5 is not in this plane"):
+        label_box(labels, 5)
+    with pytest.raises(InputError, match="slice index"):
+        image_plane(volume, None)
+    with pytest.raises(InputError, match="at least"):
+        lesion_crop(plane, (0, 0, 4, 40))
 
 
 def test_pyramid_reaches_min_size_with_a_recomputed_factor():

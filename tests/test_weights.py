@@ -64,7 +64,9 @@ def test_search_order_explicit_then_env_then_torch_hub_then_medsynth_cache(no_we
 
 
 def test_torch_fidelity_copy_of_the_inception_file_is_found(no_weights, tmp_path):
-    alias = _touch(tmp_path / "torch_home" / "hub" / "checkpoints", "weights-inception-2015-12-05-6726825d.pth")
+    alias = _touch(
+        tmp_path / "torch_home" / "hub" / "checkpoints", "weights-inception-2015-12-05-6726825d.pth"
+    )
     assert find_weights("inception-fid") == alias
 
 
@@ -241,7 +243,9 @@ def vgg16_file(tmp_path_factory) -> Path:
     gen = torch.Generator().manual_seed(2)
     state = {}
     for index, (cin, cout) in VGG16_CONVS.items():
-        state[f"features.{index}.weight"] = torch.randn(cout, cin, 3, 3, generator=gen) * (2.0 / (9 * cin)) ** 0.5
+        state[f"features.{index}.weight"] = (
+            torch.randn(cout, cin, 3, 3, generator=gen) * (2.0 / (9 * cin)) ** 0.5
+        )
         state[f"features.{index}.bias"] = torch.randn(cout, generator=gen) * 0.01
     # Stand-ins for the classifier, which the features stack does not use.
     state["classifier.0.weight"] = torch.zeros(4, 8)

@@ -335,7 +335,8 @@ class LesionWidget(QWidget):
         world = np.asarray(layer.data_to_world(coords), dtype=float)
         point = np.asarray(self.viewer.dims.point, dtype=float)
         point[-len(world) :] = world
-        return np.asarray(image.world_to_data(point), dtype=float)[-2:]
+        # Rounding drops the float noise of the round trip through world millimetres (64.0000001 is 64).
+        return np.round(np.asarray(image.world_to_data(point), dtype=float)[-2:], 6)
 
     def _start_session(self, target: tuple[Image, int | None]) -> None:
         """Placements belong to one plane: another background or slice starts afresh (new result layers)."""

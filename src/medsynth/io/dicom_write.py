@@ -19,9 +19,7 @@ DERIVED\\SECONDARY and a Derivation Description from `SyntheticProvenance.summar
 from __future__ import annotations
 
 import copy
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -46,6 +44,7 @@ from pydicom.uid import (
 from pydicom.valuerep import format_number_as_ds
 
 import medsynth
+from medsynth.atomic import atomic_path
 from medsynth.errors import InputError, UnreadableFileError
 from medsynth.io.image import MedImage, SyntheticProvenance
 from medsynth.io.orientation import medimage_affine_xyz_lps
@@ -115,15 +114,9 @@ def write_dicom(
 
 
 def save_atomic(ds: Dataset, path: Path) -> None:
-    """Write `ds` to `path` through a temporary file in the same folder, so no half-written file remains."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """Write `ds` to `path` atomically (see `medsynth.atomic`)."""
+    with atomic_path(path) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Rescale(NamedTuple):

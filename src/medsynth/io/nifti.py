@@ -15,13 +15,13 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medsynth.atomic import atomic_path
 from medsynth.errors import InputError, UnreadableFileError
 from medsynth.io.image import MedImage, SyntheticProvenance
 from medsynth.io.orientation import RAS_TO_LPS, medimage_affine_xyz_lps, to_medimage_layout
@@ -364,14 +364,7 @@ def _synthetic_from_header(header: Any, stored: dict[str, Any]) -> SyntheticProv
 
 
 def _save_atomically(img: Any, path: Path) -> Path:
-    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{nifti_stem(path)}.", suffix=suffix)
-    os.close(fd)
-    try:
+    # nibabel picks gzip by the temporary file's suffix, so it must end like the destination.
+    with atomic_path(path, suffix=".nii.gz" if path.name.lower().endswith(".gz") else ".nii") as tmp:
         img.to_filename(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

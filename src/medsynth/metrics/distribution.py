@@ -100,7 +100,9 @@ class _Extractor(nn.Module):
         return out.double()
 
 
-def _feed(metric, real: torch.Tensor, fake: torch.Tensor, data_range, batch_size: int, size: int | None) -> None:
+def _feed(
+    metric, real: torch.Tensor, fake: torch.Tensor, data_range, batch_size: int, size: int | None
+) -> None:
     for images, is_real in ((real, True), (fake, False)):
         for batch in _batches(images, data_range, batch_size, size):
             metric.update(batch, real=is_real)

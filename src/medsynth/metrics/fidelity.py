@@ -122,7 +122,9 @@ def as_pair(
     return r, f, tuple(real.shape[: real.ndim - (r.ndim - 1)])
 
 
-def _clip(r: torch.Tensor, f: torch.Tensor, data_range: DataRange) -> tuple[torch.Tensor, torch.Tensor, float]:
+def _clip(
+    r: torch.Tensor, f: torch.Tensor, data_range: DataRange
+) -> tuple[torch.Tensor, torch.Tensor, float]:
     lo, hi = data_range_bounds(data_range)
     if isinstance(data_range, (tuple, list)):
         r, f = r.clamp(lo, hi), f.clamp(lo, hi)
@@ -165,9 +167,13 @@ def _gaussian_window(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
 
 def _band_matrix(n: int, w: torch.Tensor) -> torch.Tensor:
     """``(n, n - k + 1)`` matrix whose product with a length-n signal is its valid correlation with `w`."""
-    offset = torch.arange(n, device=w.device)[:, None] - torch.arange(n - w.numel() + 1, device=w.device)[None, :]
+    offset = (
+        torch.arange(n, device=w.device)[:, None] - torch.arange(n - w.numel() + 1, device=w.device)[None, :]
+    )
     inside = (offset >= 0) & (offset < w.numel())
-    return torch.where(inside, w[offset.clamp(0, w.numel() - 1)], torch.zeros((), dtype=w.dtype, device=w.device))
+    return torch.where(
+        inside, w[offset.clamp(0, w.numel() - 1)], torch.zeros((), dtype=w.dtype, device=w.device)
+    )
 
 
 def _filter_valid(x: torch.Tensor) -> torch.Tensor:
@@ -221,7 +227,9 @@ def _interior_mask(mask: ArrayLike, r: torch.Tensor, leading: tuple[int, ...], m
         )
     if m.dtype != torch.bool:
         if not torch.isin(m, torch.tensor([0, 1], dtype=m.dtype, device=m.device)).all():
-            raise InputError("mask must be binary (0/1 or booleans); threshold a label or probability map first")
+            raise InputError(
+                "mask must be binary (0/1 or booleans); threshold a label or probability map first"
+            )
         m = m != 0
     if mode == "outside":
         m = ~m

@@ -107,5 +107,7 @@ def lpips(
     f = to_unit_range(f, data_range).reshape(-1, 1, *f.shape[-2:]).float()
     model = (model if model is not None else load_lpips(weights)).to(r.device)
     with torch.no_grad():
-        d = torch.cat([model(r[i : i + batch_size], f[i : i + batch_size]) for i in range(0, r.shape[0], batch_size)])
+        d = torch.cat(
+            [model(r[i : i + batch_size], f[i : i + batch_size]) for i in range(0, r.shape[0], batch_size)]
+        )
     return d.reshape(-1, slices_per_item).mean(1).double().cpu().numpy().reshape(leading)

@@ -19,7 +19,29 @@ from medsynth.weights import load_into, read_state_dict, require_weights
 # Channels per convolution, "M" for a 2x2 max pool (torchvision's configurations "D" and "E").
 CONFIGS: dict[int, list[int | str]] = {
     16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-    19: [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+    19: [
+        64,
+        64,
+        "M",
+        128,
+        128,
+        "M",
+        256,
+        256,
+        256,
+        256,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+    ],
 }
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -67,7 +89,9 @@ class VGGFeatures(nn.Module):
         """Activations ``{name: (B, C_l, H_l, W_l)}`` at `layers`; computation stops at the deepest one."""
         unknown = [name for name in layers if name not in self.layer_names]
         if unknown:
-            raise InputError(f"unknown VGG{self.depth} layers {unknown}; valid: {', '.join(self.layer_names)}")
+            raise InputError(
+                f"unknown VGG{self.depth} layers {unknown}; valid: {', '.join(self.layer_names)}"
+            )
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise InputError(f"VGGFeatures expects (B, 1 or 3, H, W) images, got shape {tuple(x.shape)}")
         x = x.to(self.mean.dtype).expand(-1, 3, -1, -1)
