@@ -64,6 +64,18 @@ class TrainingWorker(GeneratorWorker):
         return self.done.wait(timeout_s)
 
 
+def warm_up_torch() -> None:
+    """Pay, on the GUI thread and once, the imports that torch defers to the first optimizer.
+
+    Creating a torch optimizer first imports ``torch._dynamo`` (seconds of imports that hold the GIL
+    for stretches of half a second). Done by the trainer in the worker thread, it froze the viewer
+    that long several times after Start; done here, it is part of opening the widget.
+    """
+    import torch
+
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+
+
 class RunState(Enum):
     IDLE = "idle"
     RUNNING = "running"

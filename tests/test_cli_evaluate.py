@@ -12,9 +12,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from medsynth.cli import main
 from medsynth.errors import InputError
-from medsynth.io.image import SyntheticProvenance
-from medsynth.io.nifti import write_nifti
-from medsynth.io.read import read
+from medsynth.io import SyntheticProvenance, read, write_nifti
 from medsynth.metrics import available_metrics, evaluate, swd, to_csv, to_json
 
 
@@ -106,7 +104,7 @@ def test_missing_inception_weights_skip_fid_and_kid_with_a_note(slices, tmp_path
 
 
 def test_sharpness_and_temporal_rows(fmri):
-    frames = np.asarray(fmri.array, dtype=np.float64)[:, 8:16]  # 2 frames of (8, 96, 128) volumes
+    frames = np.asarray(fmri.array, dtype=np.float64)[:, 10:14]  # 2 frames of (4, 96, 128) volumes
     results = {r.name: r for r in evaluate(frames, frames[::-1].copy(), metrics=["sf", "temporal"])}
     assert list(results) == [
         "sf_real",
@@ -231,7 +229,7 @@ def test_cli_mask_and_metric_list(example4d_path, fake_file, fmri, tmp_path, cap
     assert code == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
     assert names == ["ssim", "ssim_inside", "ssim_outside"]
-    assert main(["evaluate", "--real", "x", "--fake", "y", "--metrics", "list"]) == 0
+    assert main(["evaluate", "--metrics", "list"]) == 0
     listing = capsys.readouterr().out
     assert all(name in listing for name in available_metrics())
 
@@ -249,4 +247,6 @@ def test_cli_bad_input_exits_2(example4d_path, fake_file, tmp_path, capsys):
     for extra in cases:
         assert main(["evaluate", *extra]) == 2
         assert "medsynth: error:" in capsys.readouterr().err
-    assert main(["evaluate", "--real", real]) == 2  # argparse: --fake missing
+    assert main(["evaluate", "--real", real]) == 2
+    assert "--fake" in capsys.readouterr().err
+    assert main(["evaluate", "--real", real, "--fake", str(fake_file), "--slices", "--data-range", "5"]) == 2

@@ -178,6 +178,7 @@ def _direct_ms_ssim(a: np.ndarray, b: np.ndarray, data_range: float, betas) -> f
     return float(np.prod(np.array(terms) ** np.array(betas)))
 
 
+@pytest.mark.slow
 def test_ms_ssim_matches_direct_formula_and_torchmetrics(mr):
     from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as tm_ms_ssim
 

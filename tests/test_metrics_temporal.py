@@ -8,7 +8,7 @@ from scipy import ndimage, stats
 from skimage.transform import resize
 
 from medsynth.errors import InputError
-from medsynth.io.read import read
+from medsynth.io import read
 from medsynth.metrics import temporal_consistency
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
+import pydicom
 import pytest
+from scipy import ndimage
 
 from medsynth.data.samples import load_sample
-from medsynth.io import read_image
+from medsynth.io import MedImage, read_image, write_nifti
 from medsynth.lesions.crop import lesion_crop
 from medsynth.lesions.danger import bootstrap_danger
 from medsynth.lesions.placement import allowed_centres, final_candidates
@@ -38,7 +41,7 @@ def notifications():
     notification_manager.notification_ready.disconnect()
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     """Networks this small gain nothing from threads, which only contend on a shared 2-core machine."""
     import torch
@@ -95,7 +98,6 @@ def test_annotator_workflow(make_napari_viewer, qtbot, tmp_path, notifications):
     widget.train_button.native.click()
     assert widget.run.state is RunState.RUNNING and not widget.train_button.enabled
     qtbot.waitUntil(lambda: widget.generator is not None and widget.run.state is RunState.IDLE, timeout=WAIT_MS)
-    print(widget.model_status.value)
     assert widget.generator.scales == 2 and widget.progress is None
     assert widget.model_status.value.startswith("trained SinGAN")
     np.testing.assert_array_equal(widget.crop()[0], source[y0:y1, x0:x1])
@@ -195,9 +197,12 @@ def test_annotator_workflow(make_napari_viewer, qtbot, tmp_path, notifications):
     dicom = read_image(next(out.glob("*_dicom/*.dcm")))
     assert dicom.synthetic is not None
     np.testing.assert_allclose(dicom.array, result.data, atol=np.ptp(result.data) / 60_000 + 1e-3)
-    seg = read_image(next(out.glob("*_seg.dcm")))
-    assert seg.is_label and seg.synthetic is not None
-    np.testing.assert_array_equal(np.asarray(seg.array) > 0, np.asarray(labels.data) > 0)
+    # medsynth.io reads images, not segmentations: the SEG is read with highdicom.
+    seg = hd.seg.segread(next(out.glob("*_seg.dcm")))
+    assert seg.SyntheticData == "YES" and len(seg.SegmentSequence) == 4
+    source_uid = pydicom.dcmread(next(out.glob("*_dicom/*.dcm"))).SOPInstanceUID
+    segments = seg.get_pixels_by_source_instance([source_uid], combine_segments=True, relabel=False)
+    np.testing.assert_array_equal(segments[0], np.asarray(labels.data))
     manifest = json.loads(next(out.glob("*lesions.json")).read_text())
     assert [lesion["label_id"] for lesion in manifest["lesions"]] == [1, 2, 3, 4]
 
@@ -206,7 +211,8 @@ def test_annotator_workflow(make_napari_viewer, qtbot, tmp_path, notifications):
 def test_volume_slice_with_rules_danger_prior_and_loaded_model(make_napari_viewer, tmp_path, singan_file, notifications):
     """A volume: lesions go into the shown slice only, placed at the prior's candidates in C_final."""
     ct = load_sample("ct_slice")
-    volume = ct.with_array(np.stack([ct.array, np.flip(ct.array, 1), ct.array]), axes="zyx", spacing=(2.0, *ct.spacing))
+    array = np.stack([ct.array, np.flip(ct.array, 1), ct.array])
+    volume = MedImage(array, "zyx", (2.0, *ct.spacing), origin=(0.0, *ct.origin), modality="CT", units="HU", name="ct volume")
     viewer = make_napari_viewer()
     data, kwargs, _ = to_layer_data(volume)
     background = viewer.add_image(data, **kwargs)
@@ -218,6 +224,8 @@ def test_volume_slice_with_rules_danger_prior_and_loaded_model(make_napari_viewe
     widget.sample_button.native.click()
     assert widget.scene == () and any("no lesion model" in message for message in notifications)
     assert widget.load_model(singan_file).scales == 2
+    widget.sample_button.native.click()
+    assert widget.scene == () and "no danger zone" in notifications[-1]
 
     # Danger zone from the CT rules: the core's mask, on the volume's grid.
     widget.bootstrap_button.native.click()
@@ -253,6 +261,34 @@ def test_volume_slice_with_rules_danger_prior_and_loaded_model(make_napari_viewe
     np.testing.assert_array_equal(np.asarray(result.data)[[0, 2]], volume.array[[0, 2]])
     assert not np.array_equal(np.asarray(result.data)[1], volume.array[1])
     np.testing.assert_array_equal(background.data, volume.array)
+
+    # By hand with a dragged box: the lesion is drawn at the box's size, centred in it.
+    free = permissible & ~(np.asarray(labels.data)[1] > 0)
+    cy, cx = np.unravel_index(np.argmax(ndimage.distance_transform_edt(free)), free.shape)
+    box = np.array([[cy - 7, cx - 7], [cy - 7, cx + 7], [cy + 7, cx + 7], [cy + 7, cx - 7]], dtype=float)
+    boxes = viewer.add_shapes([np.array([world(background, (1, y, x)) for y, x in box])], shape_type="rectangle")
+    widget.reset_choices()
+    widget.hand_layer.value = boxes
+    widget.place_button.native.click()
+    assert len(widget.scene) == 3 and widget.scene[-1].centre == (cy, cx)
+    assert widget.scene[-1].lesion.mask.shape == (14, 14)  # the 20x20 crop scaled to the 14x14 box
+
+    # The crop can also be a label's bounding box in a Labels layer.
+    widget.crop_layer.value = viewer.layers["historical lesions"]
+    widget.label_id.value = 2
+    values, mask = widget.crop()
+    np.testing.assert_array_equal(values, volume.array[1, 100:110, 85:95])
+    assert mask.all()
+
+    # A danger zone from a mask file on the image's grid; a file that is no mask is refused.
+    mask_file = write_nifti(volume.with_array(np.asarray(widget.danger_layer.data), is_label=True), tmp_path / "danger.nii.gz")
+    expected = np.array(widget.danger_layer.data)
+    widget.new_danger_button.native.click()
+    widget.load_danger(mask_file)
+    np.testing.assert_array_equal(widget.danger_layer.data, expected)
+    widget.load_danger(write_nifti(volume, tmp_path / "ct.nii.gz"))
+    assert "holds 1 (permissible) and 0 (forbidden)" in notifications[-1]
+    np.testing.assert_array_equal(widget.danger_layer.data, expected)
 
     # Another slice starts a new session: the earlier result layers stay, new ones are made.
     viewer.dims.set_current_step(0, 0)

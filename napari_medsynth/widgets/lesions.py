@@ -335,8 +335,9 @@ class LesionWidget(QWidget):
         world = np.asarray(layer.data_to_world(coords), dtype=float)
         point = np.asarray(self.viewer.dims.point, dtype=float)
         point[-len(world) :] = world
-        # Rounding drops the float noise of the round trip through world millimetres (64.0000001 is 64).
-        return np.round(np.asarray(image.world_to_data(point), dtype=float)[-2:], 6)
+        # Layers store coordinates as float32: rounding to 1/1000 px drops the noise of the round trip
+        # through world millimetres (64.00001 is pixel 64).
+        return np.round(np.asarray(image.world_to_data(point), dtype=float)[-2:], 3)
 
     def _start_session(self, target: tuple[Image, int | None]) -> None:
         """Placements belong to one plane: another background or slice starts afresh (new result layers)."""
@@ -556,6 +557,7 @@ class LesionWidget(QWidget):
     @_reported
     def sample(self) -> Scene:
         """Sample k lesions into ``C_final`` (the prior's candidates, else every permissible place)."""
+        self._require_generator()
         target = self._target()
         self._start_session(target)
         options = parse(PlacementOptions, self.options.values())

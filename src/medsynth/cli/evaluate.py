@@ -28,8 +28,9 @@ def register(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--real", nargs="+", required=True, metavar="PATH", help="real images: files or folders")
-    parser.add_argument("--fake", nargs="+", required=True, metavar="PATH", help="synthetic images: files or folders")
+    # Not `required`: `--metrics list` needs neither.
+    parser.add_argument("--real", nargs="+", metavar="PATH", help="real images: files or folders (required)")
+    parser.add_argument("--fake", nargs="+", metavar="PATH", help="synthetic images: files or folders (required)")
     parser.add_argument(
         "--metrics",
         default=DEFAULT_METRICS,
@@ -67,7 +68,7 @@ def _items(image, slices: bool) -> np.ndarray:
 
 def load_items(paths: Sequence[str], slices: bool, what: str) -> np.ndarray:
     """Read every path and stack all items into one batch; InputError naming the file whose shape differs."""
-    from medsynth.io.read import read
+    from medsynth.io import read
 
     batches: list[np.ndarray] = []
     first = ""
@@ -86,7 +87,7 @@ def load_items(paths: Sequence[str], slices: bool, what: str) -> np.ndarray:
 
 def _load_mask(path: str) -> np.ndarray:
     """The mask at `path` as booleans (any non-zero label counts as inside)."""
-    from medsynth.io.read import read_image
+    from medsynth.io import read_image
 
     return np.asarray(read_image(path, as_label=True).array) != 0
 
@@ -109,6 +110,8 @@ def run(args) -> int:
         for name, definition in available_metrics().items():
             print(f"{name:<14} {definition}")
         return 0
+    if not args.real or not args.fake:
+        raise InputError("give the real images with --real PATH... and the synthetic ones with --fake PATH...")
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     real = load_items(args.real, args.slices, "real")
     fake = load_items(args.fake, args.slices, "fake")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -100,8 +101,24 @@ class _Extractor(nn.Module):
         return out.double()
 
 
+@contextmanager
+def _evaluating(module: nn.Module) -> Iterator[None]:
+    """Eval mode for the duration (dropout or batch statistics would make features random), then restored."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
 def _feed(
-    metric, real: torch.Tensor, fake: torch.Tensor, data_range, batch_size: int, size: int | None
+    metric: FrechetInceptionDistance | KernelInceptionDistance,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    data_range: DataRange,
+    batch_size: int,
+    size: int | None,
 ) -> None:
     for images, is_real in ((real, True), (fake, False)):
         for batch in _batches(images, data_range, batch_size, size):
@@ -128,15 +145,11 @@ def fid(
     figures only at equal set sizes.
     """
     r, f, extractor = _prepare(real, fake, data_range, extractor, weights, spatial_dims, device, 2)
-    was_training = extractor.training
-    extractor.eval()
-    try:
+    with _evaluating(extractor):
         probe = next(_batches(r[:1], data_range, 1, resize_to))
         metric = FrechetInceptionDistance(feature=_Extractor(extractor, probe), normalize=True).to(r.device)
         _feed(metric, r, f, data_range, batch_size, resize_to)
         return float(metric.compute())
-    finally:
-        extractor.train(was_training)
 
 
 def kid(
@@ -167,9 +180,7 @@ def kid(
             f"KID subset_size {size} must be between 2 and the smaller set's number of 2D images "
             f"({min(r.shape[0], f.shape[0])})"
         )
-    was_training = extractor.training
-    extractor.eval()
-    try:
+    with _evaluating(extractor):
         with warnings.catch_warnings():
             # torchmetrics warns that KID keeps all features in memory; that is the point here.
             warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
@@ -182,5 +193,3 @@ def kid(
             torch.manual_seed(seed)
             mean, std = metric.compute()
         return float(mean), float(std)
-    finally:
-        extractor.train(was_training)

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from medsynth.errors import InputError, MissingWeightsError
+from medsynth.metrics.sharpness import spatial_frequency
+from medsynth.metrics.swd import swd
 
 DataRange = float | tuple[float, float]
 Progress = Callable[[int, int, str], None]
@@ -102,8 +104,6 @@ def _ms_ssim(x: _Inputs) -> list[MetricResult]:
 
 
 def _swd(x: _Inputs) -> list[MetricResult]:
-    from medsynth.metrics.swd import swd
-
     levels = swd(x.real, x.fake)
     mean = levels.pop("mean")
     # One figure for the two sets: the average over pyramid levels, as Karras et al. report it.
@@ -152,8 +152,6 @@ def _lpips(x: _Inputs) -> list[MetricResult]:
 
 
 def _sf(x: _Inputs) -> list[MetricResult]:
-    from medsynth.metrics.sharpness import spatial_frequency
-
     return [
         _result("sf_real", spatial_frequency(x.real), "intensity units per pixel"),
         _result("sf_fake", spatial_frequency(x.fake), "intensity units per pixel"),

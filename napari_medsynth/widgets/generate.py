@@ -1,0 +1,158 @@
+"""The Generate dock widget: synthetic sequences from a checkpoint, as 4D layers with a time slider.
+
+The widget is thin. The options form (`GenerateOptions`, rendered by `SettingsForm`) becomes the
+arguments of `medsynth.training.sequences.iter_sequences`, which runs in a worker (`TrainingRun`);
+progress and the finished image arrive in `_on_event` on the GUI thread, the only place that touches
+layers. "Side by side" switches napari's grid mode so real and synthetic layers show next to each
+other, each with the same time slider.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import CheckBox, Container, FileEdit, Label, ProgressBar, PushButton
+from qtpy.QtWidgets import QVBoxLayout, QWidget
+
+from medsynth.errors import MedsynthError
+from medsynth.io.image import MedImage
+from medsynth.models.hrgan import MODALITIES
+from medsynth.settings import setting
+from medsynth.training.checkpoint import Checkpoint, load_checkpoint
+from medsynth.training.control import TrainControl
+from medsynth.training.sequences import SequenceProgress, iter_sequences
+from napari_medsynth.layers import to_layer_data
+from napari_medsynth.notify import report_error
+from napari_medsynth.widgets.settings_form import SettingsForm
+from napari_medsynth.workers import Failed, RunState, TrainingRun
+
+if TYPE_CHECKING:
+    import napari
+
+SHUTDOWN_TIMEOUT_S = 30.0
+
+
+@dataclass
+class GenerateOptions:
+    """What to generate; a loaded checkpoint fills in its own modality, clip length and resolution."""
+
+    modality: str = setting("US", "Modality the generator is conditioned on", choices=MODALITIES)
+    frames: int = setting(16, "Frames per sequence", min=1, max=1000)
+    resolution: int = setting(128, "Frame side length in pixels (the training side times a multiple of 1/4)", min=8, max=4096)
+    count: int = setting(1, "Number of sequences (several are stacked on a slice axis)", min=1, max=256)
+    seed: int = setting(0, "Random seed (the same seed gives the same sequences)", min=0, max=2**31 - 1)
+
+
+@dataclass(frozen=True)
+class Generated:
+    """The last event of a generation run."""
+
+    image: MedImage
+
+
+def generation_events(control: TrainControl, checkpoint: Checkpoint, options: dict[str, Any], device: str) -> Iterator[Any]:
+    """`SequenceProgress` events, then `Generated`; stops early (no result) when `control` asks."""
+    run = iter_sequences(checkpoint, options["count"], options["seed"], options["frames"], options["resolution"],
+                         options["modality"], device)  # fmt: skip
+    while not control.stop_requested:
+        try:
+            yield next(run)
+        except StopIteration as done:
+            yield Generated(done.value)
+            return
+
+
+class GenerateWidget(QWidget):
+    """Generate sequences from a checkpoint into new layers; see the module docstring."""
+
+    def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None, device: str = "auto") -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.device = device
+        self.run = TrainingRun()
+        self.checkpoint: Checkpoint | None = None
+        self.layer = None
+
+        self.checkpoint_file = FileEdit(name="checkpoint", mode="r", filter="*.safetensors", tooltip="A hrgan-dtcr checkpoint")
+        self.checkpoint_label = Label(value="no checkpoint")
+        self.options = SettingsForm(GenerateOptions)
+        self.generate_button = PushButton(text="Generate")
+        self.stop_button = PushButton(text="Stop")
+        self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
+        self.side_by_side = CheckBox(text="Real and synthetic side by side", value=False)
+        form = Container(
+            widgets=[
+                self.checkpoint_file,
+                self.checkpoint_label,
+                self.options,
+                Container(widgets=[self.generate_button, self.stop_button], layout="horizontal", labels=False),
+                self.progress,
+                self.side_by_side,
+            ]
+        )
+        layout = QVBoxLayout(self)
+        layout.addWidget(form.native)
+        layout.addStretch()
+
+        self.checkpoint_file.changed.connect(lambda path: self.load(path))
+        self.generate_button.clicked.connect(self.generate)
+        self.stop_button.clicked.connect(self.run.stop)
+        self.side_by_side.changed.connect(self._show_side_by_side)
+        self.run.state_changed.connect(self._show_state)
+        self._show_state(self.run.state)
+
+    def load(self, path: Path | str) -> None:
+        """Read the checkpoint at `path` and show its own modality, clip length and resolution."""
+        try:
+            checkpoint = load_checkpoint(path)
+        except MedsynthError as exc:
+            report_error(exc)
+            return
+        self.checkpoint = checkpoint
+        settings = checkpoint.settings
+        self.checkpoint_label.value = f"{checkpoint.recipe}, step {checkpoint.step}, {settings.get('resolution')} px"
+        known = {key: settings[key] for key in ("modality", "frames", "resolution") if key in settings}
+        try:
+            self.options.set_values(known)
+        except MedsynthError as exc:
+            report_error(exc)
+        self._show_state(self.run.state)
+
+    def generate(self) -> None:
+        """Start generating with the form's values in a worker."""
+        if self.checkpoint is None or self.run.state is not RunState.IDLE:
+            return
+        try:
+            options = self.options.values()
+        except MedsynthError as exc:
+            report_error(exc)
+            return
+        checkpoint, device = self.checkpoint, self.device
+        self.progress.max = options["count"] * options["frames"]
+        self.progress.value = 0
+        self.run.start(lambda control: generation_events(control, checkpoint, options, device), self._on_event)
+
+    def _on_event(self, event: Any) -> None:
+        if isinstance(event, SequenceProgress):
+            self.progress.value = event.done
+        elif isinstance(event, Generated):
+            data, kwargs, _ = to_layer_data(event.image)
+            self.layer = self.viewer.add_image(data, **kwargs)
+            # Show the first frame with the time slider at the front, ready to play.
+            self.viewer.dims.set_current_step(0, 0)
+        elif isinstance(event, Failed):
+            report_error(event.error)
+
+    def _show_side_by_side(self, on: bool) -> None:
+        self.viewer.grid.enabled = bool(on)
+
+    def _show_state(self, state: RunState) -> None:
+        self.generate_button.enabled = state is RunState.IDLE and self.checkpoint is not None
+        self.stop_button.enabled = state is RunState.RUNNING
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        self.run.shutdown(SHUTDOWN_TIMEOUT_S)
+        super().closeEvent(event)
