@@ -153,7 +153,7 @@ def bench_swd(real, fake, n_ref):
     )
     print(
         f"SWD   speed ratio at {n_ref} per set {rate_small / rate_ref:.2f}x; per level ours "
-        f"{[round(v, 2) for k, v in ours_small.items() if k != 'mean']} reference {[round(v, 2) for v in ref_small[:-1]]}"
+        f"{[round(v, 2) for k, v in ours_small.items() if k != 'mean']} reference {[round(float(v), 2) for v in ref_small[:-1]]}"
     )
 
 

@@ -42,6 +42,7 @@ def _skimage_ssim(a, b, span):
     return structural_similarity(a, b, data_range=span, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
 
 
+@pytest.mark.slow
 def test_evaluate_matches_scikit_image_and_swd(slices):
     real, fake = slices
     calls = []
@@ -88,6 +89,7 @@ def test_mask_adds_inside_and_outside_ssim_that_recombine_to_the_whole(slices):
     np.testing.assert_allclose(whole, results["ssim"].values, rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_missing_inception_weights_skip_fid_and_kid_with_a_note(slices, tmp_path, monkeypatch):
     monkeypatch.setenv("MEDSYNTH_WEIGHTS_DIR", str(tmp_path))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))

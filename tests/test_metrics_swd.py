@@ -205,7 +205,7 @@ def test_swd_of_constant_images_is_finite_and_large(mni_slices):
         (np.full((4, 99, 117), np.nan, np.float32), "NaN"),
         (np.zeros((4, 64, 64), np.float32), "same size"),
         (np.zeros((4, 99), np.float32), "shape"),
-        (np.zeros((0, 99, 117), np.float32), "empty"),
+        (np.zeros((0, 99, 117), np.float32), "shape"),
     ],
 )
 def test_swd_rejects_bad_input(mni_slices, fake, message):

@@ -115,7 +115,7 @@ def test_modality_changes_the_output_and_drops_the_units(checkpoint):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"resolution": 40}, "multiple of 8"),
+        ({"resolution": 44}, "multiple of 8"),
         ({"resolution": 16}, "at least 32"),
         ({"tile": 12}, "multiple of 8"),
         ({"modality": "XX"}, "not one of"),

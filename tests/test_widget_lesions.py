@@ -115,15 +115,14 @@ def test_annotator_workflow(make_napari_viewer, qtbot, tmp_path, notifications):
     forbidden = np.asarray(danger.data) == 0
     assert forbidden[100, 20] and forbidden.sum() > 500
 
-    # By hand: a click in the forbidden region is refused and nothing changes; a permissible one is placed.
-    points = viewer.add_points([world(background, (100, 20))], name="clicks")
+    # By hand: a click (a point added to the hand Points layer) in the forbidden region is refused and
+    # nothing changes; a click on permissible tissue places a lesion there.
+    points = viewer.add_points(name="clicks", ndim=2)
     widget.hand_layer.value = points
-    widget.place_button.native.click()
+    points.add(world(background, (100, 20)))
     assert any("danger zone" in message for message in notifications)
     assert widget.scene == () and widget.result_layer is None and widget.labels_layer is None
     points.add(world(background, (100, 90)))
-    points.selected_data = {1}
-    widget.place_button.native.click()
     assert len(widget.scene) == 1 and widget.scene[0].centre == (100, 90)
     result, labels = widget.result_layer, widget.labels_layer
     assert result.name.endswith(SYNTHETIC_SUFFIX) and labels.name.endswith(SYNTHETIC_SUFFIX)
@@ -264,14 +263,16 @@ def test_volume_slice_with_rules_danger_prior_and_loaded_model(make_napari_viewe
 
     # By hand with a dragged box: the lesion is drawn at the box's size, centred in it.
     free = permissible & ~(np.asarray(labels.data)[1] > 0)
-    cy, cx = np.unravel_index(np.argmax(ndimage.distance_transform_edt(free)), free.shape)
-    box = np.array([[cy - 7, cx - 7], [cy - 7, cx + 7], [cy + 7, cx + 7], [cy + 7, cx - 7]], dtype=float)
+    depth = ndimage.distance_transform_edt(np.pad(free, 1))[1:-1, 1:-1]  # outside the image is not free
+    cy, cx = np.unravel_index(np.argmax(depth), free.shape)
+    assert depth[cy, cx] > 17
+    box = np.array([[cy - 12, cx - 12], [cy - 12, cx + 12], [cy + 12, cx + 12], [cy + 12, cx - 12]], dtype=float)
     boxes = viewer.add_shapes([np.array([world(background, (1, y, x)) for y, x in box])], shape_type="rectangle")
     widget.reset_choices()
     widget.hand_layer.value = boxes
     widget.place_button.native.click()
     assert len(widget.scene) == 3 and widget.scene[-1].centre == (cy, cx)
-    assert widget.scene[-1].lesion.mask.shape == (14, 14)  # the 20x20 crop scaled to the 14x14 box
+    assert widget.scene[-1].lesion.mask.shape == (24, 24)  # the 20x20 crop scaled to the 24x24 box
 
     # The crop can also be a label's bounding box in a Labels layer.
     widget.crop_layer.value = viewer.layers["historical lesions"]

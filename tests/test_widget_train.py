@@ -121,7 +121,7 @@ def test_pause_holds_training_and_resume_continues(make_napari_viewer, qtbot, tm
     qtbot.waitUntil(lambda: widget.run.state is RunState.IDLE, timeout=WAIT_MS)
 
 
-def test_bad_setting_is_a_notification_and_starts_nothing(make_napari_viewer, tmp_path, ct_layer_data, notifications):
+def test_bad_settings_or_no_data_are_a_notification_and_start_nothing(make_napari_viewer, tmp_path, ct_layer_data, notifications):
     _, widget, _ = open_widget(make_napari_viewer, ct_layer_data, tmp_path)
     widget.settings["lr_g"].value = "0"
     widget.settings["lr_d"].value = "fast"
@@ -129,15 +129,13 @@ def test_bad_setting_is_a_notification_and_starts_nothing(make_napari_viewer, tm
     assert widget.run.state is RunState.IDLE and widget.run.worker is None
     assert len(notifications) == 1
     assert "SettingsError" in notifications[0] and "lr_g" in notifications[0] and "lr_d" in notifications[0]
-    assert not (tmp_path / "run").exists()
 
-
-def test_no_layer_selected_is_a_notification(make_napari_viewer, tmp_path, ct_layer_data, notifications):
-    _, widget, _ = open_widget(make_napari_viewer, ct_layer_data, tmp_path)
+    widget.settings.set_values({"lr_g": 2e-4, "lr_d": 2e-4})
     widget.data["layers"].value = []
     widget.start()
     assert widget.run.worker is None
-    assert notifications and "select one or more image layers" in notifications[0]
+    assert len(notifications) == 2 and "select one or more image layers" in notifications[1]
+    assert not (tmp_path / "run").exists()
 
 
 def test_failure_in_training_is_a_notification_and_the_widget_returns_to_idle(make_napari_viewer, qtbot, tmp_path, notifications):
@@ -175,9 +173,15 @@ def ct_checkpoint(tmp_path) -> Path:
 
 
 def test_load_checkpoint_and_generate_add_a_synthetic_layer_with_the_training_spacing(
-    make_napari_viewer, qtbot, tmp_path, ct_layer_data, ct_checkpoint
+    make_napari_viewer, qtbot, tmp_path, ct_layer_data, ct_checkpoint, notifications
 ):
     viewer, widget, source = open_widget(make_napari_viewer, ct_layer_data, tmp_path)
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a checkpoint")
+    assert widget.load_checkpoint(broken) is None
+    assert notifications and "CheckpointError" in notifications[0] and "broken.safetensors" in notifications[0]
+    assert widget.checkpoint_path is None and not widget.generate_button.enabled
+
     widget.recipe.value = "wgan-gp"
     checkpoint = widget.load_checkpoint(ct_checkpoint)
     assert checkpoint is not None and checkpoint.step == 2
@@ -207,15 +211,6 @@ def test_continue_training_from_a_loaded_checkpoint(make_napari_viewer, qtbot, t
     assert widget.status.value == "completed at step 4"
     assert [load_checkpoint(p).step for p in checkpoints(tmp_path / "run")] == [4]
     assert widget.loss_plot.series["g_loss"][0] == [3.0, 4.0]
-
-
-def test_bad_checkpoint_file_is_a_notification(make_napari_viewer, tmp_path, ct_layer_data, notifications):
-    _, widget, _ = open_widget(make_napari_viewer, ct_layer_data, tmp_path)
-    broken = tmp_path / "broken.safetensors"
-    broken.write_bytes(b"not a checkpoint")
-    assert widget.load_checkpoint(broken) is None
-    assert notifications and "CheckpointError" in notifications[0] and "broken.safetensors" in notifications[0]
-    assert widget.checkpoint_path is None and not widget.generate_button.enabled
 
 
 @pytest.mark.slow

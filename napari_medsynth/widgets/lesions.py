@@ -22,10 +22,12 @@ import re
 from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Select, SpinBox
+from napari.layers import Image, Labels, Points, Shapes
+from napari.layers.base import ActionType
 from napari.utils import progress
 from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtWidgets import QFileDialog, QVBoxLayout, QWidget
@@ -58,11 +60,13 @@ from napari_medsynth.widgets.train import layer_image
 from napari_medsynth.workers import Failed, RunState, TrainingRun
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     import napari
-    from napari.layers import Image, Labels, Layer, Points
+    from napari.layers import Layer
 
+P = ParamSpec("P")
+T = TypeVar("T")
 HISTORY = 20
 """Scenes kept for Undo."""
 MAX_DRAWS = 20
@@ -173,13 +177,13 @@ def check_scene(scene: Scene, permissible: np.ndarray) -> None:
         taken |= placed_mask(placement, permissible.shape)
 
 
-def _reported(method):
+def _reported(method: Callable[P, T]) -> Callable[P, T | None]:
     """Run a user action; medsynth errors become a notification and the action returns None."""
 
     @functools.wraps(method)
-    def run(self, *args, **kwargs):
+    def run(*args: P.args, **kwargs: P.kwargs) -> T | None:
         try:
-            return method(self, *args, **kwargs)
+            return method(*args, **kwargs)
         except MedsynthError as exc:
             report_error(exc)
             return None
@@ -206,6 +210,7 @@ class LesionWidget(QWidget):
         self.history: deque[Scene] = deque(maxlen=HISTORY)
         self._session: tuple[Image, int | None] | None = None
         self._fused: tuple[MedImage, MedImage] | None = None
+        self._hand_points: Points | None = None
 
         self.background = ComboBox(name="background", choices=self._image_choices, tooltip="Image the lesions go into")
         self.crop_layer = ComboBox(
@@ -287,8 +292,10 @@ class LesionWidget(QWidget):
         self.refuse_button.clicked.connect(self.refuse)
         self.undo_button.clicked.connect(self.undo)
         self.export_button.clicked.connect(self._ask_export)
+        self.hand_layer.changed.connect(self._follow_hand_layer)
         self.run.state_changed.connect(self._show_state)
         self._show_state(self.run.state)
+        self._follow_hand_layer(self.hand_layer.value)
 
     # -- layer choices ----------------------------------------------------------------------------
 
@@ -297,20 +304,20 @@ class LesionWidget(QWidget):
         for section in self._sections:
             section.reset_choices()
 
-    def _layers(self, *kinds: str) -> list[Layer]:
-        return [layer for layer in self.viewer.layers if type(layer).__name__ in kinds]
+    def _layers(self, *kinds: type) -> list[Layer]:
+        return [layer for layer in self.viewer.layers if isinstance(layer, kinds)]
 
     def _image_choices(self, _widget: Any) -> list[tuple[str, Image]]:
-        return [(layer.name, layer) for layer in self._layers("Image") if not layer.rgb and layer is not self.heatmap_layer]
+        return [(layer.name, layer) for layer in self._layers(Image) if not layer.rgb and layer is not self.heatmap_layer]
 
     def _crop_choices(self, _widget: Any) -> list[tuple[str, Layer]]:
-        return [(layer.name, layer) for layer in self._layers("Shapes", "Labels") if layer is not self.danger_layer]
+        return [(layer.name, layer) for layer in self._layers(Shapes, Labels) if layer is not self.danger_layer]
 
     def _prior_choices(self, _widget: Any) -> list[tuple[str, Labels]]:
-        return [(layer.name, layer) for layer in self._layers("Labels") if layer not in (self.danger_layer, self.labels_layer)]
+        return [(layer.name, layer) for layer in self._layers(Labels) if layer not in (self.danger_layer, self.labels_layer)]
 
     def _hand_choices(self, _widget: Any) -> list[tuple[str, Layer]]:
-        return [(layer.name, layer) for layer in self._layers("Points", "Shapes")]
+        return [(layer.name, layer) for layer in self._layers(Points, Shapes)]
 
     # -- the background plane ----------------------------------------------------------------------
 
@@ -347,6 +354,10 @@ class LesionWidget(QWidget):
             self.result_layer = self.labels_layer = None
         self._session = target
 
+    def _shown(self, layer: Layer | None, shape: tuple[int, ...] | None) -> bool:
+        """Whether `layer` is still in the viewer and, for a `shape`, holds data of that shape (else a new layer is made)."""
+        return layer is not None and layer in self.viewer.layers and (shape is None or np.shape(layer.data) == shape)
+
     # -- the lesion model --------------------------------------------------------------------------
 
     def crop(self) -> tuple[np.ndarray, np.ndarray]:
@@ -356,8 +367,8 @@ class LesionWidget(QWidget):
         source = self.crop_layer.value
         if source is None:
             raise InputError("no lesion crop: draw a rectangle in a Shapes layer (or label the lesion) and choose it")
-        if type(source).__name__ == "Labels":
-            labels = np.asarray(source.data if source.ndim == 2 else source.data[target[1]])
+        if isinstance(source, Labels):
+            labels = image_plane(np.asarray(source.data), target[1] if source.ndim == 3 else None)
             box = label_box(labels, self.label_id.value)
             return lesion_crop(plane, box, labels, self.label_id.value)
         vertices = _chosen_item(source, "rectangle")
@@ -454,7 +465,7 @@ class LesionWidget(QWidget):
 
     def _show_danger(self, mask: np.ndarray) -> Labels:
         layer, _ = self._target()
-        if self.danger_layer is not None and self.danger_layer in self.viewer.layers:
+        if self._shown(self.danger_layer, mask.shape):
             self.danger_layer.data = mask
         else:
             self.danger_layer = self.viewer.add_labels(
@@ -496,14 +507,14 @@ class LesionWidget(QWidget):
         heat = prior.heatmap(shape)
         candidates, _ = prior.candidates(shape, options.top_k, options.min_distance)
         geometry = _geometry(target[0], 2)
-        if self.heatmap_layer is not None and self.heatmap_layer in self.viewer.layers:
+        if self._shown(self.heatmap_layer, heat.shape):
             self.heatmap_layer.data = heat
             self.heatmap_layer.contrast_limits = (0.0, float(heat.max()))
         else:
             self.heatmap_layer = self.viewer.add_image(
                 heat, name="location prior", colormap="inferno", blending="additive", opacity=HEATMAP_OPACITY, **geometry
             )
-        if self.candidates_layer is not None and self.candidates_layer in self.viewer.layers:
+        if self._shown(self.candidates_layer, None):
             self.candidates_layer.data = candidates
         else:
             self.candidates_layer = self.viewer.add_points(
@@ -516,9 +527,7 @@ class LesionWidget(QWidget):
     # -- placing -----------------------------------------------------------------------------------
 
     def _draw(self, label_id: int, size: float, options: PlacementOptions) -> tuple[Lesion, int]:
-        generator = self._require_generator()
-        start = min(options.variability, generator.scales - 1)
-        return draw_lesion(generator, lesion_seed(options.seed, label_id), size, start)
+        return draw_lesion(self._require_generator(), lesion_seed(options.seed, label_id), size, options.variability)
 
     def _next_id(self) -> int:
         return max((p.label_id for p in self.scene), default=0) + 1
@@ -533,18 +542,38 @@ class LesionWidget(QWidget):
     @_reported
     def place_by_hand(self) -> Scene:
         """Place one lesion at the selected (else last) point or box of the hand layer; refused in the danger zone."""
-        target = self._target()
-        self._start_session(target)
-        options = parse(PlacementOptions, self.options.values())
         layer = self.hand_layer.value
         if layer is None:
             raise InputError("no placement layer: add a Points layer (click a point) or a Shapes layer (drag a box) and choose it")
+        return self._place_at(layer, _chosen_item(layer, "point" if isinstance(layer, Points) else "rectangle"))
+
+    def _on_hand_points(self, event: Any) -> None:
+        """A point clicked into the hand Points layer places a lesion there at once."""
+        if getattr(event, "action", None) != ActionType.ADDED:
+            return
+        for index in event.data_indices:
+            try:
+                self._place_at(event.source, np.asarray(event.source.data[index], dtype=float))
+            except MedsynthError as exc:
+                report_error(exc)
+
+    def _follow_hand_layer(self, layer: Layer | None) -> None:
+        if self._hand_points is not None:
+            self._hand_points.events.data.disconnect(self._on_hand_points)
+        self._hand_points = layer if isinstance(layer, Points) else None
+        if self._hand_points is not None:
+            self._hand_points.events.data.connect(self._on_hand_points)
+
+    def _place_at(self, layer: Layer, item: np.ndarray) -> Scene:
+        """Place one lesion at a point ``(D,)`` of a Points layer, or fitted into a box ``(N, D)`` of a Shapes layer."""
         generator = self._require_generator()
-        if type(layer).__name__ == "Points":
-            centre, size = self._to_pixel(layer, _chosen_item(layer, "point"), target[0]), options.size
+        target = self._target()
+        self._start_session(target)
+        options = parse(PlacementOptions, self.options.values())
+        if item.ndim == 1:
+            centre, size = self._to_pixel(layer, item, target[0]), options.size
         else:
-            vertices = np.array([self._to_pixel(layer, v, target[0]) for v in _chosen_item(layer, "rectangle")])
-            box = rectangle_box(vertices, self._plane(target).shape)
+            box = rectangle_box(np.array([self._to_pixel(layer, v, target[0]) for v in item]), self._plane(target).shape)
             centre = box_centre(box)
             height, width = generator.model.shapes[-1]
             size = float(np.clip(min((box[2] - box[0]) / height, (box[3] - box[1]) / width), 0.1, 8.0))
@@ -644,7 +673,7 @@ class LesionWidget(QWidget):
 
     def _update_layer(self, layer: Layer | None, image: MedImage) -> Layer:
         data, kwargs, layer_type = to_layer_data(image)
-        if layer is not None and layer in self.viewer.layers:
+        if self._shown(layer, data.shape):
             layer.data = data
             layer.metadata = kwargs["metadata"]
             return layer

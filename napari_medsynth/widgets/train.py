@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Select, SpinBox
+from napari.layers import Image, Layer
 from napari.utils import progress
 from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QFileDialog, QVBoxLayout, QWidget
@@ -38,7 +39,6 @@ from napari_medsynth.workers import Failed, RunState, TrainingRun, warm_up_torch
 
 if TYPE_CHECKING:
     import napari
-    from napari.layers import Image
 
 SHUTDOWN_TIMEOUT_S = 120.0
 """How long closing waits for the trainer to finish its step and write the checkpoint."""
@@ -185,8 +185,6 @@ class TrainWidget(QWidget):
 
     def _layer_choices(self, _widget: Any) -> list[tuple[str, Image]]:
         """Grey-level image layers that are not synthetic (never train on our own output by accident)."""
-        from napari.layers import Image
-
         return [
             (layer.name, layer)
             for layer in self.viewer.layers
@@ -317,7 +315,7 @@ class TrainWidget(QWidget):
     def _close_progress(self) -> None:
         if self.progress is not None:
             self.progress.close()
-            self.progress: progress | None = None
+            self.progress = None
 
     # -- checkpoints and generation ------------------------------------------------------------
 
@@ -365,8 +363,7 @@ class TrainWidget(QWidget):
         return worker
 
     def _add_generated(self, image: MedImage) -> None:
-        data, kwargs, layer_type = to_layer_data(image)
-        self.viewer.add_layer(_layer_from_tuple(data, kwargs, layer_type))
+        self.viewer.add_layer(Layer.create(*to_layer_data(image)))
 
     def _ask_save_checkpoint(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save checkpoint", str(self.out_dir.value), "Checkpoints (*.safetensors)")
@@ -414,9 +411,3 @@ class TrainWidget(QWidget):
         if watched is self._watched_window and event.type() == QEvent.Type.Close:
             self.shutdown()
         return False
-
-
-def _layer_from_tuple(data: Any, kwargs: dict[str, Any], layer_type: str) -> Any:
-    from napari.layers import Layer
-
-    return Layer.create(data, kwargs, layer_type)

@@ -11,17 +11,22 @@ import argparse
 import logging
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medsynth.errors import InputError
+from medsynth.io.image import MedImage
+
+if TYPE_CHECKING:  # importing the metrics at run time would slow down every `medsynth` command
+    from medsynth.metrics.evaluate import MetricResult
 
 log = logging.getLogger("medsynth")
 
 DEFAULT_METRICS = "psnr,ssim,swd"
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
         help="compare synthetic images with real ones (PSNR, SSIM, SWD, FID, ...)",
@@ -54,11 +59,9 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _items(image, slices: bool) -> np.ndarray:
-    """One MedImage as a batch ``(N, H, W)`` or ``(N, D, H, W)``: time frames and (with `slices`) z are items."""
+def _items(image: MedImage, slices: bool) -> np.ndarray:
+    """One grey MedImage as a batch ``(N, H, W)`` or ``(N, D, H, W)``: time frames and (with `slices`) z are items."""
     array = np.asarray(image.array, dtype=np.float32)
-    if image.is_rgb:
-        raise InputError(f"{image.name}: colour images are not supported; read them as grayscale")
     if "t" not in image.axes:
         array = array[None]
     if array.ndim == 4 and slices:
@@ -96,14 +99,14 @@ def _format(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.6g}"
 
 
-def print_table(results) -> None:
+def print_table(results: Sequence[MetricResult]) -> None:
     width = max(len("metric"), *(len(r.name) for r in results))
     print(f"{'metric':<{width}}  {'mean':>12}  {'SD':>12}  {'n':>5}  note")
     for r in results:
         print(f"{r.name:<{width}}  {_format(r.mean):>12}  {_format(r.sd):>12}  {r.n:>5}  {r.note}")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from medsynth.metrics.evaluate import available_metrics, evaluate, to_csv, to_json
 
     if args.metrics == "list":

@@ -6,8 +6,8 @@ Training follows Shaham et al. (2019) and their reference code, scale by scale, 
   `scale_factor` until its shorter side is `min_size`; the factor is recomputed so that the
   coarsest scale is exactly `min_size` (``r = (min_size / min(H, W)) ** (1 / (N - 1))``);
 - at each scale a new generator and critic (initialised from the previous scale's, whose widths
-  match) train for `iterations` rounds of `d_steps` critic updates (WGAN-GP, penalty weight
-  `gp_weight`) and `g_steps` generator updates (adversarial loss plus `rec_weight` (alpha = 10)
+  match) train for `iterations` rounds of `d_steps` critic updates (Wasserstein loss with the
+  reference's per-pixel gradient penalty, weight `gp_weight`) and `g_steps` generator updates (adversarial loss plus `rec_weight` (alpha = 10)
   times the reconstruction MSE), Adam (`lr`, betas (0.5, 0.999)), learning rate x0.1 after
   `lr_decay_at` of the iterations;
 - reconstruction: a fixed noise ``z*`` at the coarsest scale and none above must rebuild the crop;
@@ -48,8 +48,7 @@ from medsynth.data.normalization import Normalization
 from medsynth.errors import CheckpointError, InputError, TrainingError
 from medsynth.lesions.crop import MIN_CROP_SIDE
 from medsynth.lesions.fusion import Lesion
-from medsynth.models.singan import PatchCritic, ScaleGenerator, SinGAN, resize
-from medsynth.models.wgan_gp import gradient_penalty
+from medsynth.models.singan import PatchCritic, ScaleGenerator, SinGAN, patch_gradient_penalty, resize
 from medsynth.settings import parse, setting, to_dict
 from medsynth.training.control import TrainControl
 from medsynth.training.events import CheckpointSaved, Event, Finished, Paused, Progress, Resumed, Samples, Started
@@ -72,7 +71,7 @@ class SinGANSettings:
     g_steps: int = setting(3, "Generator updates per round", min=1, max=10)
     lr: float = setting(5e-4, "Adam learning rate of both networks", min=1e-6, max=1e-1)
     lr_decay_at: float = setting(0.8, "Fraction of a scale's rounds after which the rate drops x0.1", min=0.0, max=1.0)
-    gp_weight: float = setting(0.1, "Weight of the WGAN-GP gradient penalty", min=0.0, max=100.0)
+    gp_weight: float = setting(0.1, "Weight of the per-pixel gradient penalty", min=0.0, max=100.0)
     rec_weight: float = setting(10.0, "Weight alpha of the reconstruction loss", min=0.0, max=1000.0)
     noise_amp_init: float = setting(0.1, "Noise amplitude per unit of reconstruction RMSE", min=0.0, max=10.0)
     width: int = setting(32, "Channels of every convolution", min=4, max=256)
@@ -320,7 +319,7 @@ class _ScaleRun:
         for _ in range(s.d_steps):
             fake = self.generator(noise, prev).detach()
             real_score, fake_score = self.critic(self.real).mean(), self.critic(fake).mean()
-            penalty = gradient_penalty(self.critic, self.real, fake)
+            penalty = patch_gradient_penalty(self.critic, self.real, fake)
             d_loss = fake_score - real_score + s.gp_weight * penalty
             _update(self.opt_d, d_loss, "critic", self.scale)
         for _ in range(s.g_steps):

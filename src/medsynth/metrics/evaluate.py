@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from medsynth.errors import InputError, MissingWeightsError
+from medsynth.metrics.arrays import finite_array
 from medsynth.metrics.sharpness import spatial_frequency
 from medsynth.metrics.swd import swd
 
@@ -200,15 +201,6 @@ def available_metrics() -> dict[str, str]:
     return {name: metric.definition for name, metric in METRICS.items()}
 
 
-def _as_array(x: object, name: str) -> np.ndarray:
-    arr = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x)
-    if arr.ndim not in (3, 4) or arr.shape[0] == 0:
-        raise InputError(f"{name} has shape {arr.shape}; give a batch of images (N, H, W) or volumes (N, D, H, W)")
-    if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)):
-        raise InputError(f"{name} contains NaN, infinite or non-numeric values; metrics need finite numbers")
-    return arr
-
-
 def _resolve_data_range(real: np.ndarray, data_range: DataRange | None) -> tuple[DataRange, DataRange]:
     """(range for PSNR/SSIM, range for the networks); see `_Inputs`."""
     if data_range is not None:
@@ -255,7 +247,7 @@ def evaluate(
     if mask is not None and "ssim" in names:
         at = names.index("ssim") + 1
         names[at:at] = [n for n in ("ssim_inside", "ssim_outside") if n not in names]
-    real_arr, fake_arr = _as_array(real, "real"), _as_array(fake, "fake")
+    real_arr, fake_arr = finite_array(real, "real", "evaluate"), finite_array(fake, "fake", "evaluate")
     if real_arr.shape[1:] != fake_arr.shape[1:]:
         raise InputError(
             f"real items have shape {real_arr.shape[1:]} but fake items {fake_arr.shape[1:]}; resample to one shape"

@@ -14,20 +14,12 @@ from __future__ import annotations
 import numpy as np
 
 from medsynth.errors import InputError
-
-
-def _as_batch(x: object, name: str) -> np.ndarray:
-    arr = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
-    if arr.ndim not in (3, 4):
-        raise InputError(f"{name} has shape {arr.shape}; give a batch of images (N, H, W) or volumes (N, D, H, W)")
-    if not np.all(np.isfinite(arr)):
-        raise InputError(f"{name} contains NaN or infinite values; mask or replace them first")
-    return arr
+from medsynth.metrics.arrays import finite_array
 
 
 def spatial_frequency(images: object) -> np.ndarray:
     """SF per item of ``(N, H, W)`` images or ``(N, D, H, W)`` volumes -> ``(N,)``."""
-    arr = _as_batch(images, "images")
+    arr = finite_array(images, "images", "SF", dtype=np.float64)
     spatial_axes = tuple(range(1, arr.ndim))
     size = np.prod(arr.shape[1:])
     # Each squared-difference sum is divided by the full pixel count, as in the original definition.
@@ -50,9 +42,9 @@ def scd(fused: object, source_a: object, source_b: object) -> np.ndarray:
 
     A constant difference or source has no defined correlation; its term counts as 0.
     """
-    f = _as_batch(fused, "fused")
-    a = _as_batch(source_a, "source_a")
-    b = _as_batch(source_b, "source_b")
+    f = finite_array(fused, "fused", "SCD", dtype=np.float64)
+    a = finite_array(source_a, "source_a", "SCD", dtype=np.float64)
+    b = finite_array(source_b, "source_b", "SCD", dtype=np.float64)
     if not f.shape == a.shape == b.shape:
         raise InputError(f"SCD: fused {f.shape}, source_a {a.shape} and source_b {b.shape} must have the same shape")
     return _pearson(f - b, a) + _pearson(f - a, b)

@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from medsynth.errors import InputError
+from medsynth.metrics.arrays import finite_array
 
 PATCH_SIZE = 7
 MIN_RESOLUTION = 16
@@ -147,23 +148,12 @@ def sliced_wasserstein(
 
 def _as_images(x: object, name: str, channel_axis: int | None) -> np.ndarray:
     """Bring a batch to ``(B, C, H, W)`` float32: ``(N, H, W)`` images, ``(N, D, H, W)`` volumes as N*D slices."""
-    arr = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float32)
-    if channel_axis is not None:
-        if arr.ndim != 4:
-            raise InputError(f"SWD: {name} has shape {arr.shape}; with channel_axis give (N, H, W, C) or (N, C, H, W)")
-        arr = np.moveaxis(arr, channel_axis, 1)
-    elif arr.ndim == 3:
-        arr = arr[:, None]
-    elif arr.ndim == 4:
+    if channel_axis is None:
+        arr = finite_array(x, name, "SWD", dtype=np.float32)
         arr = arr.reshape(-1, 1, *arr.shape[-2:])
     else:
-        raise InputError(
-            f"SWD: {name} has shape {arr.shape}; give a batch of 2D images (N, H, W) or of volumes (N, D, H, W)"
-        )
-    if arr.shape[0] == 0:
-        raise InputError(f"SWD: {name} is empty; give at least one image")
-    if not np.all(np.isfinite(arr)):
-        raise InputError(f"SWD: {name} contains NaN or infinite values; mask or replace them before evaluating")
+        shapes = "(N, C, H, W) or (N, H, W, C) images with channel_axis"
+        arr = np.moveaxis(finite_array(x, name, "SWD", ndims=(4,), shapes=shapes, dtype=np.float32), channel_axis, 1)
     if min(arr.shape[-2:]) < MIN_RESOLUTION:
         raise InputError(
             f"SWD: {name} images are {arr.shape[-2]}x{arr.shape[-1]} px; SWD needs at least "

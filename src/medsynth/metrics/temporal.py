@@ -27,6 +27,7 @@ from skimage.registration import optical_flow_ilk, optical_flow_tvl1
 from skimage.transform import warp
 
 from medsynth.errors import InputError
+from medsynth.metrics.arrays import finite_array
 
 FLOW_METHODS = {"ilk": optical_flow_ilk, "tvl1": optical_flow_tvl1}
 
@@ -86,13 +87,10 @@ class TemporalReport:
 
 
 def _as_sequence(x: object, name: str) -> np.ndarray:
-    arr = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float32)
-    if arr.ndim not in (3, 4):
-        raise InputError(f"temporal: {name} has shape {arr.shape}; give a sequence (T, H, W) or (T, D, H, W)")
+    shapes = "a sequence (T, H, W) or (T, D, H, W)"
+    arr = finite_array(x, name, "temporal", shapes=shapes, dtype=np.float32)
     if arr.shape[0] < 2:
         raise InputError(f"temporal: {name} has {arr.shape[0]} frame(s); a sequence needs at least 2")
-    if not np.all(np.isfinite(arr)):
-        raise InputError(f"temporal: {name} contains NaN or infinite values; mask or replace them first")
     return arr
 
 

@@ -1,0 +1,199 @@
+"""hrgan-dtcr evidence: DTCR ablation, frame-by-frame baselines, generation speed and peak memory.
+
+1. Ablation on the real 120-frame ultrasound cine (pydicom-data): `hrgan-dtcr` with DTCR (linear
+   lambda 0.1 -> 0.5, discriminator features: no VGG weights on this machine) and without
+   (``dtcr_schedule=off``), trained for the same process CPU time from the same seed.
+2. Baselines: `dcgan` and `wgan-gp` trained on the cine's frames for the same CPU time, sequences
+   made of independent samples (frame by frame).
+3. Against real clips (``ClipDataset`` of the cine, in data units) each model's sequences are
+   compared by the temporal-consistency report (`medsynth.metrics.temporal`), SWD on all frames,
+   and the HyperScore inputs (see `hyperscore_inputs`).
+4. Speed: a 30-frame 256 x 256 sequence and 1024 x 1024 frames from the DTCR model; peak resident
+   memory (child process ``ru_maxrss``) of one 4096 x 4096 frame generated in tiles, against one
+   1024 x 1024 frame untiled and against the process after imports only.
+
+Usage: ``python benchmarks/bench_hrgan.py [--cpu-seconds 75] [--resolution 64] [--workdir DIR]``.
+Prints a Markdown report. Training runs on one torch thread (fastest for these small models on a
+shared 2-core machine); generation timings use torch's default threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import medsynth.training.recipes.hrgan_dtcr  # noqa: F401 - registers the recipe
+from medsynth.data.datasets import ClipDataset
+from medsynth.data.samples import load_sample
+from medsynth.metrics import aggregate_v, hyperscore, swd
+from medsynth.metrics.temporal import temporal_consistency
+from medsynth.training.checkpoint import load_checkpoint
+from medsynth.training.config import TrainConfig
+from medsynth.training.control import TrainControl
+from medsynth.training.events import Finished, Progress
+from medsynth.training.generate import generate
+from medsynth.training.sequences import generate_sequences
+from medsynth.training.trainer import train
+
+FRAMES = 8
+SEQUENCES = 12
+PEAK_CHILD = """
+import json, resource, sys, time, torch
+import medsynth.training.recipes.hrgan_dtcr
+from medsynth.training.sequences import generate_sequences
+side, tile = int(sys.argv[2]), (int(sys.argv[3]) or None)
+start = time.perf_counter()
+if side:
+    image = generate_sequences(sys.argv[1], 1, frames=1, resolution=side, device="cpu", tile=tile)
+print(json.dumps({"seconds": time.perf_counter() - start}))
+"""
+
+
+def hrgan_settings(resolution: int, dtcr: bool) -> dict[str, Any]:
+    return {
+        "resolution": resolution, "base_resolution": resolution // 2, "frames": FRAMES, "batch_size": 4,
+        "g_channels": 16, "d_channels": 16, "stage_steps": 30, "fade_steps": 30, "dtcr_ramp_steps": 100,
+        "dtcr_features": "discriminator", "dtcr_schedule": "linear" if dtcr else "off",
+    }  # fmt: skip
+
+
+def train_for(recipe: str, settings: dict[str, Any], data: list, cpu_seconds: float, out_dir: Path) -> tuple[Path, int, float]:
+    """Train until `cpu_seconds` of process CPU time have passed; (checkpoint, steps, wall seconds)."""
+    control = TrainControl()
+    config = TrainConfig(recipe=recipe, out_dir=out_dir, settings=settings, steps=10**6, device="cpu", seed=0,
+                         log_every=5, sample_every=0, checkpoint_every=10**6)  # fmt: skip
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for event in train(config, data, control):
+        if isinstance(event, Progress) and time.process_time() - cpu0 > cpu_seconds:
+            control.request_stop()
+        if isinstance(event, Finished):
+            return event.checkpoint, event.step, time.perf_counter() - wall0
+    raise RuntimeError("training ended without a Finished event")
+
+
+def real_clips(cine, checkpoint_path: Path, side: int) -> np.ndarray:
+    """``(N, T, side, side)`` real clips of the cine in data units, as the recipe sees them (normalised, fitted)."""
+    normalization = load_checkpoint(checkpoint_path).normalization
+    dataset = ClipDataset([cine], normalization, side, FRAMES)
+    return np.stack([normalization.invert(dataset[i][0].numpy()) for i in range(len(dataset))])
+
+
+def sequence_metrics(real: np.ndarray, fake: np.ndarray, data_range: float) -> dict[str, float]:
+    """Mean temporal report over real/fake clip pairs, and SWD of all frames."""
+    reports = [
+        temporal_consistency(real[k % len(real)], fake[k], data_range=data_range).summary() for k in range(len(fake))
+    ]
+    out = {key: float(np.mean([r[key] for r in reports])) for key in reports[0]}
+    out["swd"] = swd(real.reshape(-1, *real.shape[-2:]), fake.reshape(-1, *fake.shape[-2:]), seed=0)["mean"]
+    return out
+
+
+def hyperscore_inputs(metrics: dict[str, float], floor: dict[str, float]) -> dict[str, float]:
+    """Scores in (0, 1]: the real-vs-real value of each distance divided by the model's (1 = as good as real data)."""
+    scores = {name: min(1.0, floor[name] / max(metrics[name], 1e-12)) for name in ("swd", "diff_wasserstein", "flow_wasserstein")}
+    v = aggregate_v(scores, {name: 1.0 for name in scores})
+    return {**{f"s_{k}": s for k, s in scores.items()}, "V": v, "hyperscore": hyperscore(v)}
+
+
+def peak_rss_mb(checkpoint: Path, side: int, tile: int) -> tuple[float, float]:
+    """(peak resident MB, seconds) of a child process generating one `side` frame (0: imports only)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", PEAK_CHILD, str(checkpoint), str(side), str(tile)], stdout=subprocess.PIPE, text=True
+    )
+    out = child.stdout.read()  # to EOF; os.wait4 then reaps the child and gives its resource usage
+    _, status, usage = os.wait4(child.pid, 0)
+    if status != 0:
+        raise RuntimeError(f"peak-memory child for {side} px failed with status {status}")
+    return usage.ru_maxrss / 1024, json.loads(out)["seconds"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cpu-seconds", type=float, default=75.0, help="process CPU time per training run")
+    parser.add_argument("--resolution", type=int, default=64, help="training side length (64 or 128)")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_hrgan_"))
+    side = args.resolution
+    threads = torch.get_num_threads()
+    print(f"load average at start: {os.getloadavg()}; torch threads {threads}", flush=True)
+
+    cine = load_sample("us_cine")
+    torch.set_num_threads(1)
+    runs: dict[str, tuple[Path, int, float]] = {}
+    for name, recipe, settings, data in (
+        ("hrgan-dtcr (DTCR on)", "hrgan-dtcr", hrgan_settings(side, True), [cine]),
+        ("hrgan-dtcr (DTCR off)", "hrgan-dtcr", hrgan_settings(side, False), [cine]),
+        ("dcgan (frame by frame)", "dcgan", {"resolution": side, "batch_size": 32, "g_channels": 16, "d_channels": 16}, [cine]),
+        ("wgan-gp (frame by frame)", "wgan-gp", {"resolution": side, "batch_size": 32}, [cine]),
+    ):
+        runs[name] = train_for(recipe, settings, data, args.cpu_seconds, workdir / recipe / name.split("(")[1][:3])
+        print(f"trained {name}: {runs[name][1]} steps, {runs[name][2]:.0f} s wall", flush=True)
+
+    on_checkpoint = runs["hrgan-dtcr (DTCR on)"][0]
+    real = real_clips(cine, on_checkpoint, side)
+    normalization = load_checkpoint(on_checkpoint).normalization
+    data_range = normalization.high - normalization.low
+    half = len(real) // 2
+    floor = sequence_metrics(real[:half], real[half:], data_range)
+    results = {"real vs real (floor)": floor}
+    for name, (checkpoint, _, _) in runs.items():
+        if name.startswith("hrgan"):
+            fake = generate_sequences(checkpoint, SEQUENCES, seed=1, device="cpu").array.transpose(1, 0, 2, 3)
+        else:
+            fake = generate(checkpoint, SEQUENCES * FRAMES, seed=1, device="cpu").array.reshape(SEQUENCES, FRAMES, side, side)
+        results[name] = sequence_metrics(real, fake, data_range)
+        results[name].update(hyperscore_inputs(results[name], floor))
+
+    torch.set_num_threads(threads)
+    timings = {}
+    for label, frames, res in (("30 x 256x256", 30, 256), ("2 x 1024x1024", 2, 1024)):
+        generate_sequences(on_checkpoint, 1, frames=2, resolution=256, device="cpu")  # warm-up
+        start = time.perf_counter()
+        generate_sequences(on_checkpoint, 1, frames=frames, resolution=res, device="cpu")
+        timings[label] = time.perf_counter() - start
+    peaks = {
+        "imports only": peak_rss_mb(on_checkpoint, 0, 0),
+        "1024 untiled": peak_rss_mb(on_checkpoint, 1024, 1024),
+        "4096 tiled (512)": peak_rss_mb(on_checkpoint, 4096, 512),
+    }
+    report(args, side, runs, results, timings, peaks)
+
+
+def report(args, side, runs, results, timings, peaks) -> None:
+    print(f"\nload average at end: {os.getloadavg()}")
+    print(f"\n### Ablation and baselines ({side}x{side}, {FRAMES} frames, {args.cpu_seconds:g} CPU s per run, seed 0)\n")
+    print("| model | steps | wall s | SWD | diff W1 | flow W1 | warp err fake (real) | mean abs diff fake (real) | s_swd | s_diff | s_flow | V | HyperScore |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, m in results.items():
+        steps, wall = (runs[name][1], f"{runs[name][2]:.0f}") if name in runs else ("-", "-")
+        scores = [f"{m[k]:.3f}" for k in ("s_swd", "s_diff_wasserstein", "s_flow_wasserstein", "V")] if "V" in m else ["-"] * 4
+        hs = f"{m['hyperscore']:.2f}" if "hyperscore" in m else "-"
+        print(
+            f"| {name} | {steps} | {wall} | {m['swd']:.1f} | {m['diff_wasserstein']:.4f} | {m['flow_wasserstein']:.4f} "
+            f"| {m['warp_error_fake']:.4f} ({m['warp_error_real']:.4f}) | {m['mean_abs_diff_fake']:.4f} ({m['mean_abs_diff_real']:.4f}) "
+            f"| {' | '.join(scores)} | {hs} |"
+        )
+    on, off = results["hrgan-dtcr (DTCR on)"], results["hrgan-dtcr (DTCR off)"]
+    print("\nDTCR on / off ratios:")
+    for key in ("warp_error_fake", "mean_abs_diff_fake", "diff_wasserstein", "flow_wasserstein", "swd"):
+        print(f"- {key}: {on[key] / off[key]:.3f}")
+    print("\n### Generation speed and memory\n")
+    for label, seconds in timings.items():
+        print(f"- {label}: {seconds:.2f} s")
+    for label, (mb, seconds) in peaks.items():
+        print(f"- peak RSS, {label}: {mb:.0f} MB ({seconds:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
