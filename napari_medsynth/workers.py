@@ -57,6 +57,7 @@ class TrainingWorker(GeneratorWorker):
         super().__init__(_relay, make_events, self.control, self.done)
 
     def quit(self) -> None:
+        """Ask the trainer to stop; napari calls this for every worker when the application quits."""
         self.control.request_stop()
 
     def wait(self, timeout_s: float) -> bool:

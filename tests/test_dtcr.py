@@ -50,7 +50,7 @@ def small_extractor() -> nn.Module:
 
 def test_penalty_equals_the_formula_on_a_small_feature_network():
     net = small_extractor()
-    features = lambda x: [net[:2](x), net(x)]  # noqa: E731 - two layers, as a feature network gives
+    features = lambda x: [net[:2](x), net(x)]
     patches = torch.randn(2, 4, 1, 8, 8)
     expected = 0.0
     for clip in patches:
@@ -63,7 +63,7 @@ def test_penalty_equals_the_formula_on_a_small_feature_network():
 
 def test_penalty_is_zero_for_a_still_sequence_and_grows_with_flicker():
     net = small_extractor().requires_grad_(False)
-    features = lambda x: [net(x)]  # noqa: E731
+    features = lambda x: [net(x)]
     still = torch.randn(1, 1, 1, 16, 16).expand(2, 5, 1, 16, 16)
     assert float(consistency_penalty(still, features)) == 0.0
     flicker = still + 0.5 * torch.randn(2, 5, 1, 16, 16)

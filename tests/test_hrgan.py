@@ -21,7 +21,12 @@ from medsynth.settings import parse
 from medsynth.training.checkpoint import load_checkpoint
 from medsynth.training.config import TrainConfig
 from medsynth.training.events import Finished, Progress
-from medsynth.training.recipes.hrgan_dtcr import HRGANDTCRRecipe, HRGANSettings, growth_schedule, real_at_stage
+from medsynth.training.recipes.hrgan_dtcr import (
+    HRGANDTCRRecipe,
+    HRGANSettings,
+    growth_schedule,
+    real_at_stage,
+)
 from medsynth.training.trainer import train
 
 

@@ -14,8 +14,13 @@ from medsynth.errors import InputError
 from medsynth.io import read_image, write_nifti
 from medsynth.training.checkpoint import load_checkpoint
 from medsynth.training.config import TrainConfig
+from medsynth.training.sequences import (
+    SequenceProgress,
+    frame_time,
+    generate_sequences,
+    iter_sequences,
+)
 from medsynth.training.trainer import train
-from medsynth.training.sequences import SequenceProgress, frame_time, generate_sequences, iter_sequences
 
 pytestmark = pytest.mark.slow
 

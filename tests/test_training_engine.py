@@ -216,3 +216,25 @@ def test_device_selection_falls_back_to_cpu_and_rejects_missing_devices():
         select_device("cuda")
     with pytest.raises(SettingsError, match="not a torch device"):
         select_device("gpu please")
+
+
+def test_generator_ema_ramps_its_decay_up():
+    from torch import nn
+
+    from medsynth.models.ema import EMA
+
+    model = nn.Linear(2, 1, bias=False)
+    ema = EMA(model, decay=0.999)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        ema.update()  # the first update copies the model
+        assert torch.equal(ema.module.weight, model.weight)
+        model.weight.fill_(2.0)
+        ema.update()  # one earlier update: decay (1 + 1) / (10 + 1)
+        torch.testing.assert_close(ema.module.weight, torch.full((1, 2), 1.0 + (1 - 2 / 11)))
+        for _ in range(20000):
+            ema.update()
+        model.weight.fill_(3.0)
+        before = ema.module.weight.clone()
+        ema.update()  # long runs use the full decay
+        torch.testing.assert_close(ema.module.weight, before + 0.001 * (3.0 - before))

@@ -61,12 +61,8 @@ def singan_file(tmp_path_factory) -> Path:
 
 
 def open_widget(viewer) -> LesionWidget:
-    """The widget through the manifest; docked by hand until napari.yaml declares it."""
-    try:
-        _, widget = viewer.window.add_plugin_dock_widget("napari-medsynth", "Lesions")
-    except KeyError:
-        widget = LesionWidget(viewer)
-        viewer.window.add_dock_widget(widget, name="Lesions")
+    """The widget as napari opens it: through the plugin manifest."""
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medsynth", "Lesions")
     assert isinstance(widget, LesionWidget)
     return widget
 

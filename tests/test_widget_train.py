@@ -22,7 +22,7 @@ from napari_medsynth.workers import Failed, RunState, TrainingRun
 
 pytestmark = pytest.mark.gui
 
-# Small enough for a few steps per second on a 2-core CPU.
+# Small networks and batches, so that a step is quick on a 2-core CPU.
 TINY = {"resolution": 64, "batch_size": 4, "latent_dim": 16, "g_channels": 8, "d_channels": 8}
 WAIT_MS = 60_000
 
@@ -38,9 +38,13 @@ def notifications():
     from napari.utils.notifications import notification_manager
 
     seen: list[str] = []
-    notification_manager.notification_ready.connect(lambda n: seen.append(str(n.message)))
+
+    def record(notification) -> None:
+        seen.append(str(notification.message))
+
+    notification_manager.notification_ready.connect(record)
     yield seen
-    notification_manager.notification_ready.disconnect()
+    notification_manager.notification_ready.disconnect(record)
 
 
 def open_widget(make_napari_viewer, layer_data, tmp_path: Path, **options) -> tuple[object, TrainWidget, object]:
@@ -182,10 +186,12 @@ def test_load_checkpoint_and_generate_add_a_synthetic_layer_with_the_training_sp
     assert notifications and "CheckpointError" in notifications[0] and "broken.safetensors" in notifications[0]
     assert widget.checkpoint_path is None and not widget.generate_button.enabled
 
-    widget.recipe.value = "wgan-gp"
+    widget.recipe.value = "wgan-gp"  # choosing a recipe renders its own settings
+    assert "n_critic" in widget.settings.values() and "critic" in widget.recipe_help.value.lower()
     checkpoint = widget.load_checkpoint(ct_checkpoint)
     assert checkpoint is not None and checkpoint.step == 2
-    assert widget.recipe.value == "dcgan" and widget.settings.values()["latent_dim"] == TINY["latent_dim"]
+    assert widget.recipe.value == "dcgan" and "n_critic" not in widget.settings.values()
+    assert widget.settings.values()["latent_dim"] == TINY["latent_dim"]
     assert widget.generate_button.enabled and widget.continue_button.enabled
 
     widget.num_samples.value = 5

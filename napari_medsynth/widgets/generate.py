@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import CheckBox, Container, FileEdit, Label, ProgressBar, PushButton
+from magicgui.widgets import (
+    CheckBox,
+    Container,
+    FileEdit,
+    Label,
+    ProgressBar,
+    PushButton,
+)
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from medsynth.errors import MedsynthError
@@ -153,6 +160,6 @@ class GenerateWidget(QWidget):
         self.generate_button.enabled = state is RunState.IDLE and self.checkpoint is not None
         self.stop_button.enabled = state is RunState.RUNNING
 
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+    def closeEvent(self, event: Any) -> None:
         self.run.shutdown(SHUTDOWN_TIMEOUT_S)
         super().closeEvent(event)

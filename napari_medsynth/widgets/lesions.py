@@ -178,13 +178,13 @@ def check_scene(scene: Scene, permissible: np.ndarray) -> None:
 
 
 def _reported(method: Callable[P, T]) -> Callable[P, T | None]:
-    """Run a user action; medsynth errors become a notification and the action returns None."""
+    """Run a user action; medsynth and file-system errors become a notification and the action returns None."""
 
     @functools.wraps(method)
     def run(*args: P.args, **kwargs: P.kwargs) -> T | None:
         try:
             return method(*args, **kwargs)
-        except MedsynthError as exc:
+        except (MedsynthError, OSError) as exc:
             report_error(exc)
             return None
 
@@ -242,33 +242,27 @@ class LesionWidget(QWidget):
         self.status = Label(value="")
 
         sections = [
-            Container(widgets=[self.background], label="Background"),
-            Container(
-                widgets=[
-                    self.crop_layer,
-                    self.label_id,
-                    self.training,
-                    _row(self.train_button, self.stop_button),
-                    _row(self.load_model_button, self.save_model_button),
-                    self.model_status,
-                ],
-                label="Lesion model",
+            _section("1. Background", self.background),
+            _section(
+                "2. Lesion model (SinGAN on one crop)",
+                self.crop_layer,
+                self.label_id,
+                self.training,
+                _row(self.train_button, self.stop_button),
+                _row(self.load_model_button, self.save_model_button),
+                self.model_status,
             ),
-            Container(
-                widgets=[Label(value="Danger zone:"), _row(self.new_danger_button, self.bootstrap_button, self.load_danger_button)],
-                labels=False,
-            ),
-            Container(widgets=[self.prior_layers, self.prior_files, self.prior_options, self.prior_button]),
-            Container(
-                widgets=[
-                    self.hand_layer,
-                    self.place_button,
-                    self.options,
-                    self.sample_button,
-                    _row(self.refuse_button, self.undo_button),
-                    self.export_button,
-                    self.status,
-                ]
+            _section("3. Danger zone", _row(self.new_danger_button, self.bootstrap_button, self.load_danger_button)),
+            _section("4. Location prior", self.prior_layers, self.prior_files, self.prior_options, self.prior_button),
+            _section(
+                "5. Placement and fusion",
+                self.hand_layer,
+                self.place_button,
+                self.options,
+                self.sample_button,
+                _row(self.refuse_button, self.undo_button),
+                self.export_button,
+                self.status,
             ),
         ]
         layout = QVBoxLayout(self)
@@ -601,7 +595,7 @@ class LesionWidget(QWidget):
         centres = sample_placements(
             free, [lesion.mask for lesion, _ in drawn], rng, candidates=candidates, weights=weights, min_spacing=options.min_spacing
         )
-        added = [Placement(lesion, centre, first + i, seed) for i, ((lesion, seed), centre) in enumerate(zip(drawn, centres))]
+        added = [Placement(lesion, centre, first + i, seed) for i, ((lesion, seed), centre) in enumerate(zip(drawn, centres, strict=True))]
         return self._commit((*self.scene, *added))
 
     @_reported
@@ -761,6 +755,10 @@ def _geometry(layer: Image, ndim: int) -> dict[str, Any]:
     """scale, translate and affine of `layer`'s last `ndim` axes, for layers drawn over it."""
     affine = np.asarray(layer.affine.affine_matrix)[-ndim - 1 :, -ndim - 1 :]
     return {"scale": tuple(layer.scale[-ndim:]), "translate": tuple(layer.translate[-ndim:]), "affine": affine}
+
+
+def _section(title: str, *widgets: Any) -> Container:
+    return Container(widgets=[Label(value=f"<b>{title}</b>"), *widgets])
 
 
 def _row(*buttons: PushButton) -> Container:

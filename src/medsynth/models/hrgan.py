@@ -19,6 +19,7 @@ frame), grown the same way, followed by a temporal convolution over the frames' 
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -169,7 +170,7 @@ class HRGANGenerator(nn.Module):
         self.input = nn.Linear(content_dim + motion_dim + embed_dim, channels[0] * INPUT_SIDE**2)
         self.input_conv = nn.Conv2d(channels[0], channels[0], 3, padding=1)
         self.input_film = FiLM(embed_dim, channels[0])
-        self.blocks = nn.ModuleList(UpBlock(c_in, c_out, embed_dim) for c_in, c_out in zip(channels[:-1], channels[1:]))
+        self.blocks = nn.ModuleList(UpBlock(c_in, c_out, embed_dim) for c_in, c_out in pairwise(channels))
         self.to_image = nn.ModuleList(
             nn.Conv2d(channels[sides.index(side)], 1, 1) for side in self.resolutions
         )
@@ -259,7 +260,7 @@ class HRGANDiscriminator(nn.Module):
         channels = [channels_at(side, width, base_resolution) for side in sides]
         self.sides = sides
         self.from_image = nn.ModuleList(nn.Conv2d(2, channels[sides.index(side)], 1) for side in self.resolutions)
-        self.blocks = nn.ModuleList(DownBlock(c_in, c_out) for c_in, c_out in zip(channels[:-1], channels[1:]))
+        self.blocks = nn.ModuleList(DownBlock(c_in, c_out) for c_in, c_out in pairwise(channels))
         self.temporal = nn.Conv1d(channels[-1] * INPUT_SIDE**2, head_channels, 3, padding=1)
         self.head = nn.Linear(head_channels, 1)
 

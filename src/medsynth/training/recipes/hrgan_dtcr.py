@@ -18,10 +18,22 @@ import torch
 import torch.nn.functional as F
 
 from medsynth.errors import SettingsError
-from medsynth.losses.dtcr import FeatureFn, adjusted_weight, dtcr_loss, linear_weight, mean_frame_difference, vgg_features
+from medsynth.losses.dtcr import (
+    FeatureFn,
+    adjusted_weight,
+    dtcr_loss,
+    linear_weight,
+    mean_frame_difference,
+    vgg_features,
+)
 from medsynth.losses.feature_matching import feature_matching_loss
 from medsynth.models.ema import EMA
-from medsynth.models.hrgan import MODALITIES, HRGANDiscriminator, HRGANGenerator, modality_index
+from medsynth.models.hrgan import (
+    MODALITIES,
+    HRGANDiscriminator,
+    HRGANGenerator,
+    modality_index,
+)
 from medsynth.settings import setting
 from medsynth.training.recipe import SAMPLE_CHUNK, Recipe, register_recipe
 
