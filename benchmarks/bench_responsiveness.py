@@ -90,6 +90,7 @@ def main() -> None:
     import napari
 
     from medsynth.data.samples import load_sample, sample_path
+    from medsynth.training.checkpoint import load_checkpoint
     from napari_medsynth.layers import to_layer_data
 
     viewer = napari.Viewer(show=True)
@@ -108,7 +109,6 @@ def main() -> None:
     baseline = summary(measure_gaps(args.baseline_seconds))
     other_process = summary(measure_with_process(args.seconds, args, sample_path("mni152"), out_dir / "cli"))
     training = summary(measure_gaps(args.seconds, widget.start_button.native.click))
-    steps = widget.progress.n if widget.progress is not None else 0
     samples_shown = widget.preview_layer is not None
     settings = widget.settings.values()
     started = time.perf_counter()
@@ -116,6 +116,7 @@ def main() -> None:
     while widget.run.state.value != "idle":
         measure_gaps(0.1)
     stop_s = time.perf_counter() - started
+    steps = load_checkpoint(widget.checkpoint_path).step if widget.checkpoint_path is not None else 0
     viewer.close()
 
     result = {
@@ -129,7 +130,7 @@ def main() -> None:
         "ratio_max": training["max_ms"] / baseline["max_ms"],
         "log_every": args.log_every,
         "sample_every": args.sample_every,
-        "steps_during_measurement": int(steps),
+        "steps_trained_by_the_widget": int(steps),
         "preview_shown": samples_shown,
         "stop_to_idle_s": stop_s,
         "goal_met": training["p99_ms"] < GOAL_P99_MS and training["max_ms"] < GOAL_MAX_MS,

@@ -236,8 +236,11 @@ def load_singan(path: str | os.PathLike[str]) -> LesionGenerator:
         header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])
         meta = json.loads(header["__metadata__"][METADATA_KEY])
         tensors = load_tensors(blob)
-    except Exception as exc:  # safetensors raises its own error types for broken files
-        raise CheckpointError(f"{path} is not a medsynth SinGAN checkpoint ({exc}); train one with train_singan") from None
+    except Exception:  # safetensors raises its own error types for broken files
+        raise CheckpointError(
+            f"{path} is not a medsynth SinGAN checkpoint (a .safetensors file with a SinGAN header, written by "
+            "train_singan or the Lesions widget); train a SinGAN on a lesion crop first"
+        ) from None
     if meta.get("recipe") != RECIPE:
         raise CheckpointError(f"{path} was made by recipe {meta.get('recipe')!r}, not {RECIPE!r}; give a SinGAN lesion model")
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
@@ -370,7 +373,8 @@ def _progress(step: int, total: int, window: dict[str, list[float]], run: _Scale
     return Progress(
         step=step,
         total_steps=total,
-        losses={name: float(np.mean(v)) for name, v in window.items()},
+        # The scale rides along with the loss terms because `Progress` has no field for it (the widget shows it).
+        losses={**{name: float(np.mean(v)) for name, v in window.items()}, "scale": float(run.scale)},
         learning_rates={"lr_generator": run.opt_g.param_groups[0]["lr"], "lr_critic": run.opt_d.param_groups[0]["lr"]},
         images_per_s=count / elapsed if elapsed > 0 else 0.0,
         eta_s=remaining * per_round,
