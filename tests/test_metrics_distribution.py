@@ -18,7 +18,7 @@ from scipy import linalg, ndimage
 from torch import nn
 
 from medsynth.errors import CheckpointError, InputError, MissingWeightsError
-from medsynth.metrics.distribution import fid, kid
+from medsynth.metrics.distribution import fid, frechet_distance, kid
 
 MR_RANGE = (0.0, 600.0)
 
@@ -83,6 +83,30 @@ def test_fid_matches_direct_formula_on_the_same_features(sets):
     assert got == pytest.approx(want, rel=1e-4)
     same = fid(real, real, data_range=MR_RANGE, extractor=net)
     assert abs(same) < 1e-3 * want
+
+
+def test_fid_with_more_features_than_images_matches_direct_formula(sets):
+    """48 features from 24 images per set: singular covariances, where the square root needs care."""
+    real, fake = sets
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(3, 48, 9, stride=8), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    net.requires_grad_(False)
+    got = fid(real, fake, data_range=MR_RANGE, extractor=net)
+    want = _direct_fid(_features(real, *MR_RANGE, net), _features(fake, *MR_RANGE, net))
+    assert want > 0
+    assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_frechet_distance_matches_scipy_sqrtm_and_torchmetrics():
+    from torchmetrics.image.fid import _compute_fid
+
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(300, 64)), rng.normal(size=(200, 64)) @ rng.normal(size=(64, 64)) / 8 + 0.3
+    stats = [torch.from_numpy(v) for v in (a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))]
+    want = _direct_fid(a, b)
+    assert float(frechet_distance(*stats)) == pytest.approx(want, rel=1e-9)
+    assert float(frechet_distance(*stats)) == pytest.approx(float(_compute_fid(*stats)), rel=1e-9)
+    assert float(frechet_distance(stats[0], stats[1], stats[0], stats[1])) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_fid_accepts_tensors_and_volumes_as_slices(sets):

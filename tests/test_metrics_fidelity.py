@@ -232,3 +232,26 @@ def test_bad_inputs_raise_clear_errors(metric, mr):
 def test_ssim_rejects_images_smaller_than_the_window():
     with pytest.raises(InputError, match="at least 11"):
         ssim(np.zeros((1, 8, 64)), np.zeros((1, 8, 64)), data_range=1.0)
+
+
+def test_torch_route_used_on_gpus_matches_the_cpu_route(mr_pairs, ct, monkeypatch):
+    """The tensor code path that GPUs take, run on the CPU: same figures as the numpy/scipy route."""
+    import medsynth.metrics.fidelity as fidelity
+
+    real, fake = mr_pairs
+    rng = np.random.default_rng(7)
+    mask = rng.random(real.shape) > 0.5
+    volume = np.stack([ndimage.shift(ct, (k / 2, 0), order=1) for k in range(24)])[None, :, :96, :96]
+    noisy = volume + rng.normal(0, 25, volume.shape)
+    cases = [
+        lambda: ssim(real, fake, data_range=(0.0, 400.0)),
+        lambda: ssim(real, fake, data_range=MR_RANGE, mask=mask, mask_mode="outside"),
+        lambda: ssim(volume, noisy, data_range=4000.0),
+        lambda: ms_ssim(real, fake, data_range=MR_RANGE, betas=MS_SSIM_BETAS[:3]),
+    ]
+    on_cpu = [case() for case in cases]
+    monkeypatch.setattr(fidelity, "_native", lambda t: t)
+    for want, case in zip(on_cpu, cases):
+        np.testing.assert_allclose(case(), want, rtol=0, atol=1e-12)
+    got = ssim(torch.from_numpy(real), torch.from_numpy(fake), data_range=MR_RANGE)
+    np.testing.assert_allclose(got, [_sk_ssim(a, b, MR_RANGE) for a, b in zip(real, fake)], atol=1e-10)

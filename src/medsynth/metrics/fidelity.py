@@ -3,8 +3,11 @@
 Inputs are numpy arrays or torch tensors whose last `spatial_dims` axes are spatial (2 or 3) and
 whose leading axes are items: ``(N, H, W)`` images or ``(N, D, H, W)`` volumes by default
 (``spatial_dims = ndim - 1``). Results are float64 numpy arrays of the leading shape, one value per
-item. Computation runs in float64 torch on `device` (default: the inputs' device, else the CPU),
-because SSIM's variances ``E[x^2] - E[x]^2`` lose all precision in float32 for CT values in HU.
+item. Computation runs in float64 on `device` (default: the inputs' device, else the CPU), because
+SSIM's variances ``E[x^2] - E[x]^2`` lose precision in float32 for CT values in HU. On the CPU, SSIM
+and MS-SSIM run in numpy with scipy's separable ``correlate1d``, an image at a time (in the cache);
+on a GPU they run in torch, the Gaussian filter as products with banded matrices. Both give the same
+figures to about 1e-15.
 
 ``data_range`` is always given by the caller, never guessed from an image (a guess would make
 figures of different images incomparable):
