@@ -78,10 +78,11 @@ def from_layer(data: Any, attributes: dict[str, Any], *, is_label: bool | None =
     """A MedImage from a layer's data and attributes (as napari hands them to writers).
 
     The layer's current scale, translate and affine win over the stored description, so that a
-    layer the user moved or rescaled is written where it is shown.
+    layer the user moved or rescaled is written where it is shown. The array is not copied.
     """
     stored = dict(attributes.get("metadata", {}).get("medsynth", {}))
-    array = np.asarray(data)
+    # Keep array-likes (memmap, dask) as they are: converting would read a whole 4D layer.
+    array = data if hasattr(data, "ndim") and hasattr(data, "dtype") else np.asarray(data)
     axes = stored.get("axes")
     is_rgb = bool(attributes.get("rgb", False))
     if axes is None or len(axes) != array.ndim:

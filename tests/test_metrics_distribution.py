@@ -94,7 +94,9 @@ def test_fid_with_more_features_than_images_matches_direct_formula(sets):
     got = fid(real, fake, data_range=MR_RANGE, extractor=net)
     want = _direct_fid(_features(real, *MR_RANGE, net), _features(fake, *MR_RANGE, net))
     assert want > 0
-    assert got == pytest.approx(want, rel=1e-6)
+    # A square root of a singular matrix is ill-conditioned: scipy's sqrtm (the direct formula) and
+    # torchmetrics' eigvals agree with each other and with us to about 2e-5 here.
+    assert got == pytest.approx(want, rel=1e-4)
 
 
 def test_frechet_distance_matches_scipy_sqrtm_and_torchmetrics():

@@ -10,19 +10,27 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 
 class LinePlot(QWidget):
-    """Named series of (x, y) points. Redraws are batched: call `redraw()` after adding points."""
+    """Named series of (x, y) points. Redraws are batched: call `redraw()` after adding points.
+
+    Lines are updated in place and the layout is fixed once: re-plotting or re-laying out the figure
+    on every redraw costs the GUI thread hundreds of milliseconds while training runs.
+    """
 
     def __init__(self, title: str = "", xlabel: str = "step", ylabel: str = "", parent: QWidget | None = None):
         super().__init__(parent)
-        self.figure = Figure(figsize=(4, 2.5), tight_layout=True)
+        self.figure = Figure(figsize=(4, 2.5))
+        self.figure.subplots_adjust(left=0.16, right=0.97, bottom=0.2, top=0.88)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.axes = self.figure.add_subplot(111)
-        self._labels = (title, xlabel, ylabel)
+        self.axes.set_title(title, fontsize=9)
+        self.axes.set_xlabel(xlabel, fontsize=8)
+        self.axes.set_ylabel(ylabel, fontsize=8)
+        self.axes.tick_params(labelsize=7)
         self._series: dict[str, tuple[list[float], list[float]]] = {}
+        self._lines: dict[str, object] = {}
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.canvas)
-        self.clear()
 
     @property
     def series(self) -> dict[str, tuple[list[float], list[float]]]:
@@ -41,17 +49,21 @@ class LinePlot(QWidget):
 
     def clear(self) -> None:
         self._series.clear()
+        for line in self._lines.values():
+            line.remove()
+        self._lines.clear()
         self.redraw()
 
     def redraw(self) -> None:
-        title, xlabel, ylabel = self._labels
-        self.axes.clear()
-        self.axes.set_title(title, fontsize=9)
-        self.axes.set_xlabel(xlabel, fontsize=8)
-        self.axes.set_ylabel(ylabel, fontsize=8)
-        self.axes.tick_params(labelsize=7)
+        added = False
         for name, (xs, ys) in self._series.items():
-            self.axes.plot(xs, ys, label=name, linewidth=1)
-        if self._series:
+            if name in self._lines:
+                self._lines[name].set_data(xs, ys)
+            else:
+                (self._lines[name],) = self.axes.plot(xs, ys, label=name, linewidth=1)
+                added = True
+        if added:
             self.axes.legend(fontsize=7, loc="best")
+        self.axes.relim()
+        self.axes.autoscale_view()
         self.canvas.draw_idle()

@@ -255,6 +255,7 @@ class ReaderStudyWidget(QWidget):
             self.stop()
             for picker in (self.real, self.fake):
                 picker.detach()
+            self.deleteLater()
         return super().event(event)
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt override

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Select, SpinBox
 from napari.layers import Image, Layer
 from napari.utils import progress
@@ -76,10 +75,7 @@ def layer_image(layer: Image) -> MedImage:
     data, attributes, _ = layer.as_layer_data_tuple()
     if layer.multiscale:
         data = data[0]
-    # from_layer reads geometry from the attributes but would also np.asarray() the data, which
-    # computes a whole dask array; a zero-strided stand-in of the same shape costs no memory.
-    stand_in = np.broadcast_to(np.zeros((), dtype=data.dtype), data.shape)
-    return from_layer(stand_in, attributes).with_array(data)
+    return from_layer(data, attributes)
 
 
 def preview_image(event: Samples, recipe: str, source: MedImage) -> MedImage:
