@@ -1,19 +1,22 @@
 """Throughput of SSIM and SWD on 256x256 images versus reference implementations, and FID/KID cost.
 
-    python benchmarks/bench_metrics.py [--images 1000] [--ref-images 250] [--fid-images 8]
+    python benchmarks/bench_metrics.py [--images 1000] [--ref-images 250] [--fid-images 8] [--fid-features 2048]
 
 Data: axial slices of the MNI152 T1 template resized to 256x256, randomly shifted, as the "real"
 set; the "fake" set is the same slices blurred and with noise. Both sets are the same for every
 implementation in this run.
 
-- SSIM: `medsynth.metrics.fidelity.ssim` (batched, float64 torch) on all `--images` pairs, against a
+- SSIM: `medsynth.metrics.fidelity.ssim` (float64; numpy and scipy on the CPU) on all `--images` pairs, against a
   loop of scikit-image's ``structural_similarity`` (the reference whose figures it reproduces) over
   the first `--ref-images` pairs; agreement is checked on those.
 - SWD: `medsynth.metrics.swd` against a straightforward numpy port of the progressive-GAN code (full
   5x5 convolutions, zero-insertion expansion, per-column sorts), both on `--ref-images` per set,
   then ours on `--images` per set.
-- FID/KID: the cost of the Inception forward passes with random weights (the published weights are
-  not needed to time them; figures are meaningless as distances).
+- FID/KID: the cost with a random-weight Inception (the published weights are not needed to time
+  them; figures are meaningless as distances), and FID's final step alone on `--fid-features`
+  dimensional covariances: `medsynth.metrics.distribution.frechet_distance` (symmetric
+  eigendecompositions) against torchmetrics' `_compute_fid` (eigenvalues of the non-symmetric product)
+  and scipy's `sqrtm`, on the same matrices.
 
 Images/s counts the images of both sets that a distribution metric consumes (2 x per set) and the
 pairs for SSIM.
@@ -22,6 +25,7 @@ pairs for SSIM.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 
@@ -171,18 +175,44 @@ def bench_fid_kid(real, fake, n):
     print("      (published Inception weights are absent here: timings only, the distances mean nothing)")
 
 
+def bench_frechet(features: int, samples: int = 3000, seed: int = 0):
+    """FID's final step on covariances of `features` dimensions: ours against torchmetrics and scipy."""
+    from scipy import linalg
+    from torchmetrics.image.fid import _compute_fid
+
+    from medsynth.metrics.distribution import frechet_distance
+
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((samples, features))
+    b = rng.standard_normal((samples, features)) * 1.1 + 0.1
+    stats = [torch.from_numpy(v) for v in (a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))]
+    ours, t_ours = timed(frechet_distance, *stats)
+    tm, t_tm = timed(_compute_fid, *stats)
+    root, t_sp = timed(linalg.sqrtm, stats[1].numpy() @ stats[3].numpy())
+    sp = float(((stats[0] - stats[2]) ** 2).sum() + stats[1].trace() + stats[3].trace()) - 2 * np.trace(root).real
+    print(f"FID final step, {features} features: medsynth {t_ours:7.2f} s  torchmetrics {t_tm:7.2f} s  scipy sqrtm {t_sp:7.2f} s")
+    print(
+        f"FID final step speed ratio {t_tm / t_ours:.2f}x vs torchmetrics, {t_sp / t_ours:.2f}x vs scipy; values "
+        f"{float(ours):.6f} / {float(tm):.6f} / {sp:.6f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--ref-images", type=int, default=250)
     parser.add_argument("--fid-images", type=int, default=8)
+    parser.add_argument("--fid-features", type=int, default=2048)
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    print(f"load average at the start: {os.getloadavg()}")
     real, fake = make_sets(args.images)
     print(f"data: {len(real)} real and {len(fake)} fake images of {SIZE}x{SIZE} (MNI152 slices)")
     bench_ssim(real, fake, min(args.ref_images, args.images))
     bench_swd(real, fake, min(args.ref_images, args.images))
     bench_fid_kid(real, fake, args.fid_images)
+    bench_frechet(args.fid_features)
+    print(f"load average at the end: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -71,9 +71,9 @@ def test_generated_sequences_become_a_4d_layer_with_a_time_slider(make_napari_vi
     assert not np.allclose(layer.data[5], layer.data[0])
 
     widget.side_by_side.value = True
-    assert viewer.grid.enabled
+    assert viewer.canvas.grid.enabled
     widget.side_by_side.value = False
-    assert not viewer.grid.enabled
+    assert not viewer.canvas.grid.enabled
 
 
 def test_a_bad_checkpoint_file_is_reported_not_raised(make_napari_viewer, tmp_path, cine):

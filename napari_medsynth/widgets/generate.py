@@ -154,7 +154,7 @@ class GenerateWidget(QWidget):
             report_error(event.error)
 
     def _show_side_by_side(self, on: bool) -> None:
-        self.viewer.grid.enabled = bool(on)
+        self.viewer.canvas.grid.enabled = bool(on)
 
     def _show_state(self, state: RunState) -> None:
         self.generate_button.enabled = state is RunState.IDLE and self.checkpoint is not None

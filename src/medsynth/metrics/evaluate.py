@@ -18,22 +18,20 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medsynth.atomic import write_text
 from medsynth.errors import InputError, MissingWeightsError
-from medsynth.metrics.arrays import finite_array
+from medsynth.metrics.inputs import DataRange, finite_array
 from medsynth.metrics.sharpness import spatial_frequency
 from medsynth.metrics.swd import swd
-
-DataRange = float | tuple[float, float]
+from medsynth.versions import package_version
 Progress = Callable[[int, int, str], None]
 
 
@@ -271,13 +269,8 @@ def evaluate(
 
 
 def _versions() -> dict[str, str]:
-    out = {}
-    for package in ("napari-medsynth", "numpy", "scipy", "scikit-image", "torch", "torchmetrics"):
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            out[package] = "not installed"
-    return out
+    packages = ("napari-medsynth", "numpy", "scipy", "scikit-image", "torch", "torchmetrics")
+    return {package: package_version(package) for package in packages}
 
 
 def _json_safe(value: Any) -> Any:
@@ -291,23 +284,14 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write `text` through a temporary file in the target folder, so no half-written file remains."""
+def _write_results(path: str | os.PathLike[str], text: str) -> Path:
+    """Write `text` atomically to `path`, a file in an existing folder (a typo should not create folders)."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path} is a folder; give a file name to write the results to")
     if not path.parent.is_dir():
         raise InputError(f"{path.parent} does not exist; create the folder first or choose another output path")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(path, text)
 
 
 def to_json(results: Sequence[MetricResult], path: str | os.PathLike[str]) -> Path:
@@ -318,7 +302,7 @@ def to_json(results: Sequence[MetricResult], path: str | os.PathLike[str]) -> Pa
         "definitions": available_metrics(),
         "results": [asdict(r) for r in results],
     }
-    return _write_text_atomic(path, json.dumps(_json_safe(document), indent=2) + "\n")
+    return _write_results(path, json.dumps(_json_safe(document), indent=2) + "\n")
 
 
 def to_csv(results: Sequence[MetricResult], path: str | os.PathLike[str]) -> Path:
@@ -328,4 +312,4 @@ def to_csv(results: Sequence[MetricResult], path: str | os.PathLike[str]) -> Pat
     writer.writerow(["metric", "mean", "sd", "n", "note", "values"])
     for r in results:
         writer.writerow([r.name, repr(r.mean), repr(r.sd), r.n, r.note, ";".join(repr(v) for v in r.values)])
-    return _write_text_atomic(path, buffer.getvalue())
+    return _write_results(path, buffer.getvalue())

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from medsynth.errors import InputError
-from medsynth.metrics.fidelity import ArrayLike, DataRange, as_pair, to_unit_range
+from medsynth.metrics.inputs import ArrayLike, DataRange, as_pair, to_unit_range
 from medsynth.models.vgg import VGGFeatures, load_vgg
 from medsynth.weights import load_into, read_state_dict, require_weights
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from medsynth.errors import InputError
-from medsynth.metrics.arrays import finite_array
+from medsynth.metrics.inputs import finite_array
 
 
 def spatial_frequency(images: object) -> np.ndarray:

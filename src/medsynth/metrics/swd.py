@@ -26,7 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from medsynth.errors import InputError
-from medsynth.metrics.arrays import finite_array
+from medsynth.metrics.inputs import finite_array
 
 PATCH_SIZE = 7
 MIN_RESOLUTION = 16

@@ -27,7 +27,7 @@ from skimage.registration import optical_flow_ilk, optical_flow_tvl1
 from skimage.transform import warp
 
 from medsynth.errors import InputError
-from medsynth.metrics.arrays import finite_array
+from medsynth.metrics.inputs import finite_array
 
 FLOW_METHODS = {"ilk": optical_flow_ilk, "tvl1": optical_flow_tvl1}
 
