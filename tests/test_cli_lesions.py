@@ -34,14 +34,11 @@ def _main(argv: list[str]) -> int:
 @pytest.fixture(scope="module")
 def lesion_model(tmp_path_factory):
     """A tiny SinGAN trained on a real soft-tissue crop of the CT slice (HU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     plane = np.asarray(load_sample("ct_slice").array, dtype=np.float32)
     values, mask = lesion_crop(plane, (96, 40, 112, 56))
     path = tmp_path_factory.mktemp("model") / "lesion.safetensors"
     settings = SinGANSettings(min_size=16, iterations=15, width=8, layers=3, log_every=100)
     train_to_end(values, mask, settings, checkpoint=path)
-    torch.set_num_threads(threads)
     return path
 
 

@@ -25,15 +25,6 @@ TINY = {"resolution": 32, "base_resolution": 16, "frames": 3, "batch_size": 2, "
         "content_dim": 8, "motion_dim": 4}  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def no_weights(tmp_path, monkeypatch):
     """Every place medsynth looks for weight files is an empty folder."""

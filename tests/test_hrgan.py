@@ -30,15 +30,6 @@ from medsynth.training.recipes.hrgan_dtcr import (
 from medsynth.training.trainer import train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def cine():
     return load_sample("us_cine")

@@ -28,15 +28,6 @@ SETTINGS = {"resolution": 32, "base_resolution": 16, "frames": 4, "batch_size": 
             "content_dim": 8, "motion_dim": 4, "stage_steps": 1, "fade_steps": 1, "dtcr_features": "discriminator"}  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def cine():
     image = load_sample("us_cine")
@@ -46,12 +37,9 @@ def cine():
 @pytest.fixture(scope="module")
 def checkpoint(cine, tmp_path_factory):
     """A checkpoint grown to its last stage (32 px) by the trainer on 60 x 80 frames of the cine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     config = TrainConfig(recipe="hrgan-dtcr", out_dir=tmp_path_factory.mktemp("run"), steps=3, device="cpu",
                          sample_every=0, settings=SETTINGS)  # fmt: skip
     finished = list(train(config, [cine]))[-1]
-    torch.set_num_threads(threads)
     return load_checkpoint(finished.checkpoint)
 
 

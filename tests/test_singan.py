@@ -23,15 +23,6 @@ from medsynth.training.events import CheckpointSaved, Finished, Progress, Sample
 TINY = SinGANSettings(min_size=16, scale_factor=0.6, iterations=40, width=16, log_every=10)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The shared test machine is oversubscribed; these tiny convolutions run faster on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def crop() -> tuple[np.ndarray, np.ndarray]:
     plane = np.asarray(load_sample("ct_slice").array, dtype=np.float32)

@@ -26,14 +26,11 @@ def cine():
 
 @pytest.fixture(scope="module")
 def checkpoint_path(cine, tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models run fastest on one thread on a shared machine
     settings = {"resolution": 32, "base_resolution": 16, "frames": 4, "batch_size": 2, "g_channels": 4,
                 "d_channels": 4, "content_dim": 8, "motion_dim": 4, "dtcr_features": "discriminator"}  # fmt: skip
     config = TrainConfig(recipe="hrgan-dtcr", out_dir=tmp_path_factory.mktemp("run"), steps=2, device="cpu",
                          sample_every=0, settings=settings)  # fmt: skip
     finished = list(train(config, [cine]))[-1]
-    torch.set_num_threads(threads)
     return finished.checkpoint
 
 

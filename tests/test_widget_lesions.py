@@ -41,17 +41,6 @@ def notifications():
     notification_manager.notification_ready.disconnect()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Networks this small gain nothing from threads, which only contend on a shared 2-core machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def singan_file(tmp_path_factory) -> Path:
     """A tiny SinGAN trained on a lesion crop of the CT slice, saved as the widget's Save button does."""
