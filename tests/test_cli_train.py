@@ -20,15 +20,6 @@ from medsynth.training.checkpoint import load_checkpoint
 TINY = ["--set", "batch_size=4", "--set", "g_channels=8", "--set", "d_channels=8", "--set", "latent_dim=16"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and far faster when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def small_volume(tmp_path_factory):
     """The central 60 axial slices of the MNI152 template, written with medsynth's NIfTI writer."""

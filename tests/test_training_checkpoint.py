@@ -16,15 +16,6 @@ from medsynth.training.config import TrainConfig
 from medsynth.training.trainer import train
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and far faster when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A real checkpoint: 2 WGAN-GP steps on MNI152 axial slices."""

@@ -13,15 +13,6 @@ from medsynth.errors import InputError
 from medsynth.io import read_image
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensor work runs faster on one thread, and far faster when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def mni():
     from medsynth.data.samples import sample_path

@@ -26,15 +26,6 @@ LOSSES = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and far faster when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def mni():
     """The MNI152 template's central 80 axial slices (the rest are mostly skipped as empty anyway)."""

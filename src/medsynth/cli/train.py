@@ -65,6 +65,11 @@ def register(subparsers) -> None:
     )
     generate.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     generate.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    sequences = generate.add_argument_group("sequence recipes (e.g. hrgan-dtcr)")
+    sequences.add_argument("--frames", type=int, help="frames per sequence (default: the training clip length)")
+    sequences.add_argument("--resolution", type=int, help="side length in pixels (default: the training size)")
+    sequences.add_argument("--modality", help="modality to condition on (default: the training data's)")
+    sequences.add_argument("--tile", type=int, help="generate in tiles of this size to bound memory (large sizes)")
     generate.set_defaults(func=run_generate)
 
     recipes = subparsers.add_parser("recipes", help="list recipes and their settings")
@@ -99,31 +104,56 @@ def run_train(args) -> int:
 
 def run_generate(args) -> int:
     from medsynth.io import write_dicom, write_nifti
-    from medsynth.training.generate import generate
+    from medsynth.training.checkpoint import load_checkpoint
+    from medsynth.training.recipe import get_recipe
 
     out: Path = args.out
     is_nifti = out.name.endswith((".nii", ".nii.gz"))
     if is_nifti and out.exists():
         raise InputError(f"{out} exists; choose a new file name (files are never overwritten)")
-    image = generate(args.checkpoint, args.num, seed=args.seed, device=args.device)
+    checkpoint = load_checkpoint(args.checkpoint)
+    if get_recipe(checkpoint.recipe).data_kind == "sequence":
+        image = _generate_sequences(checkpoint, args)
+    else:
+        from medsynth.training.generate import generate
+
+        image = generate(checkpoint, args.num, seed=args.seed, device=args.device)
     if is_nifti:
         write_nifti(image, out)
     else:
-        # Independent samples are not the slices of one volume: each becomes its own 2D image file.
+        # Independent samples are not the slices of one volume: each becomes its own file
+        # (a 2D image, or a multi-frame cine for sequences).
         for k in range(args.num):
             write_dicom(sample_image(image, k), out)
-    log.info("wrote %d synthetic image(s) to %s", args.num, out)
+    log.info("wrote %d synthetic %s to %s", args.num, "sequence(s)" if image.has_time else "image(s)", out)
     return 0
 
 
+def _generate_sequences(checkpoint, args):
+    from medsynth.training.sequences import generate_sequences
+
+    return generate_sequences(
+        checkpoint, args.num, seed=args.seed, frames=args.frames, resolution=args.resolution,
+        modality=args.modality, device=args.device, tile=args.tile,
+    )  # fmt: skip
+
+
 def sample_image(samples, k: int):
-    """Sample `k` of a generated ``(N, H, W)`` stack as a 2D `MedImage` with the stack's units and provenance."""
+    """Sample `k` of a generated stack as its own `MedImage` with the stack's units and provenance.
+
+    ``(N, H, W)`` images give a 2D image; sequences (``"tyx"`` for one, ``"tzyx"`` with z indexing
+    the samples) give the ``"tyx"`` cine of sample `k`.
+    """
     from medsynth.io.image import MedImage
 
+    if samples.axes == "tyx":
+        return samples
+    array = samples.array[:, k] if samples.has_time else samples.array[k]
     return MedImage(
-        array=samples.array[k],
-        axes="yx",
+        array=array,
+        axes="tyx" if samples.has_time else "yx",
         spacing=samples.spacing[1:],
+        time_spacing=samples.time_spacing,
         modality=samples.modality,
         units=samples.units,
         name=f"{samples.name} {k + 1:04d}",

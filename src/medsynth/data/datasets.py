@@ -169,6 +169,7 @@ class _LazyDataset:
                 "shape": [int(n) for n in image.array.shape],
                 "axes": image.axes,
                 "spacing": list(image.spacing),
+                "time_spacing": image.time_spacing,
                 "modality": image.modality,
                 "units": image.units,
             }
