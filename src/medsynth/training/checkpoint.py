@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from safetensors.torch import save as save_tensors
 
 import medsynth
 from medsynth.data.normalization import Normalization
+from medsynth.atomic import write_bytes
 from medsynth.errors import CheckpointError, SettingsError
 from medsynth.training.recipe import get_recipe
 
@@ -89,16 +89,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: Path) -> Path:
     # The data section does not depend on the metadata, so hash it from a first serialisation.
     meta["tensors_sha256"] = _data_sha256(save_tensors(tensors, metadata={METADATA_KEY: json.dumps(meta)}))
     blob = save_tensors(tensors, metadata={METADATA_KEY: json.dumps(meta)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_bytes(path, blob)
     checkpoint.path, checkpoint.tensors_sha256 = path, meta["tensors_sha256"]
     return path
 
