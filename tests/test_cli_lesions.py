@@ -9,7 +9,6 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from medsynth.cli import lesions as lesions_cli
 from medsynth.data.samples import load_sample, sample_path

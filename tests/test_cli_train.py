@@ -11,7 +11,6 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from medsynth.cli import main
 from medsynth.io import read_image

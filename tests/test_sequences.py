@@ -6,7 +6,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 import medsynth.training.recipes.hrgan_dtcr  # noqa: F401 - registers the recipe
 from medsynth.data.samples import load_sample

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import medsynth.training.recipes.hrgan_dtcr  # noqa: F401 - registers the recipe
 from medsynth.data.samples import load_sample
