@@ -118,7 +118,7 @@ def reference_swd(real, fake, seed=0):
 
 def bench_ssim(real, fake, n_ref):
     span = float(real.max() - real.min())
-    ssim(real[:2], fake[:2], data_range=span)  # torch's one-time start-up is not throughput
+    ssim(real[:2], fake[:2], data_range=span)  # one-time start-up (first calls) is not throughput
     ours, t_ours = timed(ssim, real, fake, data_range=span)
 
     def skimage_loop():

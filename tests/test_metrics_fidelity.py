@@ -236,7 +236,7 @@ def test_ssim_rejects_images_smaller_than_the_window():
 
 def test_torch_route_used_on_gpus_matches_the_cpu_route(mr_pairs, ct, monkeypatch):
     """The tensor code path that GPUs take, run on the CPU: same figures as the numpy/scipy route."""
-    import medsynth.metrics.fidelity as fidelity
+    from medsynth.metrics import fidelity
 
     real, fake = mr_pairs
     rng = np.random.default_rng(7)

@@ -48,7 +48,6 @@ from napari_medsynth.widgets.results_table import ResultsPanel
 from napari_medsynth.widgets.source_picker import SourcePicker
 
 DISPLAY_LAYER = "Reader study"
-KEYS = {"R": REAL, "S": SYNTHETIC}
 
 
 def named_arrays(choice: Layer | Path | None, what: str) -> list[tuple[str, np.ndarray]]:
@@ -86,9 +85,9 @@ class ReaderStudyWidget(QWidget):
         self.start_button = QPushButton("Start / resume")
         self.start_button.clicked.connect(self.start)
         self.real_button = QPushButton("Real (R)")
-        self.real_button.clicked.connect(lambda: self.answer(REAL))
+        self.real_button.clicked.connect(self.answer_real)
         self.synthetic_button = QPushButton("Synthetic (S)")
-        self.synthetic_button.clicked.connect(lambda: self.answer(SYNTHETIC))
+        self.synthetic_button.clicked.connect(self.answer_synthetic)
         self.pause_button = QPushButton("Pause")
         self.pause_button.setToolTip("Leave the study; every answer is saved and Start / resume goes on from here")
         self.pause_button.clicked.connect(self.stop)
@@ -166,6 +165,19 @@ class ReaderStudyWidget(QWidget):
         else:
             self._show_current()
 
+    # Bound methods rather than lambdas: Qt connections hold them weakly, so no cycle keeps the widget alive.
+    def answer_real(self) -> None:
+        self.answer(REAL)
+
+    def answer_synthetic(self) -> None:
+        self.answer(SYNTHETIC)
+
+    def _on_key_real(self, viewer: napari.viewer.Viewer) -> None:
+        self.answer(REAL)
+
+    def _on_key_synthetic(self, viewer: napari.viewer.Viewer) -> None:
+        self.answer(SYNTHETIC)
+
     def stop(self) -> None:
         """Leave study mode; the answers stay in the CSV, so Start / resume goes on where this stopped."""
         self._leave_study_mode()
@@ -205,15 +217,9 @@ class ReaderStudyWidget(QWidget):
         self._hidden = {layer: layer.visible for layer in self.viewer.layers}
         for layer in self._hidden:
             layer.visible = False
-        for key, answer in KEYS.items():
-            self._unbound[key] = self.viewer.bind_key(key, self._key_handler(answer), overwrite=True)
+        for key, handler in (("R", self._on_key_real), ("S", self._on_key_synthetic)):
+            self._unbound[key] = self.viewer.bind_key(key, handler, overwrite=True)
         self._set_running(True)
-
-    def _key_handler(self, answer: str) -> Callable[[napari.viewer.Viewer], None]:
-        def handler(viewer: napari.viewer.Viewer) -> None:
-            self.answer(answer)
-
-        return handler
 
     def _leave_study_mode(self) -> None:
         for key, previous in self._unbound.items():

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import platform
-from importlib.metadata import PackageNotFoundError, version
+
+from medsynth.versions import package_version
 
 PACKAGES = ("napari-medsynth", "torch", "numpy", "nibabel", "pydicom", "highdicom", "torchmetrics", "napari")
 
@@ -16,7 +17,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     print(f"python        {platform.python_version()} ({platform.machine()})")
     for name in PACKAGES:
-        print(f"{name:<13} {_version(name)}")
+        print(f"{name:<13} {package_version(name)}")
     print("devices       " + ", ".join(devices()))
     from medsynth.weights import weights_report
 
@@ -33,10 +34,3 @@ def devices() -> list[str]:
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         found.append("mps")
     return found + [f"cpu ({torch.get_num_threads()} threads)"]
-
-
-def _version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"

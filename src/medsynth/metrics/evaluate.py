@@ -32,6 +32,7 @@ from medsynth.metrics.inputs import DataRange, finite_array
 from medsynth.metrics.sharpness import spatial_frequency
 from medsynth.metrics.swd import swd
 from medsynth.versions import package_version
+
 Progress = Callable[[int, int, str], None]
 
 

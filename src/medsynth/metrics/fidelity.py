@@ -58,8 +58,9 @@ Batch = np.ndarray | torch.Tensor
 def _native(t: torch.Tensor) -> Batch:
     """A CPU tensor as the numpy array it shares memory with; other tensors as they are.
 
-    SSIM runs in numpy and scipy on the CPU: on a busy CPU, torch's multi-threaded elementwise
-    kernels on float64 run several times slower than single-threaded numpy.
+    SSIM runs in numpy and scipy on the CPU: single-threaded, they match float64 torch on an idle
+    CPU and run many times faster on a busy one, where torch's threads wait for each other
+    (docs/benchmarks.md, Metrics).
     """
     return t.numpy() if t.device.type == "cpu" else t
 
@@ -127,9 +128,8 @@ def _band_matrix(n: int, w: torch.Tensor) -> torch.Tensor:
 def _filter_valid(x: Batch) -> Batch:
     """Separable Gaussian filter without padding: ``(B, *S)`` -> ``(B, *(S - 2 * SSIM_RADIUS))``, exact.
 
-    On the CPU, scipy's `correlate1d` (11 taps, in C) runs about 8x faster than float64 torch
-    (``conv2d``, or products with banded matrices); on a GPU, the products with banded matrices run
-    as a few large matrix multiplications.
+    On the CPU, scipy's `correlate1d` (11 taps, in C); on a GPU, products with banded matrices,
+    which run as a few large matrix multiplications.
     """
     w = _gaussian_window()
     valid = slice(SSIM_RADIUS, -SSIM_RADIUS)

@@ -4,7 +4,8 @@ A recipe names its models, losses, optimizers, default settings and the shape of
 trainer (`medsynth.training.trainer`) supplies everything else (data, device, mixed precision,
 seeding, EMA timing, checkpoints, distribution). A recipe subclass declares:
 
-- ``name``, ``description`` (one line), ``data_kind`` (``"image2d"``, ``"sequence"`` or ``"patch"``)
+- ``name``, ``description`` (one line), ``data_kind`` (``"image2d"``, ``"sequence"``, ``"patch"``, or
+  ``"paired"``: ``(2, H, W)`` items of an image and its target map, see `medsynth.data.paired`)
   and ``settings_cls``, a dataclass declared with `medsynth.settings.setting` that has at least
   ``resolution`` (training side length) and ``batch_size``;
 - ``build(settings, device)``, which creates ``self.models``, ``self.optimizers`` and ``self.ema``;
@@ -32,7 +33,7 @@ from medsynth.errors import SettingsError, TrainingError
 from medsynth.models.ema import EMA
 
 RECIPE_PACKAGE = "medsynth.training.recipes"
-DATA_KINDS = ("image2d", "sequence", "patch")
+DATA_KINDS = ("image2d", "sequence", "patch", "paired")
 SAMPLE_CHUNK = 256
 """Images generated per forward pass when sampling, to bound memory."""
 

@@ -113,7 +113,7 @@ def iter_sequences(
     # Tiled frames go one at a time; whole frames are batched up to the pixel budget.
     per_pass = 1 if tile_cells < grid else max(1, PIXEL_BUDGET // (grid * cell) ** 2)
     done, total = 0, n * frames
-    with torch.no_grad():
+    with torch.inference_mode():
         for i in range(n):
             latents = generator.frame_latents(content[i : i + 1], noise[i : i + 1])
             embedding = generator.embed(recipe.modality_tensor(1, modality), frames)

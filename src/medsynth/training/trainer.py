@@ -20,6 +20,7 @@ import torch
 from medsynth.data.augment import augment_batch
 from medsynth.data.datasets import ClipDataset, PatchDataset, SliceDataset, StepSampler, as_medimage
 from medsynth.data.normalization import Normalization, percentile_normalization, window_normalization
+from medsynth.data.paired import PairedSliceDataset, split_pairs
 from medsynth.errors import CheckpointError, SettingsError, TrainingError
 from medsynth.io.image import MedImage
 from medsynth.settings import parse, to_dict
@@ -60,6 +61,9 @@ def check_config(config: TrainConfig) -> tuple[type[Recipe], Any, Checkpoint | N
 def train(config: TrainConfig, data: Sequence[MedImage | Any], control: TrainControl | None = None) -> Iterator[Event]:
     """Train `config.recipe` on `data` (MedImages or arrays), yielding events; see the module docstring.
 
+    Recipes whose ``data_kind`` is ``"paired"`` take ``(image, target)`` pairs instead, the target
+    (MedImage or array) on the image's grid.
+
     Stop and pause requests of `control` are honoured before the next step; stopping writes a
     checkpoint. `Finished` is always the last event of a run that did not raise.
     """
@@ -85,9 +89,12 @@ def _run(
     context: distributed.DistributedContext,
     device: torch.device,
 ) -> Iterator[Event]:
+    targets = None
+    if recipe_cls.data_kind == "paired":
+        data, targets = split_pairs(data)
     images = [as_medimage(item, name=f"image {k}") for k, item in enumerate(data)]
     normalization = resume.normalization if resume is not None else _fit_normalization(config, images)
-    dataset = _make_dataset(recipe_cls, settings, images, normalization, config)
+    dataset = _make_dataset(recipe_cls, settings, images, normalization, config, targets)
     augment = config.augment if config.augment is not None else len(dataset) < SMALL_DATA
     data_description = dataset.describe()
 
@@ -236,9 +243,16 @@ def _fit_normalization(config: TrainConfig, images: list[MedImage]) -> Normaliza
 
 
 def _make_dataset(
-    recipe_cls: type[Recipe], settings: Any, images: list[MedImage], normalization: Normalization, config: TrainConfig
+    recipe_cls: type[Recipe],
+    settings: Any,
+    images: list[MedImage],
+    normalization: Normalization,
+    config: TrainConfig,
+    targets: list[Any] | None = None,
 ) -> SliceDataset | ClipDataset:
     options = {"slice_axis": config.slice_axis, "min_foreground": config.min_foreground}
+    if recipe_cls.data_kind == "paired":
+        return PairedSliceDataset(images, targets or [], normalization, settings.resolution, **options)
     if recipe_cls.data_kind == "sequence":
         return ClipDataset(images, normalization, settings.resolution, settings.frames, **options)
     if recipe_cls.data_kind == "patch":
