@@ -15,6 +15,11 @@
 Usage: ``python benchmarks/bench_hrgan.py [--cpu-seconds 75] [--resolution 64] [--workdir DIR]``.
 Prints a Markdown report. Training runs on one torch thread (fastest for these small models on a
 shared 2-core machine); generation timings use torch's default threads.
+
+``--speed-only [--checkpoint PATH]`` runs only step 4 (training one DTCR model first when no
+checkpoint is given), with 1 and 2 torch threads, medians of `--repeats` runs after a warm-up, and
+compares the generator's synthesis with `reference_synthesize`, the unfused NCHW implementation it
+replaced, on the same weights and inputs in the same run (time ratio and largest difference).
 """
 
 from __future__ import annotations
@@ -26,23 +31,26 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import medsynth.training.recipes.hrgan_dtcr  # noqa: F401 - registers the recipe
 from medsynth.data.datasets import ClipDataset
 from medsynth.data.samples import load_sample
 from medsynth.metrics import aggregate_v, hyperscore, swd
 from medsynth.metrics.temporal import temporal_consistency
+from medsynth.models.hrgan import SLOPE, HRGANGenerator
 from medsynth.training.checkpoint import load_checkpoint
 from medsynth.training.config import TrainConfig
 from medsynth.training.control import TrainControl
 from medsynth.training.events import Finished, Progress
-from medsynth.training.generate import generate
-from medsynth.training.sequences import generate_sequences
+from medsynth.training.generate import generate, load_recipe
+from medsynth.training.sequences import generate_sequences, input_grid
 from medsynth.training.trainer import train
 
 FRAMES = 8
@@ -119,18 +127,92 @@ def peak_rss_mb(checkpoint: Path, side: int, tile: int) -> tuple[float, float]:
     return result["peak_mb"], result["seconds"]
 
 
+def reference_synthesize(generator: HRGANGenerator, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+    """The full-stage synthesis as first written (NCHW, both upsampling paths, upsample-then-project skips, no in-place updates)."""
+
+    def norm(h: torch.Tensor) -> torch.Tensor:
+        return h * torch.rsqrt(h.pow(2).mean(dim=1, keepdim=True) + 1e-8)
+
+    def film(module, h: torch.Tensor) -> torch.Tensor:
+        gamma, beta = module.affine(embedding)[:, :, None, None].chunk(2, dim=1)
+        return h * (1 + gamma) + beta
+
+    x = F.leaky_relu(film(generator.input_film, norm(generator.input_conv(x))), SLOPE)
+    for block in generator.blocks[: generator.n_base_blocks + generator.final_stage]:
+        mix = torch.sigmoid(block.up.mix_logit)
+        h = F.leaky_relu(norm(mix * block.up.transposed(x) + (1 - mix) * block.up.subpixel(x)), SLOPE)
+        h = F.leaky_relu(film(block.film, norm(block.conv(h))), SLOPE)
+        x = h + block.skip(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    return torch.tanh(generator.to_image[generator.final_stage](x))
+
+
+def median_seconds(run, repeats: int) -> float:
+    """Median wall time of `run()` over `repeats` calls, after one warm-up call."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def speed(checkpoint: Path, repeats: int) -> None:
+    """Generation speed against `reference_synthesize`, and peak memory, as a Markdown table."""
+    recipe = load_recipe(load_checkpoint(checkpoint), "cpu")
+    generator, trained = recipe.ema.module, recipe.settings.resolution
+    print(f"\n### Generation speed (checkpoint {checkpoint}, trained at {trained} px)\n")
+    print("| case | threads | reference s | now s | reference / now | max abs difference |")
+    print("|---|---|---|---|---|---|")
+    for frames, side in ((30, 256), (1, 1024)):
+        content, noise = recipe.latents(1, frames, torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            embedding = generator.embed(recipe.modality_tensor(1, recipe.settings.modality), frames)
+            x = generator.input_map(generator.frame_latents(content, noise), embedding, input_grid(side, trained))
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            with torch.no_grad():
+                before = median_seconds(partial(reference_synthesize, generator, x, embedding), repeats)
+                expected = reference_synthesize(generator, x, embedding)
+            with torch.inference_mode():
+                now = median_seconds(partial(generator.synthesize, x, embedding, generator.final_stage), repeats)
+                error = (generator.synthesize(x, embedding, generator.final_stage) - expected).abs().max().item()
+            print(f"| synthesis, {frames} x {side}x{side} | {threads} | {before:.3f} | {now:.3f} | {before / now:.2f} | {error:.1e} |")
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for frames, side in ((30, 256), (2, 1024)):
+            run = partial(generate_sequences, checkpoint, 1, frames=frames, resolution=side, device="cpu")
+            seconds = median_seconds(run, repeats)
+            print(f"| `generate_sequences`, {frames} x {side}x{side} (load, latents, data units) | {threads} | - | {seconds:.3f} | - | - |")
+    print()
+    for label, side, tile in (("imports only", 0, 0), ("1024 untiled", 1024, 1024), ("4096 tiled (512)", 4096, 512)):
+        mb, seconds = peak_rss_mb(checkpoint, side, tile)
+        print(f"- peak RSS (VmHWM), fresh process, {label}: {mb:.0f} MB ({seconds:.1f} s, default threads)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu-seconds", type=float, default=75.0, help="process CPU time per training run")
     parser.add_argument("--resolution", type=int, default=64, help="training side length (64 or 128)")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--speed-only", action="store_true", help="only generation speed and memory")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="hrgan-dtcr checkpoint for --speed-only")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per speed figure (median)")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_hrgan_"))
     side = args.resolution
     threads = torch.get_num_threads()
-    print(f"load average at start: {os.getloadavg()}; torch threads {threads}", flush=True)
+    print(f"load average at start: {os.getloadavg()}; torch threads {threads}; cores {os.cpu_count()}", flush=True)
 
     cine = load_sample("us_cine")
+    if args.speed_only:
+        checkpoint = args.checkpoint
+        if checkpoint is None:
+            torch.set_num_threads(1)
+            checkpoint = train_for("hrgan-dtcr", hrgan_settings(side, True), [cine], args.cpu_seconds, workdir / "hrgan")[0]
+        speed(checkpoint, args.repeats)
+        print(f"\nload average at end: {os.getloadavg()}")
+        return
     torch.set_num_threads(1)
     runs: dict[str, tuple[Path, int, float]] = {}
     for name, recipe, settings, data in (

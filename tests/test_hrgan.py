@@ -114,6 +114,44 @@ def test_adaptive_upsampling_mixes_transposed_and_subpixel_paths():
         assert torch.allclose(out[:, 1], up.subpixel(x)[:, 1], atol=1e-3)
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["training", "inference"])
+def test_fused_adaptive_upsampling_equals_the_two_paths_it_mixes(grad):
+    torch.manual_seed(1)
+    up = AdaptiveUpsample(5, 3)
+    with torch.no_grad():
+        for param in up.parameters():
+            param.normal_()
+    x = torch.randn(2, 5, 6, 7)
+    mix = torch.sigmoid(up.mix_logit)
+    expected = mix * up.transposed(x) + (1 - mix) * up.subpixel(x)
+    with torch.set_grad_enabled(grad):
+        out = up(x)
+    assert out.shape == (2, 3, 12, 14)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_inference_path_computes_what_the_training_path_computes(generator):
+    """Generation overwrites intermediates in place and reorders work; the images must not change."""
+    with torch.no_grad():
+        for block in generator.blocks:
+            block.film.affine.weight.normal_()
+            block.up.mix_logit.normal_()
+    content, noise = latents()
+    trained = generator(content, noise, us())
+    assert trained.requires_grad
+    with torch.inference_mode():
+        generated = generator(content, noise, us())
+        faded = generator(content, noise, us(), stage=0)
+    torch.testing.assert_close(generated, trained.detach(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(faded, generator(content, noise, us(), stage=0).detach(), atol=1e-5, rtol=0)
+    x = generator.input_map(generator.frame_latents(content, noise), generator.embed(us(), 4), grid=8)
+    with torch.inference_mode():
+        tiled_input = x.detach().clone()
+        large = generator.synthesize(tiled_input, generator.embed(us(), 4), generator.final_stage)
+    assert torch.equal(tiled_input, x.detach()), "synthesize must not overwrite its input map"
+    torch.testing.assert_close(large, generator.synthesize(x, generator.embed(us(), 4), generator.final_stage).detach(), atol=1e-5, rtol=0)
+
+
 @torch.no_grad()
 def test_modality_conditions_the_input_and_the_intermediate_feature_maps(generator):
     content, noise = latents()
