@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 
 import pytest
 
 from medsynth.data.samples import SAMPLES, sample_path
+
+
+# A third-party refcount bug (seen with napari 0.9.2, vispy 0.17 and both PySide6 6.12 and PyQt5)
+# takes about 5,000 references from None each time a napari viewer is created and closed; after some
+# 30 viewers None's count reaches zero and Python aborts at exit ("none_dealloc"), failing the run
+# after every test passed. Extra references to None, in a list that is deliberately never freed
+# (not even when the interpreter shuts down), keep the whole suite clear of that.
+_NONE_REFERENCES = [None] * 5_000_000
+ctypes.pythonapi.Py_IncRef(ctypes.py_object(_NONE_REFERENCES))
 
 
 def pytest_configure(config):

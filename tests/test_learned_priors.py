@@ -8,8 +8,8 @@ from scipy import ndimage
 from skimage.feature import peak_local_max
 
 from medsynth.cli import main
-from medsynth.data.paired import PairedSliceDataset
 from medsynth.data.normalization import window_normalization
+from medsynth.data.paired import PairedSliceDataset
 from medsynth.data.samples import load_sample
 from medsynth.errors import CheckpointError, InputError
 from medsynth.lesions.danger import bootstrap_danger
@@ -24,7 +24,13 @@ SMALL_UNET = {"width": 8, "depth": 2, "resolution": 64, "batch_size": 4, "lr": 3
 
 def _train(tmp_path, recipe: str, data, steps: int, **options):
     config = TrainConfig(
-        recipe=recipe, out_dir=tmp_path, steps=steps, sample_every=0, checkpoint_every=10**6, device="cpu", **options
+        recipe=recipe,
+        out_dir=tmp_path,
+        steps=steps,
+        sample_every=0,
+        checkpoint_every=10**6,
+        device="cpu",
+        **options,
     )
     finished = list(train(config, data))[-1]
     assert isinstance(finished, Finished) and finished.reason == "completed"
@@ -48,7 +54,13 @@ def danger(ct):
 
 @pytest.fixture(scope="module")
 def danger_checkpoint(ct, danger, tmp_path_factory):
-    return _train(tmp_path_factory.mktemp("danger"), "danger-unet", [(ct, danger)], 40, settings=SMALL_UNET)
+    return _train(
+        tmp_path_factory.mktemp("danger"),
+        "danger-unet",
+        [(ct, danger)],
+        40,
+        settings=SMALL_UNET,
+    )
 
 
 @pytest.mark.slow
@@ -59,7 +71,10 @@ def test_danger_unet_learns_the_bootstrap_mask(ct, danger, danger_checkpoint, tm
     assert set(np.unique(predicted)) <= {0, 1}
     # Calling every pixel forbidden scores IoU = the forbidden fraction (0.40 here), the best a
     # predictor blind to the image can do; 0.7 needs the body outline and most bone right.
-    trained_iou, untrained_iou = _forbidden_iou(predicted, danger), _forbidden_iou(predict_danger(untrained, ct), danger)
+    trained_iou, untrained_iou = (
+        _forbidden_iou(predicted, danger),
+        _forbidden_iou(predict_danger(untrained, ct), danger),
+    )
     assert trained_iou > 0.7
     assert trained_iou > untrained_iou + 0.25
     assert _forbidden_iou(np.zeros_like(danger), danger) == pytest.approx((danger == 0).mean())
@@ -68,7 +83,11 @@ def test_danger_unet_learns_the_bootstrap_mask(ct, danger, danger_checkpoint, tm
 def test_danger_prediction_of_a_volume_is_slice_by_slice(ct, danger_checkpoint):
     plane = predict_danger(danger_checkpoint, ct)
     volume = ct.with_array(
-        np.stack([ct.array, ct.array[::-1]]), axes="zyx", spacing=(2.0, *ct.spacing), origin=None, direction=None
+        np.stack([ct.array, ct.array[::-1]]),
+        axes="zyx",
+        spacing=(2.0, *ct.spacing),
+        origin=None,
+        direction=None,
     )
     predicted = predict_danger(danger_checkpoint, volume)
     assert predicted.shape == (2, *ct.array.shape)
@@ -95,7 +114,10 @@ def test_paired_items_stack_normalised_image_and_unchanged_mask(ct, danger):
     item = dataset[0]
     assert item.shape == (2, 64, 64)
     assert -1.0 <= float(item[0].min()) and float(item[0].max()) <= 1.0
-    assert set(np.unique(item[1].numpy())) == {0.0, 1.0}  # nearest neighbours keep mask values
+    assert set(np.unique(item[1].numpy())) == {
+        0.0,
+        1.0,
+    }  # nearest neighbours keep mask values
     assert abs(float(item[1].mean()) - float(danger.mean())) < 0.02
 
 
@@ -104,7 +126,10 @@ def _lesioned(ct, permissible: np.ndarray, rng: np.random.Generator, n: int):
     inside = np.argwhere(ndimage.distance_transform_edt(permissible) > 8)
     centres = inside[rng.choice(len(inside), n, replace=False)]
     yy, xx = np.mgrid[: ct.array.shape[0], : ct.array.shape[1]]
-    values, labels = np.array(ct.array, dtype=np.int32), np.zeros(ct.array.shape, np.uint8)
+    values, labels = (
+        np.array(ct.array, dtype=np.int32),
+        np.zeros(ct.array.shape, np.uint8),
+    )
     for k, (y, x) in enumerate(centres):
         disc = (yy - y) ** 2 + (xx - x) ** 2 <= 16
         values[disc], labels[disc] = 180, k + 1

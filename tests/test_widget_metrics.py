@@ -53,6 +53,7 @@ def _choose(widget, metrics) -> None:
         box.setChecked(name in metrics)
 
 
+@pytest.mark.slow
 def test_psnr_ssim_and_temporal_match_the_core(make_napari_viewer, qtbot, ct_sequence, tmp_path):
     real, fake = ct_sequence
     viewer = make_napari_viewer()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-
 import numpy as np
 import pydicom
 import pytest
@@ -17,12 +15,6 @@ from medsynth.metrics.reader_study import reader_study
 from napari_medsynth.widgets.reader_study import DISPLAY_LAYER
 
 pytestmark = pytest.mark.gui
-
-
-@pytest.fixture(autouse=True)
-def _collect_garbage_while_qt_lives():
-    yield
-    gc.collect()
 
 
 @pytest.fixture(scope="module")

@@ -74,7 +74,12 @@ class PairedSliceDataset(SliceDataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         k, index = self.items[i]
         target = np.asarray(self.targets[k].array[index], dtype=np.float32)
-        return torch.cat([super().__getitem__(i), fit_square_nearest(torch.from_numpy(target)[None], self.size)])
+        return torch.cat(
+            [
+                super().__getitem__(i),
+                fit_square_nearest(torch.from_numpy(target)[None], self.size),
+            ]
+        )
 
 
 def _checked_target(image: MedImage, target: MedImage | Any, k: int) -> MedImage:
@@ -93,4 +98,3 @@ def _checked_target(image: MedImage, target: MedImage | Any, k: int) -> MedImage
             "a target must lie on its image's grid: resample it onto the image"
         )
     return target
-

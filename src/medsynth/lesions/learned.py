@@ -25,7 +25,10 @@ HEATMAP_RECIPE = "lesion-heatmap"
 
 
 def predict_danger(
-    checkpoint: Path | str | Checkpoint, image: MedImage, threshold: float = 0.5, device: str = "cpu"
+    checkpoint: Path | str | Checkpoint,
+    image: MedImage,
+    threshold: float = 0.5,
+    device: str = "cpu",
 ) -> np.ndarray:
     """``M_danger`` as uint8 (1 permissible, 0 forbidden), shaped like the image (``(H, W)`` or ``(Z, H, W)``).
 
@@ -44,7 +47,10 @@ def predict_heatmap(checkpoint: Path | str | Checkpoint, image: MedImage, device
 
 
 def predict_probability(
-    checkpoint: Path | str | Checkpoint, image: MedImage, recipe: str, device: str = "cpu"
+    checkpoint: Path | str | Checkpoint,
+    image: MedImage,
+    recipe: str,
+    device: str = "cpu",
 ) -> np.ndarray:
     """Per-pixel probabilities float32 in [0, 1] of the `recipe` model of `checkpoint`, shaped like the image."""
     if not isinstance(checkpoint, Checkpoint):

@@ -34,7 +34,13 @@ class UNet(nn.Module):
     `depth` halvings.
     """
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 1, width: int = 16, depth: int = 3) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        width: int = 16,
+        depth: int = 3,
+    ) -> None:
         super().__init__()
         if width % NORM_GROUPS or width < NORM_GROUPS:
             raise ValueError(f"U-Net width {width} must be a positive multiple of {NORM_GROUPS}")

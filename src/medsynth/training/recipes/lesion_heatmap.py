@@ -22,13 +22,20 @@ from medsynth.training.recipes.pixel_map import PixelMapRecipe, PixelMapSettings
 
 @dataclass
 class LesionHeatmapSettings(PixelMapSettings):
-    sigma: float = setting(0.04, "Standard deviation of the target blobs, as a fraction of the side", min=0.005, max=0.5)
+    sigma: float = setting(
+        0.04,
+        "Standard deviation of the target blobs, as a fraction of the side",
+        min=0.005,
+        max=0.5,
+    )
 
 
 @register_recipe
 class LesionHeatmapRecipe(PixelMapRecipe):
     name = "lesion-heatmap"
-    description = "U-Net lesion location heatmap (Gaussian blobs at lesion centroids) from images paired with label maps"
+    description = (
+        "U-Net lesion location heatmap (Gaussian blobs at lesion centroids) from images paired with label maps"
+    )
     settings_cls = LesionHeatmapSettings
 
     def targets(self, raw: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,12 @@ from medsynth.training.recipe import Recipe
 class PixelMapSettings:
     resolution: int = setting(64, "Training slice side length in pixels", choices=(32, 64, 128, 256))
     batch_size: int = setting(8, "Slices per batch and process", min=1, max=1024)
-    width: int = setting(16, "U-Net width at full resolution, a multiple of 4 (doubles at each halving)", min=4, max=256)
+    width: int = setting(
+        16,
+        "U-Net width at full resolution, a multiple of 4 (doubles at each halving)",
+        min=4,
+        max=256,
+    )
     depth: int = setting(3, "Number of halvings in the U-Net", min=1, max=5)
     lr: float = setting(1e-3, "Adam learning rate", min=1e-6, max=1e-1)
 
