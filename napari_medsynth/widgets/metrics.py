@@ -30,7 +30,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from medsynth.cli.evaluate import _items, load_items
+from medsynth.metrics.items import image_items, load_items
 from medsynth.errors import InputError
 from medsynth.io.image import MedImage
 from medsynth.metrics.evaluate import MetricResult, available_metrics, evaluate
@@ -56,7 +56,7 @@ def layer_image(layer: Layer) -> MedImage:
 
 def as_batch(source: Source, *, slices: bool, what: str) -> np.ndarray:
     """A float32 batch ``(N, H, W)`` or ``(N, D, H, W)`` of an image or a path, as `medsynth evaluate` makes it."""
-    return load_items([str(source)], slices, what) if isinstance(source, Path) else _items(source, slices)
+    return load_items([str(source)], slices, what) if isinstance(source, Path) else image_items(source, slices)
 
 
 def is_sequence(layer: Layer) -> bool:

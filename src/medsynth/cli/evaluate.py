@@ -10,13 +10,11 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medsynth.errors import InputError
-from medsynth.io.image import MedImage
 
 if TYPE_CHECKING:  # importing the metrics at run time would slow down every `medsynth` command
     from medsynth.metrics.evaluate import MetricResult
@@ -59,35 +57,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _items(image: MedImage, slices: bool) -> np.ndarray:
-    """One grey MedImage as a batch ``(N, H, W)`` or ``(N, D, H, W)``: time frames and (with `slices`) z are items."""
-    array = np.asarray(image.array, dtype=np.float32)
-    if "t" not in image.axes:
-        array = array[None]
-    if array.ndim == 4 and slices:
-        array = array.reshape(-1, *array.shape[-2:])
-    return array
-
-
-def load_items(paths: Sequence[str], slices: bool, what: str) -> np.ndarray:
-    """Read every path and stack all items into one batch; InputError naming the file whose shape differs."""
-    from medsynth.io import read
-
-    batches: list[np.ndarray] = []
-    first = ""
-    for path in paths:
-        for image in read(path):
-            items = _items(image, slices)
-            if batches and items.shape[1:] != batches[0].shape[1:]:
-                raise InputError(
-                    f"{path}: {what} items of shape {items.shape[1:]} differ from those of {first} "
-                    f"{batches[0].shape[1:]}; resample all {what} images to one size"
-                )
-            first = first or path
-            batches.append(items)
-    return np.concatenate(batches)
-
-
 def _load_mask(path: str) -> np.ndarray:
     """The mask at `path` as booleans (any non-zero label counts as inside)."""
     from medsynth.io import read_image
@@ -116,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.real or not args.fake:
         raise InputError("give the real images with --real PATH... and the synthetic ones with --fake PATH...")
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    from medsynth.metrics.items import load_items
+
     real = load_items(args.real, args.slices, "real")
     fake = load_items(args.fake, args.slices, "fake")
     mask = _load_mask(args.mask) if args.mask else None
