@@ -88,6 +88,20 @@ class Recipe(ABC):
     def batch_size(self) -> int:
         return int(self.settings.batch_size)
 
+    def adopt_gan(self, generator: nn.Module, discriminator: nn.Module, discriminator_name: str = "discriminator") -> None:
+        """Take a generator/discriminator pair as this recipe's models, with one Adam each and the generator EMA.
+
+        Reads ``lr_g``, ``lr_d``, ``beta1``, ``beta2`` and ``ema_decay`` from the settings.
+        """
+        s = self.settings
+        betas = (s.beta1, s.beta2)
+        self.models = {"generator": generator, discriminator_name: discriminator}
+        self.optimizers = {
+            "generator": torch.optim.Adam(generator.parameters(), lr=s.lr_g, betas=betas),
+            discriminator_name: torch.optim.Adam(discriminator.parameters(), lr=s.lr_d, betas=betas),
+        }
+        self.ema = EMA(generator, s.ema_decay)
+
     def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
         """Wrap every trained model (e.g. in DistributedDataParallel) for the steps that optimise it."""
         self._training_views = {name: wrap(model) for name, model in self.models.items()}

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from medsynth.models.dcgan import DCGANDiscriminator, DCGANGenerator
-from medsynth.models.ema import EMA
 from medsynth.settings import setting
 from medsynth.training.recipe import LatentGANRecipe, register_recipe
 
@@ -44,13 +43,7 @@ class DCGANRecipe(LatentGANRecipe):
         self.settings, self.device = settings, device
         generator = DCGANGenerator(settings.resolution, settings.latent_dim, settings.g_channels).to(device)
         discriminator = DCGANDiscriminator(settings.resolution, settings.d_channels, norm="batch").to(device)
-        betas = (settings.beta1, settings.beta2)
-        self.models = {"generator": generator, "discriminator": discriminator}
-        self.optimizers = {
-            "generator": torch.optim.Adam(generator.parameters(), lr=settings.lr_g, betas=betas),
-            "discriminator": torch.optim.Adam(discriminator.parameters(), lr=settings.lr_d, betas=betas),
-        }
-        self.ema = EMA(generator, settings.ema_decay)
+        self.adopt_gan(generator, discriminator)
 
     def train_step(self, batch: torch.Tensor, step: int) -> dict[str, float]:
         generator, discriminator = self.models["generator"], self.models["discriminator"]

@@ -27,7 +27,6 @@ from medsynth.losses.dtcr import (
     vgg_features,
 )
 from medsynth.losses.feature_matching import feature_matching_loss
-from medsynth.models.ema import EMA
 from medsynth.models.hrgan import (
     MODALITIES,
     HRGANDiscriminator,
@@ -131,13 +130,7 @@ class HRGANDTCRRecipe(Recipe):
             settings.g_channels, settings.embed_dim,
         ).to(device)  # fmt: skip
         discriminator = HRGANDiscriminator(settings.resolution, settings.base_resolution, settings.d_channels).to(device)
-        betas = (settings.beta1, settings.beta2)
-        self.models = {"generator": generator, "discriminator": discriminator}
-        self.optimizers = {
-            "generator": torch.optim.Adam(generator.parameters(), lr=settings.lr_g, betas=betas),
-            "discriminator": torch.optim.Adam(discriminator.parameters(), lr=settings.lr_d, betas=betas),
-        }
-        self.ema = EMA(generator, settings.ema_decay)
+        self.adopt_gan(generator, discriminator)
         self.dtcr_weight = settings.dtcr_weight_start
         self._features = self._feature_fn(settings, discriminator)
 

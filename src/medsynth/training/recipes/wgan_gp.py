@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import torch
 
 from medsynth.models.dcgan import DCGANGenerator
-from medsynth.models.ema import EMA
 from medsynth.models.wgan_gp import Critic, gradient_penalty
 from medsynth.settings import setting
 from medsynth.training.recipe import LatentGANRecipe, register_recipe
@@ -44,13 +43,7 @@ class WGANGPRecipe(LatentGANRecipe):
         self.batches_per_step = settings.n_critic
         generator = DCGANGenerator(settings.resolution, settings.latent_dim, settings.g_channels).to(device)
         critic = Critic(settings.resolution, settings.d_channels, norm=settings.critic_norm).to(device)
-        betas = (settings.beta1, settings.beta2)
-        self.models = {"generator": generator, "critic": critic}
-        self.optimizers = {
-            "generator": torch.optim.Adam(generator.parameters(), lr=settings.lr_g, betas=betas),
-            "critic": torch.optim.Adam(critic.parameters(), lr=settings.lr_d, betas=betas),
-        }
-        self.ema = EMA(generator, settings.ema_decay)
+        self.adopt_gan(generator, critic, discriminator_name="critic")
 
     def train_step(self, batch: torch.Tensor, step: int) -> dict[str, float]:
         generator, critic = self.models["generator"], self.models["critic"]
