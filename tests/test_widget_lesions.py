@@ -16,9 +16,10 @@ from medsynth.io import MedImage, read_image, write_nifti
 from medsynth.lesions.crop import lesion_crop
 from medsynth.lesions.danger import bootstrap_danger
 from medsynth.lesions.placement import allowed_centres, final_candidates
+from medsynth.lesions.scene import placed_mask
 from medsynth.lesions.singan_training import SinGANSettings, load_singan, save_singan, train_to_end
 from napari_medsynth.layers import SYNTHETIC_SUFFIX, to_layer_data
-from napari_medsynth.widgets.lesions import LesionWidget, placed_mask
+from napari_medsynth.widgets.lesions import LesionWidget
 from napari_medsynth.workers import RunState
 
 pytestmark = pytest.mark.gui

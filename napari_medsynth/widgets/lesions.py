@@ -40,13 +40,22 @@ from medsynth.lesions.crop import image_plane, label_box, lesion_crop, rectangle
 from medsynth.lesions.danger import bootstrap_danger
 from medsynth.lesions.fusion import BLENDS, Lesion, fuse
 from medsynth.lesions.location import LocationPrior, fit_location_prior
-from medsynth.lesions.placement import Point, box_centre, footprint_slices, place_by_hand, sample_placements
+from medsynth.lesions.placement import box_centre, place_by_hand, sample_placements
+from medsynth.lesions.scene import (
+    Placement,
+    Scene,
+    assemble,
+    check_scene,
+    draw_lesion,
+    edited_scene,
+    lesion_seed,
+    placed_mask,
+)
 from medsynth.lesions.singan_training import (
     RECIPE,
     LesionGenerator,
     SinGANSettings,
     load_singan,
-    sample_lesions,
     save_singan,
     train_singan,
 )
@@ -69,8 +78,6 @@ P = ParamSpec("P")
 T = TypeVar("T")
 HISTORY = 20
 """Scenes kept for Undo."""
-MAX_DRAWS = 20
-"""Draws per lesion before giving up on a model whose generated masks keep coming out empty."""
 SHUTDOWN_TIMEOUT_S = 60.0
 DANGER_NAME = "danger zone (0 forbidden)"
 # Forbidden pixels (0) in opaque red so that they stand out; permissible ones (1) faintly green.
@@ -103,19 +110,6 @@ class PriorOptions:
 
 
 @dataclass(frozen=True)
-class Placement:
-    """One placed lesion: its patch, its centre ``(y, x)`` in the background plane, label id and seed."""
-
-    lesion: Lesion
-    centre: Point
-    label_id: int
-    seed: int
-
-
-Scene = tuple[Placement, ...]
-
-
-@dataclass(frozen=True)
 class Trained:
     """Last item of a training run: the trained model (the core generator's return value)."""
 
@@ -126,55 +120,6 @@ def training_events(values: np.ndarray, mask: np.ndarray, settings: SinGANSettin
     """`train_singan`'s events, then `Trained` with the model it returns (runs in the worker)."""
     generator = yield from train_singan(values, mask, settings, control=control)
     yield Trained(generator)
-
-
-def lesion_seed(seed: int, label_id: int) -> int:
-    """The seed of lesion `label_id` drawn under base `seed`: distinct per lesion, repeatable."""
-    return int(np.random.SeedSequence([seed, label_id]).generate_state(1)[0])
-
-
-def draw_lesion(generator: LesionGenerator, seed: int, size: float, start_scale: int) -> tuple[Lesion, int]:
-    """A lesion with a non-empty footprint and the seed that drew it (the next seeds if a mask came out empty)."""
-    for attempt in range(MAX_DRAWS):
-        lesion = sample_lesions(generator, 1, seed + attempt, start_scale=start_scale, size=size)[0]
-        if lesion.mask.any():
-            return lesion, seed + attempt
-    raise InputError(
-        f"the lesion model drew {MAX_DRAWS} lesions with empty masks; train it longer, or raise the variability "
-        "scale so that lesions keep the crop's layout"
-    )
-
-
-def placed_mask(placement: Placement, shape: tuple[int, int]) -> np.ndarray:
-    """``(H, W)`` boolean footprint of `placement` in a plane of `shape`."""
-    mask = np.zeros(shape, dtype=bool)
-    rows, cols = footprint_slices(placement.centre, placement.lesion.mask.shape)
-    mask[rows, cols] = placement.lesion.mask
-    return mask
-
-
-def edited_scene(scene: Scene, labels: np.ndarray) -> Scene:
-    """The scene after the annotator edited its ``(H, W)`` label map: deleted ids go, moved ids follow their pixels.
-
-    A lesion moves by the shift between the centroid of its label's pixels now and of its footprint as placed.
-    """
-    kept = []
-    for placement in scene:
-        now = np.argwhere(labels == placement.label_id)
-        if len(now) == 0:
-            continue
-        before = np.argwhere(placed_mask(placement, labels.shape)).mean(axis=0)
-        dy, dx = np.rint(now.mean(axis=0) - before).astype(int)
-        kept.append(replace(placement, centre=(placement.centre[0] + int(dy), placement.centre[1] + int(dx))))
-    return tuple(kept)
-
-
-def check_scene(scene: Scene, permissible: np.ndarray) -> None:
-    """InputError unless every lesion of `scene` lies on permissible pixels, inside the plane, on no other lesion."""
-    taken = np.zeros(permissible.shape, dtype=bool)
-    for placement in scene:
-        place_by_hand(permissible & ~taken, placement.lesion.mask, placement.centre)
-        taken |= placed_mask(placement, permissible.shape)
 
 
 def _reported(method: Callable[P, T]) -> Callable[P, T | None]:
@@ -639,10 +584,7 @@ class LesionWidget(QWidget):
             blend=options.blend,
             feather_px=options.feather_px,
         )
-        image = np.array(layer.data, dtype=np.float32)
-        labels = np.zeros(image.shape, dtype=np.uint16)
-        image[() if index is None else index] = result.image
-        labels[() if index is None else index] = result.labels
+        image, labels = assemble(np.asarray(layer.data), result.image, result.labels, index)
         checkpoint = self.generator.path.name if self.generator and self.generator.path else ""
         provenance = SyntheticProvenance(
             model=RECIPE,

@@ -28,10 +28,8 @@ from medsynth.lesions.crop import image_plane
 from medsynth.lesions.fusion import Lesion, fuse
 from medsynth.lesions.location import LocationPrior
 from medsynth.lesions.placement import sample_placements
-from medsynth.lesions.singan_training import LesionGenerator, sample_lesions
-
-MAX_DRAWS = 20
-"""Draws per lesion before giving up on a generator whose masks keep coming out empty."""
+from medsynth.lesions.scene import assemble, draw_lesion
+from medsynth.lesions.singan_training import LesionGenerator
 
 
 @dataclass(frozen=True)
@@ -138,7 +136,7 @@ def synthesize_case(
         seed=seed,
         description=f"{len(lesions)} SinGAN lesions fused into {background.name} (image {index}, blend {options.blend})",
     )
-    image, labels = _assemble(background, result.image, result.labels, slice_index)
+    image, labels = assemble(background.array, result.image, result.labels, slice_index)
     name = f"synthetic_{index:04d}"
     return SyntheticCase(
         index=index,
@@ -187,21 +185,12 @@ def _draw_lesions(
     lesion_generator: LesionGenerator, rng: np.random.Generator, options: BatchOptions
 ) -> tuple[list[Lesion], list[float], list[int]]:
     lesions, sizes, seeds = [], [], []
-    for number in range(options.per_image):
-        for _ in range(MAX_DRAWS):
-            size = float(rng.uniform(*options.size_range))
-            lesion_seed = int(rng.integers(2**31))
-            lesion = sample_lesions(lesion_generator, 1, lesion_seed, start_scale=options.start_scale, size=size)[0]
-            if lesion.mask.any():
-                break
-        else:
-            raise InputError(
-                f"the lesion model produced {MAX_DRAWS} lesions with empty masks for lesion {number + 1}; "
-                "train it longer or on a crop whose lesion mask is larger"
-            )
+    for _ in range(options.per_image):
+        size = float(rng.uniform(*options.size_range))
+        lesion, seed = draw_lesion(lesion_generator, int(rng.integers(2**31)), size, options.start_scale)
         lesions.append(lesion)
         sizes.append(size)
-        seeds.append(lesion_seed)
+        seeds.append(seed)
     return lesions, sizes, seeds
 
 
@@ -209,16 +198,3 @@ def _slice_index(background: MedImage, requested: int | None) -> int | None:
     if background.array.ndim == 2:
         return None
     return background.array.shape[0] // 2 if requested is None else requested
-
-
-def _assemble(
-    background: MedImage, plane: np.ndarray, labels: np.ndarray, slice_index: int | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The full-size image and label map: the fused plane put back into a copy of the volume."""
-    if slice_index is None:
-        return plane, labels
-    volume = np.array(background.array, dtype=np.float32, copy=True)
-    volume[slice_index] = plane
-    label_volume = np.zeros(volume.shape, dtype=np.uint16)
-    label_volume[slice_index] = labels
-    return volume, label_volume

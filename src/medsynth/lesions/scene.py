@@ -1,0 +1,95 @@
+"""A scene: the lesions placed on one background plane, as immutable values.
+
+The Lesions widget keeps its placements as a `Scene` (so Undo is keeping the previous tuple) and the
+batch tool draws its lesions with `draw_lesion`; both fuse with `medsynth.lesions.fusion.fuse`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from medsynth.errors import InputError
+from medsynth.lesions.fusion import Lesion
+from medsynth.lesions.placement import Point, footprint_slices, place_by_hand
+from medsynth.lesions.singan_training import LesionGenerator, sample_lesions
+
+MAX_DRAWS = 20
+"""Draws per lesion before giving up on a model whose generated masks keep coming out empty."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One placed lesion: its patch, its centre ``(y, x)`` in the background plane, label id and seed."""
+
+    lesion: Lesion
+    centre: Point
+    label_id: int
+    seed: int
+
+
+Scene = tuple[Placement, ...]
+
+
+def lesion_seed(seed: int, label_id: int) -> int:
+    """The seed of lesion `label_id` drawn under base `seed`: distinct per lesion, repeatable."""
+    return int(np.random.SeedSequence([seed, label_id]).generate_state(1)[0])
+
+
+def draw_lesion(generator: LesionGenerator, seed: int, size: float, start_scale: int) -> tuple[Lesion, int]:
+    """A lesion with a non-empty footprint and the seed that drew it (the next seeds if a mask came out empty)."""
+    for attempt in range(MAX_DRAWS):
+        lesion = sample_lesions(generator, 1, seed + attempt, start_scale=start_scale, size=size)[0]
+        if lesion.mask.any():
+            return lesion, seed + attempt
+    raise InputError(
+        f"the lesion model drew {MAX_DRAWS} lesions with empty masks; train it longer, or raise the variability "
+        "scale so that lesions keep the crop's layout"
+    )
+
+
+def placed_mask(placement: Placement, shape: tuple[int, int]) -> np.ndarray:
+    """``(H, W)`` boolean footprint of `placement` in a plane of `shape`."""
+    mask = np.zeros(shape, dtype=bool)
+    rows, cols = footprint_slices(placement.centre, placement.lesion.mask.shape)
+    mask[rows, cols] = placement.lesion.mask
+    return mask
+
+
+def edited_scene(scene: Scene, labels: np.ndarray) -> Scene:
+    """The scene after the annotator edited its ``(H, W)`` label map: deleted ids go, moved ids follow their pixels.
+
+    A lesion moves by the shift between the centroid of its label's pixels now and of its footprint as placed.
+    """
+    kept = []
+    for placement in scene:
+        now = np.argwhere(labels == placement.label_id)
+        if len(now) == 0:
+            continue
+        before = np.argwhere(placed_mask(placement, labels.shape)).mean(axis=0)
+        dy, dx = np.rint(now.mean(axis=0) - before).astype(int)
+        kept.append(replace(placement, centre=(placement.centre[0] + int(dy), placement.centre[1] + int(dx))))
+    return tuple(kept)
+
+
+def check_scene(scene: Scene, permissible: np.ndarray) -> None:
+    """InputError unless every lesion of `scene` lies on permissible pixels, inside the plane, on no other lesion."""
+    taken = np.zeros(permissible.shape, dtype=bool)
+    for placement in scene:
+        place_by_hand(permissible & ~taken, placement.lesion.mask, placement.centre)
+        taken |= placed_mask(placement, permissible.shape)
+
+
+def assemble(background: np.ndarray, plane: np.ndarray, labels: np.ndarray, slice_index: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The full-size image and label map: the fused `plane` and its `labels` put into a copy of `background`.
+
+    `slice_index` is the plane's index along the first axis of a volume, None for a 2D background.
+    """
+    if slice_index is None:
+        return plane, labels
+    volume = np.array(background, dtype=np.float32, copy=True)
+    volume[slice_index] = plane
+    label_volume = np.zeros(volume.shape, dtype=np.uint16)
+    label_volume[slice_index] = labels
+    return volume, label_volume
