@@ -119,15 +119,16 @@ def _axial_slices(volume: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _show_4d(viewer) -> None:
-    """The 4D layer (time slider), the cine and the synthetic samples side by side in a grid."""
+    """The 4D layer (time slider) and the cine side by side, with the Train widget in front."""
     shown = ("example4d", "color3d_jpeg_baseline")
     for layer in viewer.layers:
-        layer.visible = layer.name in shown or layer.name.endswith("[SYNTHETIC]")
+        layer.visible = layer.name in shown
     viewer.layers.selection = {viewer.layers["example4d"]}
     viewer.dims.set_current_step(0, 1)
     # napari 0.9 moved the grid to viewer.canvas; older releases keep it on the viewer.
     getattr(viewer, "canvas", viewer).grid.enabled = True
     viewer.reset_view()
+    viewer.window._dock_widgets["Train (napari-medsynth)"].raise_()
 
 
 if __name__ == "__main__":

@@ -252,3 +252,12 @@ def test_layers_reach_the_trainer_as_their_own_lazy_arrays(make_napari_viewer):
     assert image.axes == "tzyx" and image.spacing == pytest.approx(mni.spacing)
     _, widget = viewer.window.add_plugin_dock_widget("napari-medsynth", "Train")
     assert [name for name, _ in widget._layer_choices(None)] == [layer.name]
+
+
+def test_recipe_list_offers_what_layers_can_train_starting_with_the_dcgan_baseline(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medsynth", "Train")
+    choices = set(widget.recipe.choices)
+    assert widget.recipe.value == "dcgan"
+    assert {"dcgan", "wgan-gp", "hrgan-dtcr"} <= choices
+    assert not {"danger-unet", "lesion-heatmap"} & choices  # they need a target per image

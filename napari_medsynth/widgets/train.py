@@ -39,6 +39,7 @@ from napari_medsynth.workers import Failed, RunState, TrainingRun, warm_up_torch
 if TYPE_CHECKING:
     import napari
 
+DEFAULT_RECIPE = "dcgan"
 SHUTDOWN_TIMEOUT_S = 120.0
 """How long closing waits for the trainer to finish its step and write the checkpoint."""
 PLOT_REDRAW_MS = 1000
@@ -105,7 +106,8 @@ class TrainWidget(QWidget):
         self.preview_layer: Image | None = None
         self.checkpoint_path: Path | None = None
         self.progress: progress | None = None
-        self._recipes = {info.name: info for info in list_recipes()}
+        # Paired recipes (danger-unet, lesion-heatmap) need a target per image, which layers alone do not give.
+        self._recipes = {info.name: info for info in list_recipes() if info.data_kind != "paired"}
         self._source: MedImage | None = None
         self._watched_window: QWidget | None = None
 
@@ -115,7 +117,7 @@ class TrainWidget(QWidget):
             ],
             label="Data",
         )
-        self.recipe = ComboBox(name="recipe", choices=list(self._recipes), tooltip="Model recipe")
+        self.recipe = ComboBox(name="recipe", choices=list(self._recipes), value=DEFAULT_RECIPE, tooltip="Model recipe")
         self._recipe_name = self.recipe.value
         self.recipe_help = Label(value=self._recipes[self._recipe_name].description)
         self.settings = SettingsForm(self._recipes[self._recipe_name].settings_cls)
