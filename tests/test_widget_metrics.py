@@ -6,12 +6,12 @@ import csv
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from qtpy.QtWidgets import QApplication
 from scipy import ndimage
 
+from medsynth.data.samples import load_sample
 from medsynth.metrics.evaluate import evaluate
 from medsynth.metrics.temporal import temporal_consistency
 
@@ -21,8 +21,7 @@ pytestmark = pytest.mark.gui
 @pytest.fixture(scope="module")
 def ct_sequence() -> tuple[np.ndarray, np.ndarray]:
     """A 'real' 2D+t sequence (the CT slice drifting sideways, in HU) and a blurred, noisy 'synthetic' copy."""
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    hu = (ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)).astype(np.int16)
+    hu = np.asarray(load_sample("ct_slice").array).astype(np.int16)
     real = np.stack([np.roll(hu, 2 * t, axis=1) for t in range(5)])
     rng = np.random.default_rng(1)
     fake = np.stack([ndimage.gaussian_filter(f.astype(np.float32), 1.2) + rng.normal(0, 15, f.shape) for f in real])

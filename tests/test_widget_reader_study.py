@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from qtpy.QtCore import Qt
 from scipy import ndimage
 from sklearn.metrics import cohen_kappa_score
 
+from medsynth.data.samples import load_sample
 from medsynth.metrics.reader_session import REAL, SYNTHETIC, display_image, read_answers
 from medsynth.metrics.reader_study import reader_study
 from napari_medsynth.widgets.reader_study import DISPLAY_LAYER
@@ -20,8 +20,7 @@ pytestmark = pytest.mark.gui
 @pytest.fixture(scope="module")
 def ct_sets() -> tuple[np.ndarray, np.ndarray]:
     """4 'real' CT slices in HU (the pydicom slice, shifted) and 4 blurred, noisy 'synthetic' ones."""
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    hu = (ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)).astype(np.int16)
+    hu = np.asarray(load_sample("ct_slice").array).astype(np.int16)
     real = np.stack([np.roll(hu, 9 * k, axis=0) for k in range(4)])
     rng = np.random.default_rng(2)
     fake = np.stack([ndimage.gaussian_filter(r.astype(np.float32), 1.5) + rng.normal(0, 25, r.shape) for r in real])
