@@ -4,8 +4,9 @@ A recipe names its models, losses, optimizers, default settings and the shape of
 trainer (`medsynth.training.trainer`) supplies everything else (data, device, mixed precision,
 seeding, EMA timing, checkpoints, distribution). A recipe subclass declares:
 
-- ``name``, ``description`` (one line), ``data_kind`` (``"image2d"``, ``"sequence"``, ``"patch"``, or
-  ``"paired"``: ``(2, H, W)`` items of an image and its target map, see `medsynth.data.paired`)
+- ``name``, ``description`` (one line), ``data_kind`` (``"image2d"``, ``"sequence"``, ``"patch"``,
+  ``"paired"``: ``(2, H, W)`` items of an image and its target map, see `medsynth.data.paired`, or
+  ``"lesion"``: one lesion crop and its mask)
   and ``settings_cls``, a dataclass declared with `medsynth.settings.setting` that has at least
   ``resolution`` (training side length) and ``batch_size``;
 - ``build(settings, device)``, which creates ``self.models``, ``self.optimizers`` and ``self.ema``;
@@ -33,7 +34,9 @@ from medsynth.errors import SettingsError, TrainingError
 from medsynth.models.ema import EMA
 
 RECIPE_PACKAGE = "medsynth.training.recipes"
-DATA_KINDS = ("image2d", "sequence", "patch", "paired")
+DATA_KINDS = ("image2d", "sequence", "patch", "paired", "lesion")
+TARGET_DATA_KINDS = ("paired", "lesion")
+"""Data kinds trained on ``(image, target)`` pairs: the CLI's ``--targets`` and the Train widget's target layer."""
 SAMPLE_CHUNK = 256
 """Images generated per forward pass when sampling, to bound memory."""
 
