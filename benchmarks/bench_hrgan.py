@@ -12,8 +12,11 @@
    memory (``VmHWM`` of a fresh process) of one 4096 x 4096 frame generated in tiles, against one
    1024 x 1024 frame untiled and against the process after imports only.
 
-Usage: ``python benchmarks/bench_hrgan.py [--cpu-seconds 75] [--resolution 64] [--workdir DIR]``.
-Prints a Markdown report. Training runs on one torch thread (fastest for these small models on a
+Usage: ``python benchmarks/bench_hrgan.py [--cpu-seconds 75] [--resolution 64] [--workdir DIR]
+[--models on,off,dcgan,wgan-gp] [--stage-steps 30] [--ramp-steps 100] [--reuse]``. Prints a Markdown
+report. `--models` picks the training runs; with `--reuse`, runs already in `--workdir` are evaluated
+without training again, so that runs can train in separate processes (one core each) and be
+reported together. Training runs on one torch thread (fastest for these small models on a
 shared 2-core machine); generation timings use torch's default threads.
 
 ``--speed-only [--checkpoint PATH]`` runs only step 4 (training one DTCR model first when no
@@ -54,7 +57,7 @@ from medsynth.training.sequences import generate_sequences, input_grid
 from medsynth.training.trainer import train
 
 FRAMES = 8
-SEQUENCES = 12
+SEQUENCES = 24
 # VmHWM is the peak resident size of the child's own address space; ru_maxrss would also count the
 # benchmark process's pages, which the child holds between fork and exec.
 PEAK_CHILD = """
@@ -71,16 +74,21 @@ print(json.dumps({"seconds": seconds, "peak_mb": hwm_kb / 1024}))
 """
 
 
-def hrgan_settings(resolution: int, dtcr: bool) -> dict[str, Any]:
+def hrgan_settings(resolution: int, dtcr: bool, stage_steps: int = 30, ramp_steps: int = 100) -> dict[str, Any]:
     return {
         "resolution": resolution, "base_resolution": resolution // 2, "frames": FRAMES, "batch_size": 4,
-        "g_channels": 16, "d_channels": 16, "stage_steps": 30, "fade_steps": 30, "dtcr_ramp_steps": 100,
-        "dtcr_features": "discriminator", "dtcr_schedule": "linear" if dtcr else "off",
+        "g_channels": 16, "d_channels": 16, "stage_steps": stage_steps, "fade_steps": stage_steps,
+        "dtcr_ramp_steps": ramp_steps, "dtcr_features": "discriminator", "dtcr_schedule": "linear" if dtcr else "off",
     }  # fmt: skip
 
 
-def train_for(recipe: str, settings: dict[str, Any], data: list, cpu_seconds: float, out_dir: Path) -> tuple[Path, int, float]:
-    """Train until `cpu_seconds` of process CPU time have passed; (checkpoint, steps, wall seconds)."""
+def train_for(
+    recipe: str, settings: dict[str, Any], data: list, cpu_seconds: float, out_dir: Path
+) -> tuple[Path, int, float]:
+    """Train until `cpu_seconds` of process CPU time have passed; (checkpoint, steps, wall seconds).
+
+    The result is also written to ``out_dir/run.json``, which `--reuse` reads instead of training again.
+    """
     control = TrainControl()
     config = TrainConfig(recipe=recipe, out_dir=out_dir, settings=settings, steps=10**6, device="cpu", seed=0,
                          log_every=5, sample_every=0, checkpoint_every=10**6)  # fmt: skip
@@ -89,8 +97,18 @@ def train_for(recipe: str, settings: dict[str, Any], data: list, cpu_seconds: fl
         if isinstance(event, Progress) and time.process_time() - cpu0 > cpu_seconds:
             control.request_stop()
         if isinstance(event, Finished):
-            return event.checkpoint, event.step, time.perf_counter() - wall0
+            result = (event.checkpoint, event.step, time.perf_counter() - wall0)
+            (out_dir / "run.json").write_text(
+                json.dumps({"checkpoint": str(result[0]), "steps": result[1], "wall_s": result[2]})
+            )
+            return result
     raise RuntimeError("training ended without a Finished event")
+
+
+def reused_run(out_dir: Path) -> tuple[Path, int, float]:
+    """The (checkpoint, steps, wall seconds) that `train_for` recorded in `out_dir`."""
+    run = json.loads((out_dir / "run.json").read_text())
+    return Path(run["checkpoint"]), run["steps"], run["wall_s"]
 
 
 def real_clips(cine, checkpoint_path: Path, side: int) -> np.ndarray:
@@ -112,7 +130,10 @@ def sequence_metrics(real: np.ndarray, fake: np.ndarray, data_range: float) -> d
 
 def hyperscore_inputs(metrics: dict[str, float], floor: dict[str, float]) -> dict[str, float]:
     """Scores in (0, 1]: the real-vs-real value of each distance divided by the model's (1 = as good as real data)."""
-    scores = {name: min(1.0, floor[name] / max(metrics[name], 1e-12)) for name in ("swd", "diff_wasserstein", "flow_wasserstein")}
+    scores = {
+        name: min(1.0, floor[name] / max(metrics[name], 1e-12))
+        for name in ("swd", "diff_wasserstein", "flow_wasserstein")
+    }
     v = aggregate_v(scores, {name: 1.0 for name in scores})
     return {**{f"s_{k}": s for k, s in scores.items()}, "V": v, "hyperscore": hyperscore(v)}
 
@@ -177,13 +198,17 @@ def speed(checkpoint: Path, repeats: int) -> None:
             with torch.inference_mode():
                 now = median_seconds(partial(generator.synthesize, x, embedding, generator.final_stage), repeats)
                 error = (generator.synthesize(x, embedding, generator.final_stage) - expected).abs().max().item()
-            print(f"| synthesis, {frames} x {side}x{side} | {threads} | {before:.3f} | {now:.3f} | {before / now:.2f} | {error:.1e} |")
+            print(
+                f"| synthesis, {frames} x {side}x{side} | {threads} | {before:.3f} | {now:.3f} | {before / now:.2f} | {error:.1e} |"
+            )
     for threads in (1, 2):
         torch.set_num_threads(threads)
         for frames, side in ((30, 256), (2, 1024)):
             run = partial(generate_sequences, checkpoint, 1, frames=frames, resolution=side, device="cpu")
             seconds = median_seconds(run, repeats)
-            print(f"| `generate_sequences`, {frames} x {side}x{side} (load, latents, data units) | {threads} | - | {seconds:.3f} | - | - |")
+            print(
+                f"| `generate_sequences`, {frames} x {side}x{side} (load, latents, data units) | {threads} | - | {seconds:.3f} | - | - |"
+            )
     print()
     for label, side, tile in (("imports only", 0, 0), ("1024 untiled", 1024, 1024), ("4096 tiled (512)", 4096, 512)):
         mb, seconds = peak_rss_mb(checkpoint, side, tile)
@@ -198,6 +223,13 @@ def main() -> None:
     parser.add_argument("--speed-only", action="store_true", help="only generation speed and memory")
     parser.add_argument("--checkpoint", type=Path, default=None, help="hrgan-dtcr checkpoint for --speed-only")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per speed figure (median)")
+    parser.add_argument("--models", default="on,off,dcgan,wgan-gp", help="training runs: on, off, dcgan, wgan-gp")
+    parser.add_argument("--stage-steps", type=int, default=30, help="hrgan stage_steps and fade_steps")
+    parser.add_argument("--ramp-steps", type=int, default=100, help="hrgan dtcr_ramp_steps")
+    parser.add_argument("--reuse", action="store_true", help="evaluate the runs already trained in --workdir")
+    parser.add_argument(
+        "--train-only", action="store_true", help="train the runs and stop (evaluate later with --reuse)"
+    )
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_hrgan_"))
     side = args.resolution
@@ -209,23 +241,40 @@ def main() -> None:
         checkpoint = args.checkpoint
         if checkpoint is None:
             torch.set_num_threads(1)
-            checkpoint = train_for("hrgan-dtcr", hrgan_settings(side, True), [cine], args.cpu_seconds, workdir / "hrgan")[0]
+            checkpoint = train_for(
+                "hrgan-dtcr", hrgan_settings(side, True), [cine], args.cpu_seconds, workdir / "hrgan"
+            )[0]
         speed(checkpoint, args.repeats)
         print(f"\nload average at end: {os.getloadavg()}")
         return
     torch.set_num_threads(1)
     runs: dict[str, tuple[Path, int, float]] = {}
-    for name, recipe, settings, data in (
-        ("hrgan-dtcr (DTCR on)", "hrgan-dtcr", hrgan_settings(side, True), [cine]),
-        ("hrgan-dtcr (DTCR off)", "hrgan-dtcr", hrgan_settings(side, False), [cine]),
-        ("dcgan (frame by frame)", "dcgan", {"resolution": side, "batch_size": 32, "g_channels": 16, "d_channels": 16}, [cine]),
-        ("wgan-gp (frame by frame)", "wgan-gp", {"resolution": side, "batch_size": 32}, [cine]),
-    ):
-        slug = name.split(" ")[0] + ("-off" if "off" in name else "")
-        runs[name] = train_for(recipe, settings, data, args.cpu_seconds, workdir / slug)
-        print(f"trained {name}: {runs[name][1]} steps, {runs[name][2]:.0f} s wall", flush=True)
+    hrgan = partial(hrgan_settings, side, stage_steps=args.stage_steps, ramp_steps=args.ramp_steps)
+    candidates = {
+        "on": ("hrgan-dtcr (DTCR on)", "hrgan-dtcr", hrgan(dtcr=True)),
+        "off": ("hrgan-dtcr (DTCR off)", "hrgan-dtcr", hrgan(dtcr=False)),
+        "dcgan": (
+            "dcgan (frame by frame)",
+            "dcgan",
+            {"resolution": side, "batch_size": 32, "g_channels": 16, "d_channels": 16},
+        ),
+        "wgan-gp": ("wgan-gp (frame by frame)", "wgan-gp", {"resolution": side, "batch_size": 32}),
+    }
+    for key in args.models.split(","):
+        name, recipe, settings = candidates[key]
+        out_dir = workdir / key
+        if args.reuse:
+            runs[name] = reused_run(out_dir)
+        else:
+            runs[name] = train_for(recipe, settings, [cine], args.cpu_seconds, out_dir)
+        print(
+            f"{'reused' if args.reuse else 'trained'} {name}: {runs[name][1]} steps, {runs[name][2]:.0f} s wall",
+            flush=True,
+        )
+    if args.train_only:
+        return
 
-    on_checkpoint = runs["hrgan-dtcr (DTCR on)"][0]
+    on_checkpoint = next(checkpoint for name, (checkpoint, _, _) in runs.items() if name.startswith("hrgan"))
     real = real_clips(cine, on_checkpoint, side)
     normalization = load_checkpoint(on_checkpoint).normalization
     data_range = normalization.high - normalization.low
@@ -236,7 +285,9 @@ def main() -> None:
         if name.startswith("hrgan"):
             fake = generate_sequences(checkpoint, SEQUENCES, seed=1, device="cpu").array.transpose(1, 0, 2, 3)
         else:
-            fake = generate(checkpoint, SEQUENCES * FRAMES, seed=1, device="cpu").array.reshape(SEQUENCES, FRAMES, side, side)
+            fake = generate(checkpoint, SEQUENCES * FRAMES, seed=1, device="cpu").array.reshape(
+                SEQUENCES, FRAMES, side, side
+            )
         results[name] = sequence_metrics(real, fake, data_range)
         results[name].update(hyperscore_inputs(results[name], floor))
 
@@ -257,19 +308,29 @@ def main() -> None:
 
 def report(args, side, runs, results, timings, peaks) -> None:
     print(f"\nload average at end: {os.getloadavg()}")
-    print(f"\n### Ablation and baselines ({side}x{side}, {FRAMES} frames, {args.cpu_seconds:g} CPU s per run, seed 0)\n")
-    print("| model | steps | wall s | SWD | diff W1 | flow W1 | warp err fake (real) | mean abs diff fake (real) | s_swd | s_diff | s_flow | V | HyperScore |")
+    print(
+        f"\n### Ablation and baselines ({side}x{side}, {FRAMES} frames, {args.cpu_seconds:g} CPU s per run, seed 0)\n"
+    )
+    print(
+        "| model | steps | wall s | SWD | diff W1 | flow W1 | warp err fake (real) | mean abs diff fake (real) | s_swd | s_diff | s_flow | V | HyperScore |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, m in results.items():
         steps, wall = (runs[name][1], f"{runs[name][2]:.0f}") if name in runs else ("-", "-")
-        scores = [f"{m[k]:.3f}" for k in ("s_swd", "s_diff_wasserstein", "s_flow_wasserstein", "V")] if "V" in m else ["-"] * 4
+        scores = (
+            [f"{m[k]:.3f}" for k in ("s_swd", "s_diff_wasserstein", "s_flow_wasserstein", "V")]
+            if "V" in m
+            else ["-"] * 4
+        )
         hs = f"{m['hyperscore']:.2f}" if "hyperscore" in m else "-"
         print(
             f"| {name} | {steps} | {wall} | {m['swd']:.1f} | {m['diff_wasserstein']:.4f} | {m['flow_wasserstein']:.4f} "
             f"| {m['warp_error_fake']:.4f} ({m['warp_error_real']:.4f}) | {m['mean_abs_diff_fake']:.4f} ({m['mean_abs_diff_real']:.4f}) "
             f"| {' | '.join(scores)} | {hs} |"
         )
-    on, off = results["hrgan-dtcr (DTCR on)"], results["hrgan-dtcr (DTCR off)"]
+    on, off = results.get("hrgan-dtcr (DTCR on)"), results.get("hrgan-dtcr (DTCR off)")
+    if on is None or off is None:
+        return
     print("\nDTCR on / off ratios:")
     for key in ("warp_error_fake", "mean_abs_diff_fake", "diff_wasserstein", "flow_wasserstein", "swd"):
         print(f"- {key}: {on[key] / off[key]:.3f}")
