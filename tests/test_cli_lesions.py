@@ -11,12 +11,19 @@ import numpy as np
 import pytest
 
 from medsynth.cli import lesions as lesions_cli
+from medsynth.cli import main
 from medsynth.data.samples import load_sample, sample_path
 from medsynth.errors import InputError
 from medsynth.io import read_image, write_nifti
 from medsynth.lesions.crop import lesion_crop
 from medsynth.lesions.danger import bootstrap_danger
+from medsynth.lesions.learned import HeatmapModel, predict_danger
+from medsynth.lesions.location import top_candidates
 from medsynth.lesions.singan_training import SinGANSettings, train_to_end
+from medsynth.training.config import TrainConfig
+from medsynth.training.trainer import train
+
+SMALL_UNET = {"width": 8, "depth": 2, "resolution": 64, "batch_size": 4, "lr": 3e-3}
 
 
 def _main(argv: list[str]) -> int:
@@ -97,3 +104,51 @@ def test_lesions_cli_with_a_painted_danger_mask_and_location_labels(lesion_model
 
     nowhere = write_nifti(image.with_array(np.zeros_like(painted), is_label=True, name="none"), tmp_path / "none_mask.nii.gz")
     assert _main([*argv[:5], "--danger", str(nowhere), "--out", str(tmp_path / "x")]) == 2
+
+
+@pytest.fixture(scope="module")
+def learned_models(tmp_path_factory):
+    """A danger-unet trained on the CT slice and its bootstrap mask, and a lesion-heatmap trained on two past lesions."""
+    ct = load_sample("ct_slice")
+    history = np.zeros(ct.array.shape, dtype=np.uint8)
+    history[88:98, 28:38] = 1
+    history[60:70, 80:90] = 2
+    checkpoints = []
+    for recipe, target, steps in [("danger-unet", bootstrap_danger(ct), 40), ("lesion-heatmap", history, 30)]:
+        config = TrainConfig(recipe=recipe, out_dir=tmp_path_factory.mktemp(recipe), steps=steps, sample_every=0,
+                             device="cpu", settings=SMALL_UNET, normalization="window", window=(40, 400))  # fmt: skip
+        checkpoints.append(list(train(config, [(ct, target)]))[-1].checkpoint)
+    return tuple(checkpoints)
+
+
+@pytest.mark.slow
+def test_lesions_cli_with_danger_unet_and_lesion_heatmap_checkpoints(lesion_model, learned_models, tmp_path, capsys):
+    danger_model, heatmap_model = learned_models
+    ct_path = sample_path("ct_slice")
+    ct = read_image(ct_path)
+    out = tmp_path / "out"
+    base = ["lesions", "--background", str(ct_path), "--lesion-model", str(lesion_model), "--per-image", "2", "--seed", "1"]
+    assert main([*base, "--danger", str(danger_model), "--location-model", str(heatmap_model), "--candidates", "60", "--out", str(out)]) == 0
+
+    # Lesions lie where the checkpoint predicts permissible tissue, at peaks of the predicted heatmap.
+    permissible = predict_danger(danger_model, ct).astype(bool)
+    assert 0.2 < permissible.mean() < 0.9
+    labels = np.asarray(read_image(out / "synthetic_0000_mask.nii.gz", as_label=True).array)
+    assert set(np.unique(labels)) == {0, 1, 2} and not labels[~permissible].any()
+    peaks, _ = top_candidates(HeatmapModel.load(heatmap_model).plane_heatmap(np.asarray(ct.array)), 60)
+    rows = list(csv.DictReader((out / "manifest.csv").open()))
+    assert len(rows) == 2
+    for row in rows:
+        assert (int(row["centre_y"]), int(row["centre_x"])) in {tuple(p) for p in peaks.tolist()}
+        assert row["location_model"] == str(heatmap_model) and row["danger"] == str(danger_model)
+
+    # Each option refuses the other kind of file, and a danger "mask" that is an image.
+    def refused(*argv: str) -> str:
+        assert main([*base, *argv, "--out", str(tmp_path / "refused")]) == 2
+        return capsys.readouterr().err
+
+    assert "needs a 'lesion-heatmap' checkpoint" in refused("--location-model", str(danger_model))
+    assert "needs a 'danger-unet' checkpoint" in refused("--danger", str(heatmap_model))
+    assert "a danger mask holds 1 (permissible) and 0 (forbidden)" in refused("--danger", str(ct_path))
+    assert "neither a location prior" in refused("--location-model", str(ct_path))
+    assert not (tmp_path / "refused").exists()

@@ -1,4 +1,4 @@
-"""`medsynth train`, `generate` and `recipes` end to end on the MNI152 template."""
+"""`medsynth train`, `generate` and `recipes` end to end on the MNI152 template and the CT sample slice."""
 
 from __future__ import annotations
 
@@ -13,10 +13,14 @@ import numpy as np
 import pytest
 
 from medsynth.cli import main
-from medsynth.io import read_image
+from medsynth.data.samples import load_sample
+from medsynth.io import read_image, write_nifti
+from medsynth.lesions.danger import bootstrap_danger
+from medsynth.lesions.learned import predict_danger
 from medsynth.training.checkpoint import load_checkpoint
 
 TINY = ["--set", "batch_size=4", "--set", "g_channels=8", "--set", "d_channels=8", "--set", "latent_dim=16"]
+SMALL_UNET = [f"--set={item}" for item in ("width=8", "depth=2", "resolution=64", "batch_size=4", "lr=3e-3")]
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +114,62 @@ def test_bad_input_exits_2_with_the_reason(tmp_path, small_volume, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.fixture(scope="module")
+def ct_files(tmp_path_factory):
+    """The real CT slice (HU) as NIfTI and its bootstrapped danger mask as a label NIfTI, as a user would have them."""
+    folder = tmp_path_factory.mktemp("ct")
+    ct = load_sample("ct_slice")
+    mask = ct.with_array(bootstrap_danger(ct), is_label=True, units="", name="danger")
+    return write_nifti(ct, folder / "ct.nii.gz"), write_nifti(mask, folder / "ct_danger_mask.nii.gz")
+
+
+@pytest.mark.slow
+def test_train_danger_unet_from_files_then_use_the_checkpoint(tmp_path, ct_files, caplog, capsys):
+    caplog.set_level(logging.INFO, logger="medsynth")
+    ct_path, mask_path = ct_files
+    out = tmp_path / "run"
+    argv = ["train", "--recipe", "danger-unet", "--data", str(ct_path), "--targets", str(mask_path), "--out", str(out),
+            "--steps", "40", "--sample-every", "0", "--device", "cpu", *SMALL_UNET]  # fmt: skip
+    assert main(argv) == 0
+    assert "completed at step 40" in caplog.text and "bce=" in caplog.text
+    checkpoint = load_checkpoint(out / "checkpoint-0000040.safetensors")
+    assert checkpoint.recipe == "danger-unet" and checkpoint.settings["width"] == 8
+
+    # The checkpoint predicts the danger zone of the image read back from the file: it learnt the
+    # mask it was given (IoU of the forbidden pixels; calling all forbidden scores 0.40 here).
+    ct, mask = read_image(ct_path), np.asarray(read_image(mask_path, as_label=True).array)
+    predicted = predict_danger(checkpoint, ct)
+    forbidden, truth = predicted == 0, mask == 0
+    assert predicted.shape == mask.shape
+    assert (forbidden & truth).sum() / (forbidden | truth).sum() > 0.7
+    # It maps images, it draws none: `generate` refuses it and says what to use instead.
+    assert main(["generate", str(checkpoint.path), "-n", "1", "--out", str(tmp_path / "x.nii.gz")]) == 2
+    assert "predict_danger" in capsys.readouterr().err
+
+
+def test_targets_mistakes_exit_2_naming_the_problem_and_the_fix(tmp_path, ct_files, small_volume, capsys):
+    ct_path, mask_path = ct_files
+    out = tmp_path / "run"
+
+    def run(*argv: str) -> str:
+        assert main(["train", "--out", str(out), "--steps", "1", *argv]) == 2
+        return capsys.readouterr().err
+
+    assert "takes no --targets; drop --targets" in run("--recipe", "dcgan", "--data", str(ct_path), "--targets", str(mask_path))
+    err = run("--recipe", "danger-unet", "--data", str(ct_path))
+    assert "(image, target) pairs; give --targets" in err
+    err = run("--recipe", "danger-unet", "--data", str(ct_path), str(ct_path), "--targets", str(mask_path))
+    assert "--data has 2 image(s) but --targets 1 file(s); give exactly one target per image" in err
+    err = run("--recipe", "lesion-heatmap", "--data", str(small_volume), "--targets", str(mask_path))
+    assert f"target {mask_path} has shape (128, 128) but its image {small_volume}" in err and "resample it" in err
+    assert not out.exists()
+
+
 def test_recipes_lists_settings_with_types_defaults_and_ranges(capsys):
     assert main(["recipes"]) == 0
     out = capsys.readouterr().out
     assert "dcgan  [image2d]" in out and "wgan-gp  [image2d]" in out
+    assert "danger-unet  [paired, needs --targets]" in out and "lesion-heatmap  [paired, needs --targets]" in out
     gp_line = next(line for line in out.splitlines() if line.strip().startswith("gp_lambda"))
     assert "float" in gp_line and "10.0" in gp_line and "0..1000" in gp_line
     assert "one of 64, 128" in out

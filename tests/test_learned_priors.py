@@ -12,8 +12,17 @@ from medsynth.data.normalization import window_normalization
 from medsynth.data.paired import PairedSliceDataset
 from medsynth.data.samples import load_sample
 from medsynth.errors import CheckpointError, InputError
+from medsynth.io import write_nifti
 from medsynth.lesions.danger import bootstrap_danger
-from medsynth.lesions.learned import predict_danger, predict_heatmap
+from medsynth.lesions.learned import (
+    HeatmapModel,
+    danger_for,
+    load_danger_source,
+    load_location_model,
+    predict_danger,
+    predict_heatmap,
+)
+from medsynth.lesions.location import LocationPrior, fit_location_prior, save_location_prior, top_candidates
 from medsynth.training.config import TrainConfig
 from medsynth.training.events import Finished
 from medsynth.training.generate import generate
@@ -159,6 +168,58 @@ def test_lesion_heatmap_peaks_at_annotated_and_new_lesions(ct, danger, tmp_path)
         distances = np.linalg.norm(peaks[:, None, :] - np.asarray(annotated)[None], axis=-1).min(axis=0)
         # Within the lesion radius (4 px) plus two training pixels (64 px for 128): each lesion found.
         assert distances.max() <= 8.0, distances
+
+
+@pytest.fixture(scope="module")
+def heatmap_checkpoint(ct, danger, tmp_path_factory):
+    """A briefly trained lesion-heatmap: enough to test loading and plumbing, not accuracy."""
+    labels = np.zeros(ct.array.shape, np.uint8)
+    labels[60:70, 50:60] = 1
+    return _train(tmp_path_factory.mktemp("heatmap"), "lesion-heatmap", [(ct, labels)], 3, settings=SMALL_UNET)
+
+
+def test_location_model_is_told_by_content_prior_json_or_heatmap_checkpoint(ct, danger_checkpoint, heatmap_checkpoint, tmp_path):
+    labels = np.zeros(ct.array.shape, np.uint8)
+    labels[40:50, 30:40] = 1
+    prior = fit_location_prior([labels])
+    # The file name says nothing: a prior saved as ".safetensors" is still read as the JSON prior.
+    disguised = save_location_prior(prior, tmp_path / "prior.safetensors")
+    loaded = load_location_model(disguised)
+    assert isinstance(loaded, LocationPrior) and loaded.describe() == "location prior from 1 lesions"
+    np.testing.assert_array_equal(loaded.plane_heatmap(np.asarray(ct.array)), prior.heatmap(ct.array.shape))
+
+    model = load_location_model(heatmap_checkpoint)
+    assert isinstance(model, HeatmapModel) and model.describe().startswith("lesion-heatmap model checkpoint-")
+    heat = model.plane_heatmap(np.asarray(ct.array))
+    np.testing.assert_allclose(heat, predict_heatmap(heatmap_checkpoint, ct), rtol=1e-5, atol=1e-9)
+    peaks, densities = top_candidates(heat, 5)
+    assert len(peaks) == 5 and np.all(np.diff(densities) <= 0) and densities[0] == heat.max()
+
+    with pytest.raises(CheckpointError, match="needs a 'lesion-heatmap' checkpoint"):
+        load_location_model(danger_checkpoint)
+    image_file = write_nifti(ct, tmp_path / "ct.nii.gz")
+    with pytest.raises(CheckpointError, match="neither a location prior .* nor a lesion-heatmap checkpoint"):
+        load_location_model(image_file)
+    not_a_prior = tmp_path / "other.json"
+    not_a_prior.write_text('{"format": "something else"}')
+    with pytest.raises(CheckpointError, match="not a medsynth location prior"):
+        load_location_model(not_a_prior)
+
+
+def test_danger_source_is_a_checkpoint_or_a_mask_on_the_image_grid(ct, danger, danger_checkpoint, heatmap_checkpoint, tmp_path):
+    predicted = danger_for(load_danger_source(danger_checkpoint), ct)
+    np.testing.assert_array_equal(predicted, predict_danger(danger_checkpoint, ct))
+    mask_file = write_nifti(ct.with_array(danger, is_label=True, units=""), tmp_path / "danger_mask.nii.gz")
+    np.testing.assert_array_equal(danger_for(load_danger_source(mask_file), ct), danger)
+
+    with pytest.raises(CheckpointError, match="needs a 'danger-unet' checkpoint"):
+        load_danger_source(heatmap_checkpoint)
+    image_as_mask = load_danger_source(write_nifti(ct, tmp_path / "ct.nii.gz"))
+    with pytest.raises(InputError, match=r"holds values .* a danger mask holds 1 \(permissible\) and 0 \(forbidden\)"):
+        danger_for(image_as_mask, ct)
+    half = write_nifti(ct.with_array(danger[:64], is_label=True, units=""), tmp_path / "half_mask.nii.gz")
+    with pytest.raises(InputError, match=r"shape \(64, 128\) but .* has \(128, 128\)"):
+        danger_for(load_danger_source(half), ct)
 
 
 def test_recipes_command_lists_both_models(capsys):

@@ -13,6 +13,7 @@ from medsynth.lesions.fusion import Lesion, fuse
 from medsynth.lesions.location import fit_location_prior, lesion_centroids, load_location_prior, save_location_prior
 from medsynth.lesions.placement import (
     allowed_centres,
+    box_centre,
     final_candidates,
     footprint_slices,
     forbidden_overlap,
@@ -96,8 +97,80 @@ def test_sampling_is_seeded_spaced_and_says_when_nothing_fits(ct_danger):
     points = np.asarray(first)
     distances = np.linalg.norm(points[:, None] - points[None], axis=-1)
     assert distances[np.triu_indices(4, 1)].min() >= 20
-    with pytest.raises(InputError, match="no permissible place"):
+    with pytest.raises(InputError, match=r"no permissible place is left for lesion 1 of 1 \(size 90x90\); place fewer"):
         sample_placements(permissible, [ellipse_mask((90, 90))], np.random.default_rng(0))
+
+
+def _taken(centres, footprint: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    taken = np.zeros(shape, dtype=bool)
+    for centre in centres:
+        taken[footprint_slices(centre, footprint.shape)] |= footprint
+    return taken
+
+
+def test_sampled_lesions_keep_the_spacing_from_lesions_placed_earlier(ct_danger):
+    """Over many seeds no two lesions, new or placed earlier (by hand or an earlier sample), are closer than the spacing."""
+    _, permissible = ct_danger
+    footprint = ellipse_mask((7, 7))
+    spacing = 15.0
+    for seed in range(60):
+        rng = np.random.default_rng(seed)
+        earlier = sample_placements(permissible, [footprint] * 3, rng, min_spacing=spacing)
+        free = permissible & ~_taken(earlier, footprint, permissible.shape)
+        new = sample_placements(free, [footprint] * 4, rng, min_spacing=spacing, existing=earlier)
+        assert len(new) == 4
+        everything = np.asarray(earlier + new, dtype=float)
+        distances = np.linalg.norm(everything[:, None] - everything[None], axis=-1)
+        assert distances[np.triu_indices(len(everything), 1)].min() >= spacing, seed
+        lesions = [Lesion(np.full(footprint.shape, 50.0, np.float32), footprint)] * len(everything)
+        labels = fuse(np.zeros(permissible.shape, np.float32), lesions, [tuple(c) for c in everything.astype(int)]).labels
+        assert set(np.unique(labels)) == set(range(8)) and not (labels > 0)[~permissible].any()
+
+
+def test_lesions_known_only_as_a_label_map_count_for_the_spacing(ct_danger):
+    _, permissible = ct_danger
+    footprint = ellipse_mask((5, 5))
+    labels = np.zeros(permissible.shape, dtype=np.uint16)
+    inside = np.argwhere(allowed_centres(permissible, ellipse_mask((9, 9))))
+    for label_id, (y, x) in enumerate(inside[:: len(inside) // 4][:4], start=1):
+        labels[y - 4 : y + 5, x - 4 : x + 5][ellipse_mask((9, 9))] = label_id
+    old = lesion_centroids(labels)
+    for seed in range(30):
+        new = sample_placements(
+            permissible & (labels == 0), [footprint] * 3, np.random.default_rng(seed), min_spacing=12, existing=old
+        )
+        distances = np.linalg.norm(np.asarray(new, dtype=float)[:, None] - old[None], axis=-1)
+        assert distances.min() >= 12
+
+
+def test_an_impossible_request_says_what_blocks_it_instead_of_placing_fewer(ct_danger):
+    _, permissible = ct_danger
+    footprint = ellipse_mask((5, 5))
+    earlier = [tuple(int(v) for v in np.argwhere(allowed_centres(permissible, footprint))[0])]
+    free = permissible & ~_taken(earlier, footprint, permissible.shape)
+    # The image's diagonal is 181 px: no second lesion can keep 200 px from the first.
+    with pytest.raises(
+        InputError,
+        match=r"no permissible place is left for lesion 1 of 2 \(size 5x5\) at least 200 px from the 1 lesion\(s\) "
+        r"placed earlier; place fewer or smaller lesions, lower the minimum spacing, or widen the permissible zone",
+    ):
+        sample_placements(free, [footprint] * 2, np.random.default_rng(0), min_spacing=200, existing=earlier)
+    candidates = np.argwhere(allowed_centres(free, footprint))[:50]
+    with pytest.raises(InputError, match=r"lesion 2 of 2 \(size 5x5\) among the location candidates at least 60 px "
+                       r"from the 1 lesion\(s\) sampled before it; .* ask for more candidates"):
+        sample_placements(free, [footprint] * 2, np.random.default_rng(0), candidates=candidates, min_spacing=60)
+
+
+@pytest.mark.parametrize(
+    ("coords", "pixel"),
+    [((10.4989, 3.0), (10, 3)), ((10.4999, 2.5), (11, 3)), ((10.5, -0.2), (11, 0)), ((63.99999, 64.00001), (64, 64))],
+)
+def test_hand_placement_takes_the_pixel_holding_the_point(coords, pixel):
+    """Pixel i covers [i - 0.5, i + 0.5); within 1/1000 px of a boundary (float32 noise) counts as on it."""
+    permissible = np.ones((80, 80), dtype=bool)
+    footprint = np.ones((1, 1), dtype=bool)
+    assert place_by_hand(permissible, footprint, coords) == pixel
+    assert box_centre((10, 20, 21, 31)) == (15, 25)
 
 
 def test_sampling_from_candidates_uses_only_candidates_with_weight(ct_danger):

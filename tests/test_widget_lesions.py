@@ -15,11 +15,16 @@ from medsynth.data.samples import load_sample
 from medsynth.io import MedImage, read_image, write_nifti
 from medsynth.lesions.crop import lesion_crop
 from medsynth.lesions.danger import bootstrap_danger
+from medsynth.lesions.learned import HeatmapModel, predict_danger
+from medsynth.lesions.location import top_candidates
 from medsynth.lesions.placement import allowed_centres, final_candidates
 from medsynth.lesions.scene import placed_mask
 from medsynth.lesions.singan_training import SinGANSettings, load_singan, save_singan, train_to_end
+from medsynth.training.config import TrainConfig
+from medsynth.training.trainer import train
 from napari_medsynth.layers import SYNTHETIC_SUFFIX, to_layer_data
 from napari_medsynth.widgets.lesions import LesionWidget
+from napari_medsynth.widgets.train import layer_image
 from napari_medsynth.workers import RunState
 
 pytestmark = pytest.mark.gui
@@ -48,6 +53,22 @@ def singan_file(tmp_path_factory) -> Path:
     values, mask = lesion_crop(load_sample("ct_slice").array, CROP_BOX)
     generator = train_to_end(values, mask, SinGANSettings(**TINY))
     return save_singan(generator, tmp_path_factory.mktemp("model") / "lesion.safetensors")
+
+
+@pytest.fixture(scope="module")
+def learned_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
+    """A danger-unet (40 steps on the CT slice and its bootstrap mask) and a briefly trained lesion-heatmap."""
+    ct = load_sample("ct_slice")
+    history = np.zeros(ct.array.shape, dtype=np.uint8)
+    history[88:98, 28:38] = 1
+    history[60:70, 80:90] = 2
+    small = {"width": 8, "depth": 2, "resolution": 64, "batch_size": 4, "lr": 3e-3}
+    checkpoints = []
+    for recipe, target, steps in [("danger-unet", bootstrap_danger(ct), 40), ("lesion-heatmap", history, 10)]:
+        config = TrainConfig(recipe=recipe, out_dir=tmp_path_factory.mktemp(recipe), steps=steps, sample_every=0,
+                             device="cpu", settings=small, normalization="window", window=(40, 400))  # fmt: skip
+        checkpoints.append(list(train(config, [(ct, target)]))[-1].checkpoint)
+    return checkpoints[0], checkpoints[1]
 
 
 def open_widget(viewer) -> LesionWidget:
@@ -282,3 +303,61 @@ def test_volume_slice_with_rules_danger_prior_and_loaded_model(make_napari_viewe
     widget.sample_button.native.click()
     assert widget.result_layer is not result and ids(widget.labels_layer) == {1, 2}
     assert np.asarray(widget.labels_layer.data)[0].any() and not np.asarray(widget.labels_layer.data)[1].any()
+
+
+@pytest.mark.slow
+def test_learned_models_pixel_edge_crop_and_spacing_from_hand_lesions(
+    make_napari_viewer, singan_file, learned_checkpoints, notifications
+):
+    danger_model, heatmap_model = learned_checkpoints
+    viewer = make_napari_viewer()
+    data, kwargs, _ = to_layer_data(load_sample("ct_slice"))
+    background = viewer.add_image(data, **kwargs)
+    source = np.array(background.data)
+    widget = open_widget(viewer)
+    widget.background.value = background
+    widget.load_model(singan_file)
+
+    # A crop drawn along the pixel edges napari shows (k +- 0.5) holds exactly those pixels, although
+    # the Shapes layer stores the corners as float32 world millimetres.
+    edges = [world(background, p) for p in [(43.5, 43.5), (43.5, 63.5), (63.5, 63.5), (63.5, 43.5)]]
+    widget.crop_layer.value = viewer.add_shapes([np.array(edges)], shape_type="rectangle", name="crop")
+    np.testing.assert_array_equal(widget.crop()[0], source[44:64, 44:64])
+
+    # The danger zone predicted by a danger-unet checkpoint; another checkpoint is refused with a notification.
+    widget.load_danger(danger_model)
+    predicted = predict_danger(danger_model, layer_image(background))
+    np.testing.assert_array_equal(widget.danger_layer.data, predicted)
+    assert 0.2 < predicted.mean() < 0.9
+    widget.load_danger(heatmap_model)
+    assert "needs a 'danger-unet' checkpoint" in notifications[-1]
+    np.testing.assert_array_equal(widget.danger_layer.data, predicted)
+
+    # The location model: a lesion-heatmap checkpoint's heatmap of the shown plane and its peaks.
+    widget.prior_options.set_values({"top_k": 200, "min_distance": 3})
+    widget.load_prior(heatmap_model)
+    heat = HeatmapModel.load(heatmap_model).plane_heatmap(source)
+    np.testing.assert_allclose(widget.heatmap_layer.data, heat)
+    peaks, _ = top_candidates(heat, 200, 3)
+    np.testing.assert_array_equal(widget.candidates_layer.data, peaks)
+    assert widget.status.value.startswith("lesion-heatmap model checkpoint-")
+    model = widget.prior
+    widget.load_prior(danger_model)
+    assert "needs a 'lesion-heatmap' checkpoint" in notifications[-1] and widget.prior is model
+
+    # A lesion by hand, then two sampled at the heatmap's candidates: no two centres closer than the spacing.
+    depth = ndimage.distance_transform_edt(np.pad(predicted == 1, 1))[1:-1, 1:-1]
+    cy, cx = (int(v) for v in np.unravel_index(np.argmax(depth), depth.shape))
+    points = viewer.add_points(name="clicks", ndim=2)
+    widget.reset_choices()
+    widget.hand_layer.value = points
+    points.add(world(background, (cy, cx)))
+    assert [p.centre for p in widget.scene] == [(cy, cx)]
+    widget.options.set_values({"count": 2, "seed": 0, "min_spacing": 25.0})
+    widget.sample_button.native.click()
+    assert len(widget.scene) == 3, notifications[-1:]
+    centres = np.array([p.centre for p in widget.scene], dtype=float)
+    assert np.linalg.norm(centres[:, None] - centres[None], axis=-1)[np.triu_indices(3, 1)].min() >= 25
+    assert {p.centre for p in widget.scene[1:]} <= {tuple(p) for p in peaks.tolist()}
+    labels = np.asarray(widget.labels_layer.data)
+    assert ids(widget.labels_layer) == {1, 2, 3} and not labels[predicted == 0].any()

@@ -2,8 +2,10 @@
 
 Background image (a 2D layer, or the current slice of a volume) -> lesion crop (a Shapes rectangle,
 or a label's bounding box) -> SinGAN trained in a worker (or loaded) -> danger zone (a Labels layer,
-0 forbidden shown red, 1 permissible; painted, bootstrapped by the modality rules, or loaded) ->
-location prior (heatmap and top-k candidate points from historical label maps) -> placement by hand
+0 forbidden shown red, 1 permissible; painted, bootstrapped by the modality rules, loaded from a mask,
+or predicted by a ``danger-unet`` checkpoint) -> location prior (heatmap and top-k candidate points,
+fitted to historical label maps, or loaded: a saved prior or a ``lesion-heatmap`` checkpoint that
+predicts the heatmap of the plane) -> placement by hand
 (the last or selected point or box of a layer) or k sampled from ``C_final`` -> fusion into a NEW
 synthetic image layer and an editable lesion Labels layer -> Re-fuse after moving or deleting a
 lesion label, Undo -> export (NIfTI, DICOM and DICOM-SEG, marked synthetic).
@@ -39,7 +41,8 @@ from medsynth.io.image import MedImage, SyntheticProvenance
 from medsynth.lesions.crop import image_plane, label_box, lesion_crop, rectangle_box
 from medsynth.lesions.danger import bootstrap_danger
 from medsynth.lesions.fusion import BLENDS, Lesion, fuse
-from medsynth.lesions.location import LocationPrior, fit_location_prior
+from medsynth.lesions.learned import danger_for, load_danger_source, load_location_model
+from medsynth.lesions.location import LocationModel, fit_location_prior, top_candidates
 from medsynth.lesions.placement import box_centre, place_by_hand, sample_placements
 from medsynth.lesions.scene import (
     Placement,
@@ -92,7 +95,9 @@ class PlacementOptions:
 
     count: int = setting(3, "Lesions to sample (k)", min=1, max=100)
     seed: int = setting(0, "Random seed of the lesions and of their positions", min=0, max=2**31 - 1)
-    min_spacing: float = setting(10.0, "Minimum distance between sampled lesion centres (px)", min=0.0, max=10_000.0)
+    min_spacing: float = setting(
+        10.0, "Minimum distance of a sampled lesion's centre from every other lesion's (px)", min=0.0, max=10_000.0
+    )
     size: float = setting(1.0, "Lesion size relative to the training crop (a dragged box sets its own)", min=0.1, max=8.0)
     variability: int = setting(
         0, "Scale where fresh noise starts: 0 draws whole new lesions, higher keeps the crop's layout", min=0, max=32
@@ -145,7 +150,7 @@ class LesionWidget(QWidget):
         self.run = TrainingRun()
         self.progress: progress | None = None
         self.generator: LesionGenerator | None = None
-        self.prior: LocationPrior | None = None
+        self.prior: LocationModel | None = None
         self.danger_layer: Labels | None = None
         self.heatmap_layer: Image | None = None
         self.candidates_layer: Points | None = None
@@ -175,6 +180,9 @@ class LesionWidget(QWidget):
         self.prior_files = FileEdit(name="prior_files", mode="rm", tooltip="Historical lesion label files (NIfTI, DICOM-SEG)")
         self.prior_options = SettingsForm(PriorOptions)
         self.prior_button = PushButton(text="Show location prior")
+        self.load_prior_button = PushButton(
+            text="Load location model…", tooltip="A saved location prior (JSON) or a lesion-heatmap checkpoint"
+        )
         self.hand_layer = ComboBox(
             name="hand_layer", choices=self._hand_choices, tooltip="Points or Shapes layer: its selected (else last) point or box"
         )
@@ -198,7 +206,13 @@ class LesionWidget(QWidget):
                 self.model_status,
             ),
             _section("3. Danger zone", _row(self.new_danger_button, self.bootstrap_button, self.load_danger_button)),
-            _section("4. Location prior", self.prior_layers, self.prior_files, self.prior_options, self.prior_button),
+            _section(
+                "4. Location prior",
+                self.prior_layers,
+                self.prior_files,
+                self.prior_options,
+                _row(self.prior_button, self.load_prior_button),
+            ),
             _section(
                 "5. Placement and fusion",
                 self.hand_layer,
@@ -224,8 +238,13 @@ class LesionWidget(QWidget):
         )
         self.new_danger_button.clicked.connect(self.new_danger)
         self.bootstrap_button.clicked.connect(self.bootstrap_danger)
-        self.load_danger_button.clicked.connect(lambda: self._ask_path("Load danger zone", "Images (*)", self.load_danger))
+        self.load_danger_button.clicked.connect(
+            lambda: self._ask_path("Load danger zone", "Masks or danger-unet checkpoints (*)", self.load_danger)
+        )
         self.prior_button.clicked.connect(self.show_prior)
+        self.load_prior_button.clicked.connect(
+            lambda: self._ask_path("Load location model", "Location priors or lesion-heatmap checkpoints (*)", self.load_prior)
+        )
         self.place_button.clicked.connect(self.place_by_hand)
         self.sample_button.clicked.connect(self.sample)
         self.refuse_button.clicked.connect(self.refuse)
@@ -277,13 +296,14 @@ class LesionWidget(QWidget):
         return image_plane(np.asarray(layer.data if index is None else layer.data[index]))
 
     def _to_pixel(self, layer: Layer, coords: np.ndarray, image: Image) -> np.ndarray:
-        """Data coordinates of `layer` -> ``(y, x)`` pixel coordinates (float) of the background `image`."""
+        """Data coordinates of `layer` -> ``(y, x)`` coordinates (float) of the background `image`.
+
+        They become pixels in the core (`pixel_index`, `rectangle_box`), which drops float32 noise.
+        """
         world = np.asarray(layer.data_to_world(coords), dtype=float)
         point = np.asarray(self.viewer.dims.point, dtype=float)
         point[-len(world) :] = world
-        # Layers store coordinates as float32: rounding to 1/1000 px drops the noise of the round trip
-        # through world millimetres (64.00001 is pixel 64).
-        return np.round(np.asarray(image.world_to_data(point), dtype=float)[-2:], 3)
+        return np.asarray(image.world_to_data(point), dtype=float)[-2:]
 
     def _start_session(self, target: tuple[Image, int | None]) -> None:
         """Placements belong to one plane: another background or slice starts afresh (new result layers)."""
@@ -392,15 +412,9 @@ class LesionWidget(QWidget):
 
     @_reported
     def load_danger(self, path: str | Path) -> Labels:
-        """A danger zone from a mask file (1 permissible, 0 forbidden) on the background's grid."""
+        """A danger zone from a mask file (1 permissible, 0 forbidden) on the background's grid, or predicted by a danger-unet checkpoint."""
         layer, _ = self._target()
-        mask = np.asarray(medsynth.io.read_image(path).array)
-        if mask.shape != layer.data.shape:
-            raise InputError(f"{path}: the mask has shape {mask.shape} but {layer.name!r} has {layer.data.shape}; give a mask of this image")
-        values = set(np.unique(mask).tolist())
-        if not values <= {0, 1}:
-            raise InputError(f"{path}: a danger mask holds 1 (permissible) and 0 (forbidden), found values {sorted(values)[:10]}")
-        return self._show_danger(mask.astype(np.uint8))
+        return self._show_danger(danger_for(load_danger_source(path), layer_image(layer)))
 
     def _show_danger(self, mask: np.ndarray) -> Labels:
         layer, _ = self._target()
@@ -433,18 +447,28 @@ class LesionWidget(QWidget):
     # -- the location prior ------------------------------------------------------------------------
 
     @_reported
-    def show_prior(self) -> LocationPrior:
+    def show_prior(self) -> LocationModel:
         """Fit the prior to the chosen label layers and files; show its heatmap and top-k candidates."""
         maps = [np.asarray(layer.data) for layer in self.prior_layers.value]
         maps += [np.asarray(medsynth.io.read_image(path).array) for path in self.prior_files.value]
         if not maps:
             raise InputError("no historical lesions: choose label layers or label files for the location prior")
-        prior = fit_location_prior(maps)
-        target = self._target()
-        shape = self._plane(target).shape
+        return self._show_location(fit_location_prior(maps))
+
+    @_reported
+    def load_prior(self, path: str | Path) -> LocationModel:
+        """A saved location prior (JSON) or a lesion-heatmap checkpoint (its heatmap of the plane); shown like a fitted prior."""
+        return self._show_location(load_location_model(path))
+
+    def _candidates(self, model: LocationModel, plane: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The heatmap of `model` on `plane` and its top-k candidates with their densities."""
         options = parse(PriorOptions, self.prior_options.values())
-        heat = prior.heatmap(shape)
-        candidates, _ = prior.candidates(shape, options.top_k, options.min_distance)
+        heat = model.plane_heatmap(plane)
+        return (heat, *top_candidates(heat, options.top_k, options.min_distance))
+
+    def _show_location(self, model: LocationModel) -> LocationModel:
+        target = self._target()
+        heat, candidates, _ = self._candidates(model, self._plane(target))
         geometry = _geometry(target[0], 2)
         if self._shown(self.heatmap_layer, heat.shape):
             self.heatmap_layer.data = heat
@@ -459,9 +483,9 @@ class LesionWidget(QWidget):
             self.candidates_layer = self.viewer.add_points(
                 candidates, name="lesion candidates", symbol="cross", face_color="cyan", size=4, **geometry
             )
-        self.prior = prior
-        self.status.value = f"location prior from {len(prior.points)} lesions; {len(candidates)} candidates"
-        return prior
+        self.prior = model
+        self.status.value = f"{model.describe()}; {len(candidates)} candidates"
+        return model
 
     # -- placing -----------------------------------------------------------------------------------
 
@@ -510,7 +534,7 @@ class LesionWidget(QWidget):
         self._start_session(target)
         options = parse(PlacementOptions, self.options.values())
         if item.ndim == 1:
-            centre, size = self._to_pixel(layer, item, target[0]), options.size
+            centre, size = tuple(self._to_pixel(layer, item, target[0])), options.size
         else:
             box = rectangle_box(np.array([self._to_pixel(layer, v, target[0]) for v in item]), self._plane(target).shape)
             centre = box_centre(box)
@@ -519,7 +543,7 @@ class LesionWidget(QWidget):
         free = self._free(target)
         label_id = self._next_id()
         lesion, seed = self._draw(label_id, size, options)
-        position = place_by_hand(free, lesion.mask, (int(np.rint(centre[0])), int(np.rint(centre[1]))))
+        position = place_by_hand(free, lesion.mask, centre)
         return self._commit((*self.scene, Placement(lesion, position, label_id, seed)))
 
     @_reported
@@ -534,11 +558,16 @@ class LesionWidget(QWidget):
         drawn = [self._draw(first + i, options.size, options) for i in range(options.count)]
         candidates = weights = None
         if self.prior is not None:
-            prior_options = parse(PriorOptions, self.prior_options.values())
-            candidates, weights = self.prior.candidates(free.shape, prior_options.top_k, prior_options.min_distance)
+            _, candidates, weights = self._candidates(self.prior, self._plane(target))
         rng = np.random.default_rng([options.seed, first])
         centres = sample_placements(
-            free, [lesion.mask for lesion, _ in drawn], rng, candidates=candidates, weights=weights, min_spacing=options.min_spacing
+            free,
+            [lesion.mask for lesion, _ in drawn],
+            rng,
+            candidates=candidates,
+            weights=weights,
+            min_spacing=options.min_spacing,
+            existing=[p.centre for p in self.scene],
         )
         added = [Placement(lesion, centre, first + i, seed) for i, ((lesion, seed), centre) in enumerate(zip(drawn, centres, strict=True))]
         return self._commit((*self.scene, *added))

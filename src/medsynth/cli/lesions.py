@@ -2,7 +2,9 @@
 
 Writes ``synthetic_NNNN.nii.gz`` (marked synthetic), ``synthetic_NNNN_mask.nii.gz`` (label map, one
 id per lesion), ``manifest.csv`` and ``manifest.json`` into ``--out``; with ``--location-labels``
-also the fitted prior as ``location_prior.json``.
+also the fitted prior as ``location_prior.json``. ``--danger`` and ``--location-model`` also take
+checkpoints of the learned models (``medsynth train --recipe danger-unet`` / ``lesion-heatmap``);
+files are told apart by their content.
 """
 
 from __future__ import annotations
@@ -30,10 +32,17 @@ def register(subparsers) -> None:
         nargs="+",
         default=["auto"],
         metavar="PATH|auto",
-        help="danger-zone masks (1 permissible, 0 forbidden), one per background or one for all; 'auto' bootstraps them from intensity rules (default)",
+        help="danger-zone masks (1 permissible, 0 forbidden) or danger-unet checkpoints, one per background or one for all; "
+        "'auto' bootstraps them from intensity rules (default)",
     )
     prior = parser.add_mutually_exclusive_group()
-    prior.add_argument("--location-model", type=Path, metavar="JSON", help="location prior written by an earlier run")
+    prior.add_argument(
+        "--location-model",
+        type=Path,
+        metavar="JSON|CKPT",
+        help="location prior written by an earlier run (JSON), or a lesion-heatmap checkpoint whose predicted heatmap "
+        "on each background gives the candidates",
+    )
     prior.add_argument("--location-labels", nargs="+", type=Path, metavar="PATH", help="historical lesion label maps to fit the location prior on")
     parser.add_argument("--per-image", type=int, default=1, metavar="K", help="lesions per image (default 1)")
     parser.add_argument("--num", type=int, metavar="N", help="number of images (default: one per background)")
@@ -90,32 +99,34 @@ def run(args) -> int:
 
 
 def _dangers(sources: list[str], backgrounds: list) -> tuple[list[np.ndarray], str]:
-    """One ``M_danger`` per background: bootstrapped (``auto``) or read from mask files."""
+    """One ``M_danger`` per background: bootstrapped (``auto``), read from mask files or predicted by danger-unet checkpoints."""
     if sources == ["auto"]:
         from medsynth.lesions.danger import bootstrap_danger
 
         return [bootstrap_danger(image) for image in backgrounds], "auto"
+    if "auto" in sources:
+        raise InputError("--danger 'auto' cannot be mixed with files; give 'auto' alone, or one file per background")
     if len(sources) not in (1, len(backgrounds)):
         raise InputError(
-            f"--danger got {len(sources)} masks for {len(backgrounds)} backgrounds; give one mask per background, "
-            "one for all, or 'auto'"
+            f"--danger got {len(sources)} files for {len(backgrounds)} backgrounds; give one mask or checkpoint per "
+            "background, one for all, or 'auto'"
         )
-    from medsynth.io import read_image
+    from medsynth.lesions.learned import danger_for, load_danger_source
 
-    masks = [np.asarray(read_image(path, as_label=True).array) > 0 for path in sources]
-    if len(masks) == 1:
-        masks = masks * len(backgrounds)
+    loaded = [load_danger_source(path) for path in sources]
+    masks = [danger_for(loaded[k % len(loaded)], image) for k, image in enumerate(backgrounds)]
     return masks, " ".join(sources)
 
 
 def _prior(args):
-    """The location prior and where it came from (``""`` without one)."""
-    from medsynth.lesions.location import fit_location_prior, load_location_prior
-
+    """The location model and where it came from (``""`` without one)."""
     if args.location_model is not None:
-        return load_location_prior(args.location_model), str(args.location_model)
+        from medsynth.lesions.learned import load_location_model
+
+        return load_location_model(args.location_model), str(args.location_model)
     if args.location_labels:
         from medsynth.io import read_image
+        from medsynth.lesions.location import fit_location_prior
 
         maps = [np.asarray(read_image(path, as_label=True).array) for path in args.location_labels]
         return fit_location_prior(maps), ""

@@ -1,5 +1,9 @@
 """`medsynth train`, `medsynth generate` and `medsynth recipes`.
 
+Recipes trained on ``(image, target)`` pairs (data kinds in
+`medsynth.training.recipe.TARGET_DATA_KINDS`, e.g. ``danger-unet``) take ``--targets``: one label
+map or mask per ``--data`` image, in the same order, on that image's grid.
+
 Training prints a progress bar when stderr is a terminal and plain log lines otherwise (files,
 Slurm). SIGINT and SIGTERM stop training after the current step and write a checkpoint; a second
 SIGINT aborts. Under torchrun every rank runs this command and only rank 0 prints.
@@ -40,6 +44,13 @@ def register(subparsers) -> None:
     )
     train.add_argument("--recipe", help="recipe name (see `medsynth recipes`)")
     train.add_argument("--data", nargs="+", type=Path, metavar="PATH", help="NIfTI files or DICOM files/folders")
+    train.add_argument(
+        "--targets",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="target label maps or masks, one per --data image in the same order (recipes marked 'needs --targets')",
+    )
     train.add_argument("--out", type=Path, metavar="DIR", help="folder for checkpoints")
     train.add_argument("--steps", type=int, help="total generator steps (default 2000)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe setting (repeatable)")
@@ -77,7 +88,6 @@ def register(subparsers) -> None:
 
 
 def run_train(args) -> int:
-    from medsynth.io import read_image
     from medsynth.training.config import TrainConfig
     from medsynth.training.control import TrainControl
     from medsynth.training.distributed import context_from_env
@@ -85,7 +95,9 @@ def run_train(args) -> int:
 
     values = read_config(args.config) if args.config else {}
     config_data = values.pop("data", None)
+    config_targets = values.pop("targets", None)
     data_paths = args.data or config_data
+    target_paths = args.targets or config_targets
     for arg, key in CONFIG_KEYS_FROM_ARGS.items():
         if getattr(args, arg) is not None:
             values[key] = getattr(args, arg)
@@ -93,13 +105,59 @@ def run_train(args) -> int:
     config = TrainConfig.from_mapping(values)
     if not data_paths:
         raise InputError("no training data: give --data PATH [PATH ...] (or `data` in the config file)")
-    images = [read_image(Path(p)) for p in data_paths]
+    data = training_data(config.recipe, [Path(p) for p in data_paths], [Path(p) for p in target_paths or ()])
     control = TrainControl()
     report = Reporter(enabled=context_from_env().is_main)
     with stop_on_signals(control):
-        for event in train(config, images, control):
+        for event in train(config, data, control):
             report(event)
     return 0
+
+
+def training_data(recipe: str, data_paths: list[Path], target_paths: list[Path]) -> list:
+    """The images of `data_paths`, paired with the targets of `target_paths` when `recipe` trains on pairs.
+
+    InputError, before anything is trained, for targets given to a recipe that takes none, none given
+    to one that needs them, a count mismatch, or a target not on its image's grid.
+    """
+    from medsynth.io import read_image
+    from medsynth.training.recipe import TARGET_DATA_KINDS, get_recipe
+
+    paired = get_recipe(recipe).data_kind in TARGET_DATA_KINDS
+    if target_paths and not paired:
+        raise InputError(
+            f"recipe {recipe!r} trains on images alone and takes no --targets; drop --targets "
+            f"(recipes that need them: {', '.join(needing_targets())})"
+        )
+    if paired and not target_paths:
+        raise InputError(
+            f"recipe {recipe!r} trains on (image, target) pairs; give --targets PATH [PATH ...], one label map or "
+            "mask per --data image in the same order"
+        )
+    if len(target_paths) != len(data_paths) and paired:
+        raise InputError(
+            f"--data has {len(data_paths)} image(s) but --targets {len(target_paths)} file(s); give exactly one "
+            "target per image, in the same order"
+        )
+    images = [read_image(path) for path in data_paths]
+    if not paired:
+        return images
+    targets = [read_image(path, as_label=True) for path in target_paths]
+    for image_path, image, target_path, target in zip(data_paths, images, target_paths, targets):
+        if tuple(target.array.shape) != tuple(image.array.shape):
+            raise InputError(
+                f"target {target_path} has shape {tuple(target.array.shape)} but its image {image_path} has "
+                f"{tuple(image.array.shape)}; a target must lie on its image's grid: resample it onto the image, "
+                "or check the order of --targets"
+            )
+    return list(zip(images, targets))
+
+
+def needing_targets() -> list[str]:
+    """Names of the recipes trained on ``(image, target)`` pairs (the ones that need ``--targets``)."""
+    from medsynth.training.recipe import TARGET_DATA_KINDS, list_recipes
+
+    return [info.name for info in list_recipes() if info.data_kind in TARGET_DATA_KINDS]
 
 
 def run_generate(args) -> int:
@@ -164,10 +222,11 @@ def sample_image(samples, k: int):
 
 def run_recipes(args) -> int:
     from medsynth.settings import describe
-    from medsynth.training.recipe import list_recipes
+    from medsynth.training.recipe import TARGET_DATA_KINDS, list_recipes
 
     for info in list_recipes():
-        print(f"{info.name}  [{info.data_kind}]  {info.description}")
+        kind = f"{info.data_kind}, needs --targets" if info.data_kind in TARGET_DATA_KINDS else info.data_kind
+        print(f"{info.name}  [{kind}]  {info.description}")
         for s in describe(info.settings_cls):
             if s.choices is not None:
                 valid = "one of " + ", ".join(map(str, s.choices))

@@ -3,9 +3,11 @@
 Image ``i`` uses background ``i mod len(backgrounds)`` and its own random stream
 (``SeedSequence([seed, i])``), so any image can be made again from the seed and its index. For each
 image, `per_image` lesions are drawn from the SinGAN (size factor uniform in `size_range`, a lesion
-with an empty generated mask is drawn again), placed in ``C_final`` (the location prior's top
-candidates, weighted by their density, or every permissible pixel without a prior) with no lesion
-pixel in the danger zone and no two lesions overlapping, then fused (`medsynth.lesions.fusion`).
+with an empty generated mask is drawn again), placed in ``C_final`` (the top candidates of the
+location model's heatmap on the background plane, weighted by their density, or every permissible
+pixel without one) with no lesion pixel in the danger zone and no two lesions overlapping, then fused
+(`medsynth.lesions.fusion`). The location model is the kernel-density prior or a learned heatmap
+(`medsynth.lesions.location.LocationModel`).
 Volumes get their lesions in one slice (`slice_index`, the middle one by default).
 """
 
@@ -26,7 +28,7 @@ from medsynth.errors import InputError
 from medsynth.io.image import MedImage, SyntheticProvenance
 from medsynth.lesions.crop import image_plane
 from medsynth.lesions.fusion import Lesion, fuse
-from medsynth.lesions.location import LocationPrior
+from medsynth.lesions.location import LocationModel, top_candidates
 from medsynth.lesions.placement import sample_placements
 from medsynth.lesions.scene import assemble, draw_lesion
 from medsynth.lesions.singan_training import LesionGenerator
@@ -80,7 +82,7 @@ def synthesize(
     num: int,
     seed: int,
     options: BatchOptions,
-    prior: LocationPrior | None = None,
+    prior: LocationModel | None = None,
 ) -> Iterator[SyntheticCase]:
     """Yield `num` synthetic cases; `dangers` are ``M_danger`` masks, one per background (same spatial shape)."""
     if num < 1 or options.per_image < 1:
@@ -102,7 +104,7 @@ def synthesize_case(
     index: int,
     seed: int,
     options: BatchOptions,
-    prior: LocationPrior | None = None,
+    prior: LocationModel | None = None,
 ) -> SyntheticCase:
     """One synthetic image with `options.per_image` lesions; see the module docstring."""
     if background.is_rgb or background.has_time or background.is_label:
@@ -120,7 +122,7 @@ def synthesize_case(
     lesions, sizes, seeds = _draw_lesions(lesion_generator, rng, options)
     candidates = weights = None
     if prior is not None:
-        candidates, weights = prior.candidates(plane.shape, options.candidates)
+        candidates, weights = top_candidates(prior.plane_heatmap(plane), options.candidates)
     centres = sample_placements(
         permissible, [l.mask for l in lesions], rng, candidates=candidates, weights=weights, min_spacing=options.min_spacing
     )

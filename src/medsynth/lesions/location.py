@@ -7,7 +7,10 @@ applies to backgrounds of any size. The density is a Gaussian-blurred histogram 
 rule ``sd * n ** (-1 / 6)``, never below `MIN_BANDWIDTH` of the side so that one or two annotations
 still give a usable prior. Candidates are the top-k density peaks after non-maximum suppression.
 
-The prior is saved as a small JSON file (written atomically), the ``--location-model`` of the CLI.
+The prior is saved as a small JSON file (written atomically), one kind of ``--location-model`` of the
+CLI; the other is a ``lesion-heatmap`` checkpoint (`medsynth.lesions.learned.HeatmapModel`). Both are a
+`LocationModel`: a heatmap over a background plane, whose top-k peaks are the candidates
+(`top_candidates`); `medsynth.lesions.learned.load_location_model` reads either file.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from scipy import ndimage
@@ -29,6 +33,26 @@ FORMAT = "medsynth-location-prior"
 FORMAT_VERSION = 1
 MIN_BANDWIDTH = 0.03
 """Smallest kernel width, as a fraction of the image side."""
+
+
+class LocationModel(Protocol):
+    """Where lesions are likely on a background plane: the kernel-density prior or a learned heatmap."""
+
+    def plane_heatmap(self, plane: np.ndarray) -> np.ndarray:
+        """``(H, W)`` float32 density over the pixels of an ``(H, W)`` plane in data units (sums to 1)."""
+        ...
+
+    def describe(self) -> str:
+        """A few words for a status line, e.g. "location prior from 12 lesions"."""
+        ...
+
+
+def top_candidates(heat: np.ndarray, k: int, min_distance: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Top-`k` peaks ``(k', 2)`` (y, x) of an ``(H, W)`` heatmap at least `min_distance` px apart, and their densities ``(k',)``."""
+    if k < 1:
+        raise InputError(f"the number of candidates k={k} must be at least 1")
+    peaks = peak_local_max(heat, min_distance=max(1, int(min_distance)), num_peaks=k, exclude_border=False)
+    return peaks, heat[peaks[:, 0], peaks[:, 1]]
 
 
 @dataclass(frozen=True)
@@ -50,11 +74,14 @@ class LocationPrior:
 
     def candidates(self, shape: tuple[int, int], k: int, min_distance: int = 5) -> tuple[np.ndarray, np.ndarray]:
         """Top-`k` peaks ``(k', 2)`` (y, x) of the heatmap at least `min_distance` px apart, and their densities ``(k',)``."""
-        if k < 1:
-            raise InputError(f"the number of candidates k={k} must be at least 1")
-        heat = self.heatmap(shape)
-        peaks = peak_local_max(heat, min_distance=max(1, int(min_distance)), num_peaks=k, exclude_border=False)
-        return peaks, heat[peaks[:, 0], peaks[:, 1]]
+        return top_candidates(self.heatmap(shape), k, min_distance)
+
+    def plane_heatmap(self, plane: np.ndarray) -> np.ndarray:
+        """`heatmap` of the plane's shape: the prior knows positions only, not the image."""
+        return self.heatmap(np.shape(plane)[-2:])
+
+    def describe(self) -> str:
+        return f"location prior from {len(self.points)} lesions"
 
     def to_dict(self) -> dict:
         return {

@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from medsynth.errors import InputError
+from medsynth.lesions.crop import pixel_index
 
 Point = tuple[int, int]
 
@@ -46,9 +47,9 @@ def allowed_centres(permissible: np.ndarray, footprint: np.ndarray) -> np.ndarra
     return ndimage.binary_erosion(np.asarray(permissible, dtype=bool), structure=footprint, border_value=0)
 
 
-def place_by_hand(permissible: np.ndarray, footprint: np.ndarray, centre: Point) -> Point:
-    """Check a hand placement; return the centre, or raise InputError saying why it is refused."""
-    y, x = int(round(centre[0])), int(round(centre[1]))
+def place_by_hand(permissible: np.ndarray, footprint: np.ndarray, centre: tuple[float, float]) -> Point:
+    """Check a hand placement at the pixel holding `centre` (`pixel_index`); return that pixel, or raise InputError saying why it is refused."""
+    y, x = pixel_index(centre[:2])
     if not inside_image((y, x), footprint.shape, permissible.shape):
         raise InputError(
             f"lesion at ({y}, {x}) of size {footprint.shape[0]}x{footprint.shape[1]} reaches outside the "
@@ -80,28 +81,34 @@ def sample_placements(
     candidates: np.ndarray | None = None,
     weights: np.ndarray | None = None,
     min_spacing: float = 0.0,
+    existing: Sequence[tuple[float, float]] | np.ndarray = (),
 ) -> list[Point]:
     """Centres for each footprint in turn, drawn from ``C_final``, never overlapping one another.
 
     `candidates` ``(K, 2)`` are ``C_loc`` (e.g. the location prior's top-k) with optional `weights`
     ``(K,)``; without them every permissible centre is a candidate with equal weight. Each lesion's
-    footprint is removed from the permissible mask for the next ones, and centres keep at least
-    `min_spacing` pixels apart. Raises InputError when a lesion finds no place.
+    footprint is removed from the permissible mask for the next ones, and every centre keeps at least
+    `min_spacing` pixels from the others and from the `existing` centres ``(y, x)`` of lesions placed
+    earlier, whose footprints the caller removes from `permissible` (for lesions known only as a
+    label map: ``permissible & (labels == 0)`` and `medsynth.lesions.location.lesion_centroids`).
+
+    The draw is greedy and never returns fewer centres than footprints: when a lesion finds no place,
+    InputError says how many were placed and what to change.
     """
     free = np.asarray(permissible, dtype=bool).copy()
+    earlier = np.asarray(existing, dtype=float).reshape(-1, 2)
     placed: list[Point] = []
     for index, footprint in enumerate(footprints):
         footprint = np.asarray(footprint, dtype=bool)
         allowed = allowed_centres(free, footprint)
         options, chances = _options(allowed, candidates, weights)
-        if placed and min_spacing > 0:
-            far = np.min(np.linalg.norm(options[:, None, :] - np.asarray(placed)[None], axis=-1), axis=1) >= min_spacing
+        others = np.concatenate([earlier, np.asarray(placed, dtype=float).reshape(-1, 2)])
+        if len(others) and min_spacing > 0:
+            far = np.min(np.linalg.norm(options[:, None, :] - others[None], axis=-1), axis=1) >= min_spacing
             options, chances = options[far], chances[far]
         if len(options) == 0:
             raise InputError(
-                f"no permissible place is left for lesion {index + 1} of {len(footprints)} "
-                f"(size {footprint.shape[0]}x{footprint.shape[1]}); place fewer or smaller lesions, lower the "
-                "minimum spacing, or widen the permissible zone"
+                _no_place_message(index, footprints, footprint, min_spacing, len(earlier), candidates is not None)
             )
         pick = options[rng.choice(len(options), p=chances / chances.sum())]
         centre = (int(pick[0]), int(pick[1]))
@@ -109,6 +116,20 @@ def sample_placements(
         free[rows, cols] &= ~footprint
         placed.append(centre)
     return placed
+
+
+def _no_place_message(
+    index: int, footprints: Sequence[np.ndarray], footprint: np.ndarray, min_spacing: float, existing: int, prior: bool
+) -> str:
+    where = " among the location candidates" if prior else ""
+    others = [f"the {index} lesion(s) sampled before it"] if index else []
+    others += [f"the {existing} lesion(s) placed earlier"] if existing else []
+    spacing = f" at least {min_spacing:g} px from {' and '.join(others)}" if min_spacing > 0 and others else ""
+    return (
+        f"no permissible place is left for lesion {index + 1} of {len(footprints)} "
+        f"(size {footprint.shape[0]}x{footprint.shape[1]}){where}{spacing}; place fewer or smaller lesions, lower "
+        f"the minimum spacing{', ask for more candidates' if prior else ''}, or widen the permissible zone"
+    )
 
 
 def _options(
