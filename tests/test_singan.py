@@ -1,13 +1,16 @@
-"""A tiny SinGAN on a real CT crop: trains scale by scale, reconstructs, samples in HU, saves and loads."""
+"""SinGAN on real crops: the `singan` engine recipe (MNI152 slices) and the lesion workflow on it (CT in HU)."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save as save_tensors
 
 from medsynth.data.samples import load_sample
-from medsynth.errors import CheckpointError, InputError
+from medsynth.errors import CheckpointError, InputError, SettingsError
 from medsynth.lesions.crop import image_plane, label_box, lesion_crop, rectangle_box
 from medsynth.lesions.singan_training import (
     SinGANSettings,
@@ -17,10 +20,17 @@ from medsynth.lesions.singan_training import (
     sample_lesions,
     train_singan,
 )
+from medsynth.settings import describe
+from medsynth.training import events
+from medsynth.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from medsynth.training.config import TrainConfig
 from medsynth.training.control import TrainControl
-from medsynth.training.events import CheckpointSaved, Finished, Progress, Samples, Started
+from medsynth.training.generate import generate
+from medsynth.training.recipe import TARGET_DATA_KINDS, list_recipes
+from medsynth.training.trainer import check_config, train
 
 TINY = SinGANSettings(min_size=16, scale_factor=0.6, iterations=40, width=16, log_every=10)
+ENGINE_TINY = {"min_size": 16, "scale_factor": 0.6, "iterations": 4, "width": 8, "layers": 3, "d_steps": 1, "g_steps": 1}
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +39,40 @@ def crop() -> tuple[np.ndarray, np.ndarray]:
     return lesion_crop(plane, (40, 40, 64, 64))  # 24x24 px of vertebra and soft tissue, in HU
 
 
+@pytest.fixture(scope="module")
+def mni_lesion():
+    """Eight axial MNI152 slices and a lesion-like mask: dark tissue of a 16x16 window thresholded in slice 5.
+
+    Slice 2 holds a smaller part of the mask, so the crop must come from slice 5.
+    """
+    image = load_sample("mni152")
+    volume = np.asarray(image.array[86:94], dtype=np.float32)
+    mask = np.zeros(volume.shape, dtype=np.uint8)
+    window = volume[5, 100:116, 84:100]
+    mask[5, 100:116, 84:100] = window < np.median(window)
+    mask[2, 100:104, 84:88] = 1
+    return image.with_array(volume), mask
+
+
+def engine_config(out_dir, **options) -> TrainConfig:
+    settings = dict(ENGINE_TINY, **options.pop("settings", {}))
+    defaults = {"log_every": 1, "sample_every": 4, "checkpoint_every": 6, "preview_samples": 3, "steps": 5}
+    return TrainConfig(recipe="singan", out_dir=out_dir, settings=settings, **{**defaults, **options})
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, mni_lesion):
+    """Events of an uninterrupted engine run: 3 scales x 4 steps, checkpoints at steps 6 and 12."""
+    return list(train(engine_config(tmp_path_factory.mktemp("straight")), [mni_lesion]))
+
+
 def _run(generator):
-    events = []
+    events_seen = []
     while True:
         try:
-            events.append(next(generator))
+            events_seen.append(next(generator))
         except StopIteration as done:
-            return events, done.value
+            return events_seen, done.value
 
 
 def test_crop_from_a_label_or_a_rectangle_in_a_slice_of_a_volume():
@@ -49,11 +86,11 @@ def test_crop_from_a_label_or_a_rectangle_in_a_slice_of_a_volume():
     values, mask = lesion_crop(image_plane(volume, 2), box, labels, 4)
     np.testing.assert_array_equal(values, plane[48:63, 68:82] + 10)
     assert mask.sum() == np.count_nonzero(labels == 4)
-    # A napari Shapes rectangle on a 3D layer: vertices (z, y, x) in pixel coordinates.
+    # A napari Shapes rectangle on a 3D layer: vertices (z, y, x); it holds the pixels whose centres it covers.
     vertices = np.array([[1, 10.2, 20.7], [1, 10.2, 40.1], [1, 33.9, 40.1], [1, 33.9, 20.7]])
-    assert rectangle_box(vertices, plane.shape) == (10, 20, 34, 41)
+    assert rectangle_box(vertices, plane.shape) == (11, 21, 34, 41)
     values, mask = lesion_crop(plane, rectangle_box(vertices, plane.shape))
-    assert values.shape == mask.shape == (24, 21) and mask[12, 10] and not mask[0, 0]
+    assert values.shape == mask.shape == (23, 20) and mask[11, 10] and not mask[0, 0]
     with pytest.raises(InputError, match="label 5 is not in this plane"):
         label_box(labels, 5)
     with pytest.raises(InputError, match="slice index"):
@@ -70,19 +107,113 @@ def test_pyramid_reaches_min_size_with_a_recomputed_factor():
     assert pyramid_shapes(20, 30) == [(20, 30)]
 
 
+def test_recipe_is_listed_with_its_settings():
+    info = {r.name: r for r in list_recipes()}["singan"]
+    assert info.data_kind == "lesion" and info.data_kind in TARGET_DATA_KINDS
+    names = {s.name for s in describe(info.settings_cls)}
+    assert {"scale_factor", "min_size", "iterations", "rec_weight", "noise_amp_init", "margin"} <= names
+    assert not names & {"seed", "log_every", "resolution"}  # run options come from TrainConfig
+
+
+def test_engine_trains_scale_by_scale_on_the_lesion_crop_of_a_volume(straight, mni_lesion):
+    image, mask = mni_lesion
+    assert isinstance(straight[0], events.Started) and straight[0].recipe == "singan"
+    # config.steps (5) is ignored: the run is 3 scales x 4 iterations of the 32x32 crop.
+    assert straight[0].total_steps == 12 and straight[-1].step == 12 and straight[-1].reason == "completed"
+    progress = [e for e in straight if isinstance(e, events.Progress)]
+    assert [p.step for p in progress] == list(range(1, 13))
+    assert [p.phase for p in progress] == ["scale 1/3"] * 4 + ["scale 2/3"] * 4 + ["scale 3/3"] * 4
+    assert all(set(p.losses) == {"d_loss", "wasserstein", "gp", "g_adv", "rec"} for p in progress)
+
+    ckpt = load_checkpoint(straight[-1].checkpoint)
+    rows, cols = np.nonzero(mask[5])
+    box = [rows.min() - 8, cols.min() - 8, rows.max() + 9, cols.max() + 9]  # the mask's box plus the margin
+    assert ckpt.data["slice_index"] == 5 and ckpt.data["box"] == box
+    crop = np.asarray(image.array[5, box[0] : box[2], box[1] : box[3]], dtype=np.float32)
+    assert ckpt.data["item_shape"] == [2, *crop.shape] and ckpt.data["pixel_spacing"] == [1.0, 1.0]
+    assert ckpt.normalization.method == "minmax"
+    assert (ckpt.normalization.low, ckpt.normalization.high) == (crop.min(), crop.max())
+    assert len(ckpt.state["pyramid"]["generators"]) == 3 and ckpt.state["models"] == {}
+
+    samples = [e for e in straight if isinstance(e, events.Samples)]
+    assert [s.step for s in samples] == [4, 8, 12]
+    for s in samples:  # in the MR intensities of the crop (56 to 219 here, not [-1, 1]), at its size
+        assert s.images.shape == (3, *crop.shape) and not np.allclose(s.images[0], s.images[1])
+        assert crop.min() - 1e-3 <= s.images.min() and s.images.max() <= crop.max() + 1e-3
+
+    generated = generate(straight[-1].checkpoint, 2, seed=3, device="cpu")
+    assert generated.array.shape == (2, *crop.shape) and generated.spacing == (1.0, 1.0, 1.0)
+    assert generated.synthetic is not None and generated.synthetic.model == "singan"
+    assert crop.min() - 1e-3 <= generated.array.min() and generated.array.max() <= crop.max() + 1e-3
+
+
+def test_resume_mid_scale_continues_exactly_like_a_straight_run(straight, mni_lesion, tmp_path):
+    half = straight[-1].checkpoint.parent / "checkpoint-0000006.safetensors"
+    assert load_checkpoint(half).state["scale"] == 1 and load_checkpoint(half).state["rounds"] == 2
+    resumed = list(train(engine_config(tmp_path, resume=half), [mni_lesion]))
+    assert resumed[0].start_step == 6 and resumed[-1].step == 12
+
+    def losses(run):
+        return {e.step: (e.losses, e.phase) for e in run if isinstance(e, events.Progress) and e.step > 6}
+
+    assert losses(resumed) == losses(straight) and len(losses(resumed)) == 6
+    expected, actual = load_checkpoint(straight[-1].checkpoint).state, load_checkpoint(resumed[-1].checkpoint).state
+    for a, b in zip(expected["pyramid"]["generators"], actual["pyramid"]["generators"], strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert expected["pyramid"]["noise_amps"] == actual["pyramid"]["noise_amps"]
+
+
+def test_engine_refuses_what_does_not_fit_a_lesion_crop(straight, mni_lesion, tmp_path):
+    image, mask = mni_lesion
+    with pytest.raises(InputError, match="one lesion crop"):
+        next(train(engine_config(tmp_path / "two"), [mni_lesion, mni_lesion]))
+    with pytest.raises(SettingsError, match="augment"):
+        check_config(engine_config(tmp_path / "aug", augment=True))
+    with pytest.raises(InputError, match="empty"):
+        next(train(engine_config(tmp_path / "empty"), [(image, np.zeros_like(mask))]))
+    with pytest.raises(InputError, match="grid"):
+        next(train(engine_config(tmp_path / "grid"), [(image, mask[:, :-1])]))
+    final = straight[-1].checkpoint
+    with pytest.raises(SettingsError, match="nothing is left"):
+        next(train(engine_config(tmp_path / "end", resume=final), [mni_lesion]))
+    half = final.parent / "checkpoint-0000006.safetensors"
+    moved = np.roll(mask, 3, axis=2)
+    with pytest.raises(CheckpointError, match="another lesion crop"):
+        next(train(engine_config(tmp_path / "other", resume=half), [(image, moved)]))
+    with pytest.raises(CheckpointError, match="iterations"):
+        next(train(engine_config(tmp_path / "longer", resume=half, settings={"iterations": 5}), [mni_lesion]))
+
+
+def test_engine_checkpoint_is_a_lesion_model_with_start_scale_and_size(straight, mni_lesion):
+    half = load_singan(straight[-1].checkpoint.parent / "checkpoint-0000006.safetensors")
+    assert half.scales == 2  # mid-scale: the interrupted scale counts as trained
+    model = load_singan(straight[-1].checkpoint)
+    assert model.scales == 3 and model.step == 12 and model.settings.iterations == 4
+    h, w = model.model.shapes[-1]
+    lesions = sample_lesions(model, 2, seed=4, start_scale=1, size=1.5)
+    assert all(l.values.shape == l.mask.shape == (round(h * 1.5), round(w * 1.5)) for l in lesions)
+    low, high = model.normalization.low, model.normalization.high
+    assert all(low - 1e-3 <= l.values.min() and l.values.max() <= high + 1e-3 for l in lesions)
+    assert sample_lesions(model, 1, seed=4, start_scale=2)[0].values.shape == (h, w)
+    with pytest.raises(InputError, match="between 0"):
+        sample_lesions(model, 1, seed=4, start_scale=3)
+
+
 @pytest.mark.slow
 def test_tiny_singan_trains_reconstructs_samples_and_round_trips(crop, tmp_path):
     values, mask = crop
-    events, trained = _run(train_singan(values, mask, TINY, checkpoint=tmp_path / "lesion.safetensors"))
+    seen, trained = _run(train_singan(values, mask, TINY, checkpoint=tmp_path / "lesion.safetensors"))
 
-    assert isinstance(events[0], Started) and events[0].recipe == "singan" and events[0].total_steps == 80
-    assert isinstance(events[-1], Finished) and events[-1].reason == "completed" and events[-1].step == 80
-    assert [type(e) for e in events].count(Samples) == 2  # one preview per scale
-    progress = [e for e in events if isinstance(e, Progress)]
-    assert {"d_loss", "gp", "g_adv", "rec"} <= set(progress[-1].losses)
+    assert isinstance(seen[0], events.Started) and seen[0].recipe == "singan" and seen[0].total_steps == 80
+    assert isinstance(seen[-1], events.Finished) and seen[-1].reason == "completed" and seen[-1].step == 80
+    assert [type(e) for e in seen].count(events.Samples) == 2  # one preview per scale
+    progress = [e for e in seen if isinstance(e, events.Progress)]
+    assert {"d_loss", "gp", "g_adv", "rec"} <= set(progress[-1].losses) and "scale" not in progress[-1].losses
+    assert progress[0].phase == "scale 1/2" and progress[-1].phase == "scale 2/2"
     assert progress[-1].losses["rec"] < progress[0].losses["rec"]
-    saved = [e for e in events if isinstance(e, CheckpointSaved)]
-    assert saved and saved[0].path == events[-1].checkpoint and saved[0].path.is_file()
+    saved = [e for e in seen if isinstance(e, events.CheckpointSaved)]
+    assert len(saved) == 1 and saved[0].path == seen[-1].checkpoint == tmp_path / "lesion.safetensors"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lesion.safetensors"]
 
     model = trained.model
     assert trained.scales == 2 and model.noise_amps[0] == 1.0 and 0 < model.noise_amps[1] < 1
@@ -100,7 +231,7 @@ def test_tiny_singan_trains_reconstructs_samples_and_round_trips(crop, tmp_path)
     assert not np.allclose(lesions[0].values, lesions[1].values)
     assert sum(l.mask.any() for l in lesions) >= 2
 
-    loaded = load_singan(events[-1].checkpoint)
+    loaded = load_singan(seen[-1].checkpoint)
     assert loaded.normalization == trained.normalization and loaded.model.noise_amps == model.noise_amps
     again = sample_lesions(loaded, 3, seed=7, size=1.5)
     for a, b in zip(lesions, again):
@@ -115,13 +246,24 @@ def test_tiny_singan_trains_reconstructs_samples_and_round_trips(crop, tmp_path)
 def test_stop_keeps_the_trained_scales_and_bad_input_is_refused(crop, tmp_path):
     values, mask = crop
     control = TrainControl()
-    generator = train_singan(values, mask, SinGANSettings(min_size=16, scale_factor=0.6, iterations=5, width=8, log_every=1), control=control)
-    events = []
+    settings = SinGANSettings(min_size=16, scale_factor=0.6, iterations=5, width=8, log_every=1)
+    generator = train_singan(values, mask, settings, control=control, checkpoint=tmp_path / "stopped.safetensors")
+    seen = []
     for event in generator:
-        events.append(event)
-        if isinstance(event, Progress) and event.step == 2:
+        seen.append(event)
+        if isinstance(event, events.Progress) and event.step == 2:
             control.request_stop()
-    assert isinstance(events[-1], Finished) and events[-1].reason == "stopped" and events[-1].step == 2
+    assert isinstance(seen[-1], events.Finished) and seen[-1].reason == "stopped" and seen[-1].step == 2
+    stopped = load_singan(seen[-1].checkpoint)
+    assert stopped.scales == 1 and sample_lesions(stopped, 1, seed=0)[0].values.shape == (24, 24)
+    control = TrainControl()
+    control.request_stop()  # before the first round: nothing is trained, and sampling says so
+    seen, untrained = _run(train_singan(values, mask, settings, control=control, checkpoint=tmp_path / "none.safetensors"))
+    assert seen[-1].step == 0 and untrained.scales == 0
+    with pytest.raises(InputError, match="no trained scale"):
+        sample_lesions(untrained, 1, seed=0)
+    with pytest.raises(InputError, match="no trained scale"):
+        generate(seen[-1].checkpoint, 1, device="cpu")
 
     with pytest.raises(InputError, match="empty"):
         next(train_singan(values, np.zeros_like(mask)))
@@ -129,6 +271,21 @@ def test_stop_keeps_the_trained_scales_and_bad_input_is_refused(crop, tmp_path):
         next(train_singan(np.ones_like(values), mask))
     with pytest.raises(InputError, match="at least"):
         next(train_singan(values[:5, :5], mask[:5, :5]))
+    with pytest.raises(InputError, match=r"\.safetensors"):
+        next(train_singan(values, mask, checkpoint=tmp_path / "lesion.pt"))
+
+
+def test_foreign_and_former_format_files_are_refused(tmp_path, straight):
     (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a medsynth SinGAN checkpoint"):
+    with pytest.raises(CheckpointError, match="not a medsynth checkpoint"):
         load_singan(tmp_path / "bad.safetensors")
+    # A file of the former SinGAN loop: its own header key, no engine metadata.
+    old = save_tensors({"z_star": torch.zeros(1, 2, 16, 16)}, metadata={"medsynth_singan": json.dumps({"recipe": "singan"})})
+    (tmp_path / "old.safetensors").write_bytes(old)
+    with pytest.raises(CheckpointError, match="medsynth_singan.*train the SinGAN again"):
+        load_singan(tmp_path / "old.safetensors")
+    other = load_checkpoint(straight[-1].checkpoint)
+    dcgan = Checkpoint("dcgan", {}, 1, other.normalization, other.data, {"models": {}})
+    save_checkpoint(dcgan, tmp_path / "dcgan.safetensors")
+    with pytest.raises(CheckpointError, match="recipe 'dcgan', not 'singan'"):
+        load_singan(tmp_path / "dcgan.safetensors")

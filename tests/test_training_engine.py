@@ -229,3 +229,10 @@ def test_generator_ema_ramps_its_decay_up():
         before = ema.module.weight.clone()
         ema.update()  # long runs use the full decay
         torch.testing.assert_close(ema.module.weight, before + 0.001 * (3.0 - before))
+
+
+def test_one_phase_recipes_report_no_phase_and_train_the_configured_steps(runs):
+    for got in runs.values():
+        progress = [e for e in got if isinstance(e, events.Progress)]
+        assert progress and all(p.phase == "" for p in progress)
+        assert got[0].total_steps == 4 == progress[-1].total_steps  # config.steps, unlike singan's data-made schedule

@@ -1,12 +1,14 @@
 """Datasets of training items read lazily from `MedImage` volumes or in-memory arrays.
 
-Three kinds of items, all normalised to [-1, 1] (see `medsynth.data.normalization`):
+Four kinds of items, all normalised to [-1, 1] (see `medsynth.data.normalization`):
 
 - `SliceDataset`: 2D slices of 3D volumes along a chosen axis (and every frame of time series),
   padded to a square and resized to the training size: ``(1, S, S)``.
 - `ClipDataset`: 2D+t clips of consecutive frames at one slice position of 4D (or ``tyx``) data:
   ``(1, T, S, S)``.
 - `PatchDataset`: random ``(1, P, P)`` patches of 2D slices at native resolution.
+- `LesionCropDataset`: the one ``(2, h, w)`` lesion crop of an image and its lesion mask, at native
+  resolution and normalised by the crop's own minimum and maximum (SinGAN).
 
 Arrays are indexed one slice or clip at a time (numpy, memmap and dask arrays alike), never copied
 whole. Nearly empty items are skipped: an item is kept when at least `min_foreground` of its pixels
@@ -30,9 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medsynth.data.normalization import Normalization
+from medsynth.data.normalization import Normalization, minmax_normalization
 from medsynth.errors import InputError
 from medsynth.io.image import MedImage
+from medsynth.lesions.crop import MIN_CROP_SIDE, Box, label_box
 
 CACHE_BYTES = 256 * 2**20
 FOREGROUND_LEVEL = -0.9
@@ -286,6 +289,117 @@ class PatchDataset(SliceDataset):
 
     def _item_spacing(self, image: MedImage) -> tuple[float, float]:
         return self._plane_spacing(image)
+
+
+class LesionCropDataset:
+    """One item ``(2, h, w)``: a lesion crop normalised to [-1, 1] (channel 0) and its mask as -1/1 (channel 1).
+
+    The crop is the bounding box of the mask's non-zero pixels grown by `margin` pixels and clipped to
+    the plane; ``margin=-1`` keeps the whole plane (an image that is already a crop). Of a volume, the
+    plane is the slice along `slice_axis` with the most mask pixels. The crop keeps its native size
+    and aspect ratio: no resizing, no random crops. Without a given `normalization` (a resumed run
+    passes its checkpoint's), the crop's own minimum and maximum map to [-1, 1], so nothing is clipped.
+    """
+
+    def __init__(
+        self,
+        image: MedImage | Any,
+        mask: MedImage | Any,
+        normalization: Normalization | None = None,
+        *,
+        slice_axis: int = 0,
+        margin: int = -1,
+    ) -> None:
+        self.image = as_medimage(image, name="lesion image")
+        target = as_medimage(mask, name="lesion mask")
+        _check_grey(self.image)
+        if self.image.has_time:
+            raise InputError(
+                f"image {self.image.name!r} (axes {self.image.axes!r}) has a time axis; a lesion crop comes from a "
+                "2D image or one slice of a volume"
+            )
+        if tuple(target.array.shape) != tuple(self.image.array.shape):
+            raise InputError(
+                f"lesion mask {target.name!r} has shape {tuple(target.array.shape)} but image {self.image.name!r} has "
+                f"shape {tuple(self.image.array.shape)}; the mask must lie on its image's grid: resample it onto the image"
+            )
+        _check_slice_axis(self.image, slice_axis)
+        self.slice_axis = slice_axis
+        lesion = np.asarray(target.array) != 0
+        if not lesion.any():
+            raise InputError(
+                f"the lesion mask {target.name!r} is empty; give a mask (label map) with the lesion's pixels non-zero"
+            )
+        self.slice_index, lesion = self._lesion_plane(lesion)
+        plane = self._plane(np.asarray(self.image.array, dtype=np.float32))
+        self.box: Box = (0, 0, *plane.shape) if margin < 0 else label_box(lesion.astype(np.uint8), 1, margin)
+        y0, x0, y1, x1 = self.box
+        values, lesion = plane[y0:y1, x0:x1], lesion[y0:y1, x0:x1]
+        if min(values.shape) < MIN_CROP_SIDE:
+            raise InputError(
+                f"the lesion crop is {values.shape[0]}x{values.shape[1]} px; it must be at least "
+                f"{MIN_CROP_SIDE}x{MIN_CROP_SIDE}: select a larger crop or a larger margin"
+            )
+        self.normalization = normalization if normalization is not None else minmax_normalization(values)
+        self.item = torch.from_numpy(
+            np.stack([self.normalization.apply(values), np.where(lesion, 1.0, -1.0).astype(np.float32)])
+        )
+        digest = hashlib.sha256(np.ascontiguousarray(values).tobytes())
+        digest.update(np.packbits(lesion).tobytes())
+        self.content_hash = digest.hexdigest()
+
+    def _lesion_plane(self, lesion: np.ndarray) -> tuple[int | None, np.ndarray]:
+        """The slice index (None for 2D) and ``(H, W)`` mask of the plane with the most lesion pixels."""
+        if self.image.ndim_spatial == 2:
+            return None, lesion
+        axis = self._slice_array_axis()
+        counts = lesion.sum(axis=tuple(a for a in range(lesion.ndim) if a != axis))
+        index = int(np.argmax(counts))
+        return index, np.take(lesion, index, axis=axis)
+
+    def _slice_array_axis(self) -> int:
+        return self.image.axes.index(self.image.spatial_axes[self.slice_axis])
+
+    def _plane(self, array: np.ndarray) -> np.ndarray:
+        return array if self.slice_index is None else np.take(array, self.slice_index, axis=self._slice_array_axis())
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if i != 0:
+            raise IndexError(f"a lesion crop dataset has one item, not item {i}")
+        return self.item
+
+    @property
+    def pixel_spacing(self) -> tuple[float, float]:
+        """Spacing (row, column) in mm of the crop's pixels."""
+        spacing = list(self.image.spacing)
+        if self.slice_index is not None:
+            del spacing[self.slice_axis]
+        return float(spacing[0]), float(spacing[1])
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready description of the crop, stored in checkpoints."""
+        return {
+            "images": [
+                {
+                    "name": self.image.name,
+                    "shape": [int(n) for n in self.image.array.shape],
+                    "axes": self.image.axes,
+                    "spacing": list(self.image.spacing),
+                }
+            ],
+            "items": 1,
+            "item_shape": list(self.item.shape),
+            "slice_axis": self.slice_axis,
+            "slice_index": self.slice_index,
+            "box": list(self.box),
+            "pixel_spacing": list(self.pixel_spacing),
+            "modality": self.image.modality,
+            "units": self.image.units,
+            "content_sha256": self.content_hash,
+        }
 
 
 class StepSampler:

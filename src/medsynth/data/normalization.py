@@ -26,7 +26,7 @@ class Normalization:
     low: float
     high: float
     method: str = "percentile"
-    """How `low` and `high` were chosen: ``"percentile"`` or ``"window"`` (informational)."""
+    """How `low` and `high` were chosen: ``"percentile"``, ``"window"`` or ``"minmax"`` (informational)."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.high <= self.low:
@@ -60,6 +60,17 @@ def window_normalization(center: float, width: float) -> Normalization:
             f"window width {width} must be positive; give the window as (center, width), e.g. (40, 400) for soft tissue"
         )
     return Normalization(center - width / 2.0, center + width / 2.0, method="window")
+
+
+def minmax_normalization(values: np.ndarray) -> Normalization:
+    """The exact minimum and maximum of `values` -> [-1, 1], nothing clipped (a SinGAN lesion crop)."""
+    values = np.asarray(values, dtype=np.float32)
+    if values.size == 0 or not np.isfinite(values).all():
+        raise InputError("the values hold NaN or infinite values (or none at all); choose a region of valid pixels")
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        raise InputError(f"the values are constant ({low}); choose a region that shows some contrast")
+    return Normalization(low, high, method="minmax")
 
 
 def percentile_normalization(arrays: Sequence[Any], lower: float = 0.5, upper: float = 99.5) -> Normalization:

@@ -12,6 +12,9 @@ non-tensor values, tensors referenced by name), ``tensors_sha256`` (of the tenso
 which catches truncation and bit rot) and ``extra`` (e.g. per-rank parameter digests of a
 distributed run).
 
+SinGAN lesion models are ordinary checkpoints of the ``singan`` recipe; the files of its former
+separate format (header key ``medsynth_singan``) are refused with a CheckpointError saying so.
+
 Files are written to a temporary name in the same folder and renamed into place, so a crash never
 leaves a half-written checkpoint under the final name. Reading parses the header as JSON and the
 tensors with safetensors; nothing in the file is ever executed.
@@ -30,8 +33,8 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 import medsynth
-from medsynth.data.normalization import Normalization
 from medsynth.atomic import write_bytes
+from medsynth.data.normalization import Normalization
 from medsynth.errors import CheckpointError, SettingsError
 from medsynth.training.recipe import get_recipe
 
@@ -39,6 +42,8 @@ FORMAT_VERSION = 1
 METADATA_KEY = "medsynth"
 SUFFIX = ".safetensors"
 _MAX_HEADER_BYTES = 100 * 2**20  # the safetensors limit
+LEGACY_SINGAN_KEY = "medsynth_singan"
+"""Header key of the SinGAN files of medsynth's former SinGAN loop: refused with a message saying so."""
 
 
 @dataclass
@@ -146,10 +151,17 @@ def _read_metadata(blob: bytes, path: Path) -> dict[str, Any]:
     if header_size > min(_MAX_HEADER_BYTES, len(blob) - 8):
         raise CheckpointError(f"{not_ours}: its header is missing or truncated")
     try:
-        header = json.loads(blob[8 : 8 + header_size])
-        meta = json.loads(header["__metadata__"][METADATA_KEY])
+        metadata = json.loads(blob[8 : 8 + header_size])["__metadata__"]
+        legacy = LEGACY_SINGAN_KEY in metadata
+        meta = None if legacy else json.loads(metadata[METADATA_KEY])
     except (UnicodeDecodeError, ValueError, KeyError, TypeError):
         raise CheckpointError(f"{not_ours}: its header holds no medsynth metadata") from None
+    if legacy:
+        raise CheckpointError(
+            f"{path} is a SinGAN lesion model in the format of medsynth before SinGAN became an engine recipe "
+            f"(header key {LEGACY_SINGAN_KEY!r}), which this medsynth no longer reads; train the SinGAN again on "
+            "its lesion crop (Lesions widget, or medsynth train --recipe singan)"
+        )
     if not isinstance(meta, dict):
         raise CheckpointError(f"{not_ours}: its metadata is malformed")
     return meta

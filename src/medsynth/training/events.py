@@ -34,6 +34,8 @@ class Progress:
     learning_rates: dict[str, float]
     images_per_s: float
     eta_s: float
+    phase: str = ""
+    """The recipe's training phase of the latest step (e.g. SinGAN's ``"scale 3/7"``); empty for one-phase recipes."""
 
 
 @dataclass(frozen=True)

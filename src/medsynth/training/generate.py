@@ -34,6 +34,10 @@ def generate(checkpoint: Path | str | Checkpoint, n: int, seed: int = 0, device:
     spacing ``(1.0, sy, sx)`` where ``(sy, sx)`` is the training data's in-plane spacing rescaled to
     the training resolution, the training data's modality and units, and synthetic provenance. The
     same checkpoint and seed give the same images.
+
+    Of a ``singan`` checkpoint these are lesions at the crop's size and spacing, fresh noise at every
+    scale; their footprint masks, the variability (`start_scale`) and the size factor come from
+    `medsynth.lesions.singan_training.sample_lesions` on `load_singan` of the same file.
     """
     if n < 1:
         raise InputError(f"number of images {n} must be at least 1")
@@ -44,7 +48,7 @@ def generate(checkpoint: Path | str | Checkpoint, n: int, seed: int = 0, device:
         raise InputError(f"recipe {recipe.name!r} generates sequences; generate() makes 2D images only")
     images = recipe.sample(n, torch.Generator().manual_seed(seed))
     array = checkpoint.normalization.invert(images[:, 0].numpy())
-    row, col = checkpoint.data["pixel_spacing"]
+    row, col = checkpoint.data.get("pixel_spacing", (1.0, 1.0))
     return MedImage(
         array=array,
         axes="zyx",

@@ -6,13 +6,25 @@ seeding, EMA timing, checkpoints, distribution). A recipe subclass declares:
 
 - ``name``, ``description`` (one line), ``data_kind`` (``"image2d"``, ``"sequence"``, ``"patch"``,
   ``"paired"``: ``(2, H, W)`` items of an image and its target map, see `medsynth.data.paired`, or
-  ``"lesion"``: one lesion crop and its mask)
+  ``"lesion"``: the one ``(2, h, w)`` crop of a lesion and its mask, see
+  `medsynth.data.datasets.LesionCropDataset`; such recipes have a ``margin`` setting)
   and ``settings_cls``, a dataclass declared with `medsynth.settings.setting` that has at least
-  ``resolution`` (training side length) and ``batch_size``;
+  ``resolution`` (training side length) and ``batch_size`` (or overrides those two properties);
 - ``build(settings, device)``, which creates ``self.models``, ``self.optimizers`` and ``self.ema``;
 - ``train_step(batch, step)``, one generator update written out plainly per phase, returning every
   loss term by name;
 - ``sample(n, generator)``, images from the EMA generator.
+
+Optional hooks for recipes whose models follow from the data or change during training (SinGAN):
+
+- ``prepare(dataset)`` is called with the training dataset before ``build`` (not when a checkpoint
+  is only loaded for sampling, so ``build`` must also work without it);
+- ``steps_from_data = True`` with ``total_steps()`` (called after ``build``): the run's length comes
+  from the data (SinGAN: scales x iterations) and ``TrainConfig.steps`` is ignored;
+- ``phase(step)``: a label of the phase that step `step` (0-based) belongs to, e.g. ``"scale 3/7"``,
+  shown in `medsynth.training.events.Progress.phase`. A recipe may replace ``self.models`` and
+  ``self.optimizers`` inside ``train_step`` at a phase boundary; its ``state_dict`` must then hold
+  everything ``load_state_dict`` needs to rebuild them, so that a resumed run continues mid-phase.
 
 Recipes register with `register_recipe`. Every module of the package `medsynth.training.recipes` is
 imported on first use of the registry, so adding a recipe is adding one module there.
@@ -62,6 +74,8 @@ class Recipe(ABC):
     settings_cls: ClassVar[type]
     batches_per_step: int = 1
     """Real batches one `train_step` consumes (e.g. WGAN-GP's critic steps); the trainer passes them stacked."""
+    steps_from_data: ClassVar[bool] = False
+    """True when `total_steps` sets the run's length from the data and ``TrainConfig.steps`` is ignored."""
 
     def __init__(self) -> None:
         self.settings: Any = None
@@ -70,6 +84,17 @@ class Recipe(ABC):
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.ema: EMA | None = None
         self._training_views: dict[str, nn.Module] = {}
+
+    def prepare(self, dataset: Any) -> None:
+        """See the training dataset before `build` (its items, e.g. ``dataset[0]``); nothing by default."""
+
+    def total_steps(self) -> int:
+        """Steps of the whole run, after `build`, for recipes with `steps_from_data`."""
+        raise NotImplementedError(f"recipe {self.name!r} takes its number of steps from the configuration")
+
+    def phase(self, step: int) -> str:
+        """Label of the training phase of 0-based step `step` (e.g. ``"scale 3/7"``); empty for one-phase recipes."""
+        return ""
 
     @abstractmethod
     def build(self, settings: Any, device: torch.device) -> None:
@@ -81,7 +106,10 @@ class Recipe(ABC):
 
     @abstractmethod
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """``(n, 1, H, W)`` images in [-1, 1] from the EMA generator; latents drawn on CPU from `generator`."""
+        """``(n, C, H, W)`` images in [-1, 1] from the EMA generator; latents drawn on CPU from `generator`.
+
+        Channel 0 is the image (``C`` is 1 except for recipes that generate a mask with it, as SinGAN does).
+        """
 
     @property
     def resolution(self) -> int:

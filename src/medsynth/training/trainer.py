@@ -4,6 +4,11 @@
 of `medsynth.training.events`; the loop knows nothing about who watches it. Each step is seeded from
 (seed, rank, step), and the batch of a step depends only on the step number, so a run on CPU is
 reproducible and a resumed run continues exactly as an uninterrupted one would.
+
+Recipes of data kind ``"lesion"`` (SinGAN) train on one ``(image, mask)`` pair: the dataset is the
+lesion crop (`medsynth.data.datasets.LesionCropDataset`), normalised by its own minimum and maximum
+whatever ``config.normalization`` says, never augmented (``augment=True`` is refused). Recipes with
+``steps_from_data`` set the run's length themselves and ``config.steps`` is ignored.
 """
 
 from __future__ import annotations
@@ -18,10 +23,17 @@ import numpy as np
 import torch
 
 from medsynth.data.augment import augment_batch
-from medsynth.data.datasets import ClipDataset, PatchDataset, SliceDataset, StepSampler, as_medimage
+from medsynth.data.datasets import (
+    ClipDataset,
+    LesionCropDataset,
+    PatchDataset,
+    SliceDataset,
+    StepSampler,
+    as_medimage,
+)
 from medsynth.data.normalization import Normalization, percentile_normalization, window_normalization
 from medsynth.data.paired import PairedSliceDataset, split_pairs
-from medsynth.errors import CheckpointError, SettingsError, TrainingError
+from medsynth.errors import CheckpointError, InputError, SettingsError, TrainingError
 from medsynth.io.image import MedImage
 from medsynth.settings import parse, to_dict
 from medsynth.training import distributed
@@ -30,7 +42,7 @@ from medsynth.training.config import TrainConfig
 from medsynth.training.control import TrainControl
 from medsynth.training.device import autocast, select_device
 from medsynth.training.events import CheckpointSaved, Event, Finished, Paused, Progress, Resumed, Samples, Started
-from medsynth.training.recipe import Recipe, get_recipe
+from medsynth.training.recipe import TARGET_DATA_KINDS, Recipe, get_recipe
 
 SMALL_DATA = 5000
 """Datasets with fewer items than this are augmented unless the config says otherwise."""
@@ -50,7 +62,11 @@ def check_config(config: TrainConfig) -> tuple[type[Recipe], Any, Checkpoint | N
             f"checkpoint {config.resume} was trained with recipe {resume.recipe!r}, not {config.recipe!r}; "
             f"resume it with --recipe {resume.recipe}"
         )
-    if resume is not None and resume.step >= config.steps:
+    if recipe_cls.data_kind == "lesion" and config.augment:
+        raise SettingsError(
+            f"recipe {config.recipe!r} trains on one lesion crop as it is and cannot augment it; drop augment=True"
+        )
+    if resume is not None and not recipe_cls.steps_from_data and resume.step >= config.steps:
         raise SettingsError(
             f"checkpoint {config.resume} is already at step {resume.step}; ask for more steps than that to resume"
         )
@@ -61,8 +77,9 @@ def check_config(config: TrainConfig) -> tuple[type[Recipe], Any, Checkpoint | N
 def train(config: TrainConfig, data: Sequence[MedImage | Any], control: TrainControl | None = None) -> Iterator[Event]:
     """Train `config.recipe` on `data` (MedImages or arrays), yielding events; see the module docstring.
 
-    Recipes whose ``data_kind`` is ``"paired"`` take ``(image, target)`` pairs instead, the target
-    (MedImage or array) on the image's grid.
+    Recipes whose ``data_kind`` is in `TARGET_DATA_KINDS` (``"paired"``, ``"lesion"``) take
+    ``(image, target)`` pairs instead, the target (MedImage or array) on the image's grid; ``"lesion"``
+    takes exactly one pair, a lesion and its mask.
 
     Stop and pause requests of `control` are honoured before the next step; stopping writes a
     checkpoint. `Finished` is always the last event of a run that did not raise.
@@ -90,17 +107,28 @@ def _run(
     device: torch.device,
 ) -> Iterator[Event]:
     targets = None
-    if recipe_cls.data_kind == "paired":
+    if recipe_cls.data_kind in TARGET_DATA_KINDS:
         data, targets = split_pairs(data)
     images = [as_medimage(item, name=f"image {k}") for k, item in enumerate(data)]
-    normalization = resume.normalization if resume is not None else _fit_normalization(config, images)
-    dataset = _make_dataset(recipe_cls, settings, images, normalization, config, targets)
-    augment = config.augment if config.augment is not None else len(dataset) < SMALL_DATA
+    if recipe_cls.data_kind == "lesion":
+        dataset = _lesion_dataset(config, settings, images, targets or [], resume)
+        normalization, augment = dataset.normalization, False
+    else:
+        normalization = resume.normalization if resume is not None else _fit_normalization(config, images)
+        dataset = _make_dataset(recipe_cls, settings, images, normalization, config, targets)
+        augment = config.augment if config.augment is not None else len(dataset) < SMALL_DATA
     data_description = dataset.describe()
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     recipe = recipe_cls()
+    recipe.prepare(dataset)
     recipe.build(settings, device)
+    total = recipe.total_steps() if recipe.steps_from_data else config.steps
+    if resume is not None and resume.step >= total:
+        raise SettingsError(
+            f"checkpoint {config.resume} is at step {resume.step}, the end of recipe {recipe.name!r}'s {total}-step "
+            "schedule for this data; nothing is left to train"
+        )
     start = 0
     if resume is not None:
         try:
@@ -120,11 +148,11 @@ def _run(
     def save(step: int) -> Path | None:
         return _save(recipe, config, settings, normalization, data_description, step, context)
 
-    yield Started(recipe.name, config.steps, start, str(device), context.world_size)
+    yield Started(recipe.name, total, start, str(device), context.world_size)
     step, reason, losses = start, "completed", {}
     window: dict[str, list[float]] = {}
     window_start, window_steps = time.perf_counter(), 0
-    while step < config.steps:
+    while step < total:
         if distributed.any_rank(control.stop_requested, context, device):
             reason = "stopped"
             break
@@ -139,22 +167,23 @@ def _run(
         window_steps += 1
         for name, value in losses.items():
             window.setdefault(name, []).append(value)
-        if step % config.log_every == 0 or step == config.steps:
+        if step % config.log_every == 0 or step == total:
             elapsed = time.perf_counter() - window_start
             images = window_steps * recipe.batch_size * recipe.batches_per_step * context.world_size
             if context.is_main:
                 yield Progress(
                     step=step,
-                    total_steps=config.steps,
+                    total_steps=total,
                     losses={name: float(np.mean(values)) for name, values in window.items()},
                     learning_rates=recipe.learning_rates(),
                     images_per_s=images / elapsed if elapsed > 0 else 0.0,
-                    eta_s=(config.steps - step) * elapsed / window_steps,
+                    eta_s=(total - step) * elapsed / window_steps,
+                    phase=recipe.phase(step - 1),
                 )
             window, window_start, window_steps = {}, time.perf_counter(), 0
         if context.is_main and config.sample_every and step % config.sample_every == 0:
             yield _samples(recipe, normalization, dataset.pixel_spacing, config, step)
-        if step % config.checkpoint_every == 0 and step < config.steps:
+        if step % config.checkpoint_every == 0 and step < total:
             path = save(step)
             if path is not None:
                 yield CheckpointSaved(step, path)
@@ -240,6 +269,27 @@ def _fit_normalization(config: TrainConfig, images: list[MedImage]) -> Normaliza
     if config.normalization == "window":
         return window_normalization(*config.window)
     return percentile_normalization([image.array for image in images], *config.percentiles)
+
+
+def _lesion_dataset(
+    config: TrainConfig, settings: Any, images: list[MedImage], masks: list[Any], resume: Checkpoint | None
+) -> LesionCropDataset:
+    """The one lesion crop of a ``"lesion"`` recipe; a resumed run must see the crop its checkpoint saw."""
+    if len(images) != 1:
+        raise InputError(
+            f"recipe {config.recipe!r} trains on one lesion crop, but {len(images)} (image, mask) pairs were given; "
+            "give exactly one"
+        )
+    normalization = resume.normalization if resume is not None else None
+    dataset = LesionCropDataset(
+        images[0], masks[0], normalization, slice_axis=config.slice_axis, margin=settings.margin
+    )
+    if resume is not None and resume.data.get("content_sha256") != dataset.content_hash:
+        raise CheckpointError(
+            f"checkpoint {config.resume} was trained on another lesion crop; resume it with the same image, mask, "
+            "slice axis and margin"
+        )
+    return dataset
 
 
 def _make_dataset(
