@@ -351,8 +351,9 @@ class LesionWidget(QWidget):
         elif isinstance(event, Progress):
             if self.progress is not None:
                 self.progress.update(event.step - self.progress.n)
-            scale = int(event.losses.get("scale", 0))
-            self.model_status.value = f"step {event.step}/{event.total_steps} (scale {scale}), rec {event.losses.get('rec', 0):.3g}"
+            self.model_status.value = (
+                f"step {event.step}/{event.total_steps} ({event.phase}), rec {event.losses.get('rec', 0):.3g}"
+            )
         elif isinstance(event, Samples):
             self.model_status.value = f"scale done at step {event.step}"
         elif isinstance(event, Finished):

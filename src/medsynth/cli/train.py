@@ -330,7 +330,8 @@ class Reporter:
         losses = " ".join(f"{name}={value:.4g}" for name, value in event.losses.items())
         seconds = int(event.eta_s)
         eta = f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-        text = f"step {event.step}/{event.total_steps} {losses} {event.images_per_s:.1f} img/s ETA {eta}"
+        phase = f" {event.phase}" if event.phase else ""
+        text = f"step {event.step}/{event.total_steps}{phase} {losses} {event.images_per_s:.1f} img/s ETA {eta}"
         if self.tty:
             width = 24
             done = int(width * event.step / max(1, event.total_steps))

@@ -61,6 +61,24 @@ def as_medimage(data: MedImage | Any, name: str = "array") -> MedImage:
     return MedImage(array=data, axes=axes, spacing=(1.0,) * len(axes.replace("t", "")), name=name)
 
 
+def target_on_grid(image: MedImage, target: MedImage | Any, name: str) -> MedImage:
+    """`target` (a label map or mask) as a MedImage on `image`'s grid; InputError naming the mismatch otherwise."""
+    given_as_image = isinstance(target, MedImage)
+    target = as_medimage(target, name=name)
+    if tuple(target.array.shape) != tuple(image.array.shape):
+        raise InputError(
+            f"{name} {target.name!r} has shape {tuple(target.array.shape)} but image {image.name!r} has shape "
+            f"{tuple(image.array.shape)}; it must lie on its image's grid: resample it onto the image "
+            "(or paint it on a Labels layer of that image)"
+        )
+    if given_as_image and not np.allclose(target.spacing, image.spacing, rtol=1e-3):
+        raise InputError(
+            f"{name} {target.name!r} has spacing {target.spacing} but image {image.name!r} has {image.spacing}; "
+            "it must lie on its image's grid: resample it onto the image"
+        )
+    return target
+
+
 def fit_square(x: torch.Tensor, size: int) -> torch.Tensor:
     """Pad normalised ``(C, H, W)`` to a centred square with -1 (background), resize to ``(C, size, size)``.
 
@@ -311,18 +329,13 @@ class LesionCropDataset:
         margin: int = -1,
     ) -> None:
         self.image = as_medimage(image, name="lesion image")
-        target = as_medimage(mask, name="lesion mask")
         _check_grey(self.image)
         if self.image.has_time:
             raise InputError(
                 f"image {self.image.name!r} (axes {self.image.axes!r}) has a time axis; a lesion crop comes from a "
                 "2D image or one slice of a volume"
             )
-        if tuple(target.array.shape) != tuple(self.image.array.shape):
-            raise InputError(
-                f"lesion mask {target.name!r} has shape {tuple(target.array.shape)} but image {self.image.name!r} has "
-                f"shape {tuple(self.image.array.shape)}; the mask must lie on its image's grid: resample it onto the image"
-            )
+        target = target_on_grid(self.image, mask, "lesion mask")
         _check_slice_axis(self.image, slice_axis)
         self.slice_axis = slice_axis
         lesion = np.asarray(target.array) != 0

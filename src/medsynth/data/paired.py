@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medsynth.data.datasets import SliceDataset, as_medimage
+from medsynth.data.datasets import SliceDataset, as_medimage, target_on_grid
 from medsynth.data.normalization import Normalization
 from medsynth.errors import InputError
 from medsynth.io.image import MedImage
@@ -68,7 +68,9 @@ class PairedSliceDataset(SliceDataset):
                 f"{len(images)} image(s) but {len(targets)} target(s); give exactly one target map per image"
             )
         named = [as_medimage(image, name=f"image {k}") for k, image in enumerate(images)]
-        self.targets = [_checked_target(image, target, k) for k, (image, target) in enumerate(zip(named, targets))]
+        self.targets = [
+            target_on_grid(image, target, f"target {k}") for k, (image, target) in enumerate(zip(named, targets))
+        ]
         super().__init__(named, normalization, size, **options)
 
     def __getitem__(self, i: int) -> torch.Tensor:
@@ -80,21 +82,3 @@ class PairedSliceDataset(SliceDataset):
                 fit_square_nearest(torch.from_numpy(target)[None], self.size),
             ]
         )
-
-
-def _checked_target(image: MedImage, target: MedImage | Any, k: int) -> MedImage:
-    """`target` as a MedImage on `image`'s grid; InputError naming the mismatch otherwise."""
-    given_as_image = isinstance(target, MedImage)
-    target = as_medimage(target, name=f"target {k}")
-    if tuple(target.array.shape) != tuple(image.array.shape):
-        raise InputError(
-            f"target {target.name!r} has shape {tuple(target.array.shape)} but image {image.name!r} has shape "
-            f"{tuple(image.array.shape)}; a target must lie on its image's grid: resample it onto the image "
-            "(or paint it on a Labels layer of that image)"
-        )
-    if given_as_image and not np.allclose(target.spacing, image.spacing, rtol=1e-3):
-        raise InputError(
-            f"target {target.name!r} has spacing {target.spacing} but image {image.name!r} has {image.spacing}; "
-            "a target must lie on its image's grid: resample it onto the image"
-        )
-    return target
