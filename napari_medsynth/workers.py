@@ -1,10 +1,14 @@
-"""Running a core event generator (the trainer) off the GUI thread, and the state of that run.
+"""Relaying a core event generator (the trainer) off the GUI thread, and the state of that run.
 
-`TrainingWorker` runs ``make_events(control)`` in a napari thread worker. Each event reaches the GUI
-thread through the worker's ``yielded`` signal; the worker never touches layers or widgets. Stopping
-always goes through the trainer's `TrainControl`, so a stop, napari's "cancel all" on closing the
-window, or napari waiting for workers when the application quits all let the trainer write its
-checkpoint and finish instead of abandoning it mid-step.
+`TrainingWorker` runs ``make_events(control)`` in a napari thread worker. The Train widget's
+generator is `medsynth.training.process.train_in_process`: the trainer runs in a child process and
+this thread only waits for its events (a wait that releases the GIL), so the trainer's Python code
+never competes with the GUI thread. `control` is a `TrainControl.shared` one, so pause, resume and
+stop reach the child. Each event reaches the GUI thread through the worker's ``yielded`` signal;
+the worker never touches layers or widgets. Stopping always goes through the trainer's
+`TrainControl`, so a stop, napari's "cancel all" on closing the window, or napari waiting for
+workers when the application quits all let the trainer write its checkpoint and finish instead of
+abandoning it mid-step.
 
 `TrainingRun` is the one place that knows whether training is idle, running, paused or stopping;
 buttons observe its ``state_changed`` signal.
@@ -24,7 +28,7 @@ from psygnal import Signal
 from medsynth.training.control import TrainControl
 
 EventSource = Callable[[TrainControl], Iterator[Any]]
-"""Called in the worker thread with the run's control; returns the trainer's event generator."""
+"""Called in the worker thread with the run's (process-shared) control; returns the trainer's event generator."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ class TrainingWorker(GeneratorWorker):
     """A napari generator worker whose quit request asks the trainer to stop (with a checkpoint)."""
 
     def __init__(self, make_events: EventSource) -> None:
-        self.control = TrainControl()
+        self.control = TrainControl.shared()
         self.done = threading.Event()
         super().__init__(_relay, make_events, self.control, self.done)
 
@@ -69,8 +73,9 @@ def warm_up_torch() -> None:
     """Pay, on the GUI thread and once, the imports that torch defers to the first optimizer.
 
     Creating a torch optimizer first imports ``torch._dynamo`` (seconds of imports that hold the GIL
-    for stretches of half a second). Done by the trainer in the worker thread, it froze the viewer
-    that long several times after Start; done here, it is part of opening the widget.
+    for stretches of half a second). Training now pays it in its own process, but Generate builds
+    its recipe (optimizers included) in a worker thread of this process, where it froze the viewer
+    that long; done here, it is part of opening the widget.
     """
     import torch
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from medsynth.errors import TrainingError
 from medsynth.training.checkpoint import load_checkpoint
 from medsynth.training.config import TrainConfig
 from medsynth.training.events import Progress
+from medsynth.training.recipe import list_recipes
 from medsynth.training.trainer import train
 from napari_medsynth.layers import SYNTHETIC_SUFFIX, to_layer_data
 from napari_medsynth.widgets.train import TrainWidget, layer_image
@@ -63,20 +65,31 @@ def open_widget(make_napari_viewer, layer_data, tmp_path: Path, **options) -> tu
     return viewer, widget, layer
 
 
+def shown(widget) -> bool:
+    """Whether the widget shows once its window does (the test viewer's window stays hidden)."""
+    return not widget.native.isHidden()
+
+
 def checkpoints(folder: Path) -> list[Path]:
     return sorted(folder.glob("checkpoint-*.safetensors"))
 
 
 @pytest.mark.slow
-def test_start_shows_progress_losses_and_preview_then_stop_writes_checkpoint(make_napari_viewer, qtbot, tmp_path, ct_layer_data):
+def test_start_shows_progress_losses_and_preview_pause_holds_it_then_stop_writes_checkpoint(
+    make_napari_viewer, qtbot, tmp_path, ct_layer_data
+):
     viewer, widget, source = open_widget(make_napari_viewer, ct_layer_data, tmp_path)
     widget.start_button.native.click()
     assert widget.run.state is RunState.RUNNING
     assert not widget.start_button.enabled and widget.stop_button.enabled
-    assert widget.run.worker is not None and widget.run.worker.control is not None
+    assert widget.run.worker is not None and widget.run.worker.control.is_shared
+    # the trainer runs in a child process; this process only relays its events
+    qtbot.waitUntil(lambda: len(multiprocessing.active_children()) == 1, timeout=WAIT_MS)
 
     qtbot.waitUntil(lambda: widget.preview_layer is not None and len(widget.loss_plot.series.get("g_loss", ([],))[0]) >= 2, timeout=WAIT_MS)
-    assert widget.progress is not None and widget.progress.total == 10_000 and widget.progress.n >= 2
+    qtbot.waitUntil(lambda: widget.progress.value() >= 2, timeout=WAIT_MS)  # refreshed with the loss plot
+    assert widget.progress.maximum() == 10_000
+    assert "step" in widget.progress.text() and "left" in widget.progress.text()
     assert {"d_loss", "g_loss", "d_loss_real", "d_loss_fake"} <= set(widget.loss_plot.series)
 
     preview = widget.preview_layer
@@ -91,38 +104,31 @@ def test_start_shows_progress_losses_and_preview_then_stop_writes_checkpoint(mak
     qtbot.waitUntil(lambda: not np.array_equal(widget.preview_layer.data, first_data), timeout=WAIT_MS)
     assert widget.preview_layer is preview and len(viewer.layers) == n_layers  # updated in place
 
-    widget.stop_button.native.click()
-    assert widget.run.state is RunState.STOPPING
-    qtbot.waitUntil(lambda: widget.run.state is RunState.IDLE, timeout=WAIT_MS)
-    assert widget.progress is None and widget.start_button.enabled
-    saved = checkpoints(tmp_path / "run")
-    assert saved and widget.checkpoint_path == saved[-1]
-    checkpoint = load_checkpoint(saved[-1])
-    assert checkpoint.step >= 4 and widget.status.value == f"stopped at step {checkpoint.step}"
-    # previews are in data units (HU, inside the training intensity range), not the network's [-1, 1]
-    low, high = checkpoint.normalization.low, checkpoint.normalization.high
-    assert low - 1e-3 <= preview.data.min() and preview.data.max() <= high + 1e-3
-    assert np.abs(preview.data).max() > 1.0
-
-
-@pytest.mark.slow
-def test_pause_holds_training_and_resume_continues(make_napari_viewer, qtbot, tmp_path, ct_layer_data):
-    _, widget, _ = open_widget(make_napari_viewer, ct_layer_data, tmp_path, sample_every=0)
-    widget.start()
-    qtbot.waitUntil(lambda: len(widget.loss_plot.series.get("g_loss", ([],))[0]) >= 2, timeout=WAIT_MS)
-
+    # pause and resume reach the training process
     widget.pause_button.native.click()
     assert widget.run.state is RunState.PAUSED and widget.pause_button.text == "Resume"
     qtbot.waitUntil(lambda: widget.status.value.startswith("paused at step"), timeout=WAIT_MS)
     held = len(widget.loss_plot.series["g_loss"][0])
     qtbot.wait(600)
     assert len(widget.loss_plot.series["g_loss"][0]) == held
-
     widget.pause_button.native.click()
     assert widget.run.state is RunState.RUNNING and widget.pause_button.text == "Pause"
     qtbot.waitUntil(lambda: len(widget.loss_plot.series["g_loss"][0]) >= held + 2, timeout=WAIT_MS)
-    widget.run.stop()
+
+    widget.stop_button.native.click()
+    assert widget.run.state is RunState.STOPPING
     qtbot.waitUntil(lambda: widget.run.state is RunState.IDLE, timeout=WAIT_MS)
+    assert widget.start_button.enabled
+    assert not multiprocessing.active_children()
+    saved = checkpoints(tmp_path / "run")
+    assert saved and widget.checkpoint_path == saved[-1]
+    checkpoint = load_checkpoint(saved[-1])
+    assert checkpoint.step >= 4 and widget.status.value == f"stopped at step {checkpoint.step}"
+    assert widget.progress.value() <= checkpoint.step  # the bar keeps the last step reported
+    # previews are in data units (HU, inside the training intensity range), not the network's [-1, 1]
+    low, high = checkpoint.normalization.low, checkpoint.normalization.high
+    assert low - 1e-3 <= preview.data.min() and preview.data.max() <= high + 1e-3
+    assert np.abs(preview.data).max() > 1.0
 
 
 def test_bad_settings_or_no_data_are_a_notification_and_start_nothing(make_napari_viewer, tmp_path, ct_layer_data, notifications):
@@ -227,6 +233,7 @@ def test_closing_the_widget_while_training_stops_it_with_a_checkpoint(make_napar
     viewer.window.remove_dock_widget(widget)
     # removing returns only once the trainer has stopped and written its checkpoint
     assert widget.run.state is RunState.IDLE and widget.run.worker is None
+    assert not multiprocessing.active_children()
     saved = checkpoints(tmp_path / "run")
     assert len(saved) == 1 and load_checkpoint(saved[0]).step >= 1
 
@@ -239,6 +246,7 @@ def test_closing_the_viewer_while_training_stops_it_with_a_checkpoint(make_napar
     started = time.perf_counter()
     viewer.close()
     assert widget.run.worker is None and time.perf_counter() - started < 60
+    assert not multiprocessing.active_children()
     assert len(checkpoints(tmp_path / "run")) == 1
 
 
@@ -254,10 +262,77 @@ def test_layers_reach_the_trainer_as_their_own_lazy_arrays(make_napari_viewer):
     assert [name for name, _ in widget._layer_choices(None)] == [layer.name]
 
 
-def test_recipe_list_offers_what_layers_can_train_starting_with_the_dcgan_baseline(make_napari_viewer):
+def test_recipe_list_offers_every_recipe_starting_with_the_dcgan_baseline(make_napari_viewer):
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-medsynth", "Train")
     choices = set(widget.recipe.choices)
     assert widget.recipe.value == "dcgan"
-    assert {"dcgan", "wgan-gp", "hrgan-dtcr"} <= choices
-    assert not {"danger-unet", "lesion-heatmap"} & choices  # they need a target per image
+    assert {"dcgan", "wgan-gp", "hrgan-dtcr", "danger-unet", "lesion-heatmap"} <= choices
+    assert {info.name for info in list_recipes()} == choices
+    # the target picker is there only for recipes trained on (image, target) pairs
+    assert shown(widget.data["target"]) is False
+    for name in ("danger-unet", "lesion-heatmap", "dcgan"):
+        widget.recipe.value = name
+        assert shown(widget.data["target"]) is (name != "dcgan")
+
+
+def test_normalisation_control_becomes_the_configs_percentiles_or_window(
+    make_napari_viewer, tmp_path, ct_layer_data, notifications
+):
+    _, widget, _ = open_widget(make_napari_viewer, ct_layer_data, tmp_path)
+    form = widget.normalization
+    assert form["normalization"].value == "percentile"
+    assert shown(form["percentile_low"]) and not shown(form["window_center"])
+    form["percentile_low"].value = "1"
+    form["percentile_high"].value = "99"
+    config = widget._config()
+    assert (config.normalization, config.percentiles, config.window) == ("percentile", (1.0, 99.0), None)
+
+    form["normalization"].value = "window"
+    assert shown(form["window_width"]) and not shown(form["percentile_high"])
+    form["window_center"].value = "-600"
+    form["window_width"].value = "1500"
+    config = widget._config()
+    assert (config.normalization, config.window) == ("window", (-600.0, 1500.0))
+
+    form["window_width"].value = "0"
+    widget.start()
+    assert widget.run.worker is None
+    assert len(notifications) == 1 and "SettingsError" in notifications[0] and "window_width" in notifications[0]
+    form["window_width"].value = "1500"
+    form["normalization"].value = "percentile"
+    form["percentile_low"].value = "99.9"
+    widget.start()
+    assert widget.run.worker is None
+    assert len(notifications) == 2 and "percentiles=(99.9, 99.0)" in notifications[1]
+    assert not (tmp_path / "run").exists()
+
+
+PAIRED_TINY = {"resolution": 32, "batch_size": 2, "width": 4, "depth": 1}
+
+
+@pytest.mark.slow
+def test_a_paired_recipe_trains_on_an_image_layer_with_its_labels_layer(
+    make_napari_viewer, qtbot, tmp_path, ct_layer_data, notifications
+):
+    viewer, widget, image_layer = open_widget(make_napari_viewer, ct_layer_data, tmp_path, steps=3, sample_every=0)
+    widget.recipe.value = "danger-unet"
+    widget.settings.set_values(PAIRED_TINY)
+    widget.normalization["normalization"].value = "window"  # the CT slice is in HU: a soft-tissue window
+    widget.start()
+    assert widget.run.worker is None
+    assert len(notifications) == 1 and "no target layer" in notifications[0] and "Labels" in notifications[0]
+
+    body = (np.asarray(image_layer.data) > -500).astype(np.uint8)  # the patient, not the air around
+    viewer.add_labels(body, name="body", scale=image_layer.scale)
+    widget.reset_choices()
+    assert widget.data["target"].value is viewer.layers["body"]
+    widget.start_button.native.click()
+    assert widget.run.state is RunState.RUNNING
+    qtbot.waitUntil(lambda: widget.run.state is RunState.IDLE, timeout=WAIT_MS)
+    assert len(notifications) == 1, notifications
+    assert widget.status.value == "completed at step 3"
+    assert widget.loss_plot.series["bce"][0] == [1.0, 2.0, 3.0]
+    checkpoint = load_checkpoint(widget.checkpoint_path)
+    assert checkpoint.recipe == "danger-unet" and checkpoint.step == 3
+    assert (checkpoint.normalization.low, checkpoint.normalization.high) == (-160.0, 240.0)

@@ -1,23 +1,29 @@
-"""The Train dock widget: pick image layers and a recipe, train in a worker, watch losses and samples.
+"""The Train dock widget: pick image layers and a recipe, train in a child process, watch losses and samples.
 
-The widget is thin. Widget values become a `TrainConfig` in `_config()` only; the worker receives
-that config and the layers' lazy arrays, never the widgets. Events from the trainer arrive in
-`_on_event` on the GUI thread, the only place that touches layers, the plot and the progress bar.
+The widget is thin. Widget values become a `TrainConfig` in `_config()` only; the trainer receives
+that config and the layers' arrays, never the widgets. Training runs in a child process
+(`medsynth.training.process.train_in_process`), so its Python code never holds the viewer's GIL;
+the layers' data is pickled to the child once, at Start. A thread worker relays the child's events
+to `_on_event` on the GUI thread, the only place that touches layers, the plot and the progress bar.
 Whether training is idle, running, paused or stopping lives in `TrainingRun`, which the buttons
 observe. Closing the widget or the viewer stops training and waits for its checkpoint.
+
+Recipes of the data kinds in `TARGET_DATA_KINDS` train on an image with its target map: the widget
+then shows a Labels-layer picker and hands the trainer an ``(image, target)`` pair.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Select, SpinBox
-from napari.layers import Image, Layer
-from napari.utils import progress
+from napari.layers import Image, Labels, Layer
 from qtpy.QtCore import QEvent, QObject, QTimer
-from qtpy.QtWidgets import QFileDialog, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFileDialog, QProgressBar, QVBoxLayout, QWidget
 from superqt.utils import FunctionWorker
 
 import medsynth
@@ -25,11 +31,12 @@ from medsynth.errors import InputError, MedsynthError
 from medsynth.io.image import MedImage, SyntheticProvenance
 from medsynth.settings import setting
 from medsynth.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from medsynth.training.config import TrainConfig
+from medsynth.training.config import NORMALIZATIONS, TrainConfig
 from medsynth.training.events import CheckpointSaved, Finished, Paused, Progress, Resumed, Samples, Started
 from medsynth.training.generate import generate
-from medsynth.training.recipe import list_recipes
-from medsynth.training.trainer import check_config, train
+from medsynth.training.process import train_in_process
+from medsynth.training.recipe import TARGET_DATA_KINDS, list_recipes
+from medsynth.training.trainer import check_config
 from napari_medsynth.layers import SYNTHETIC_SUFFIX, from_layer, to_layer_data
 from napari_medsynth.notify import report_error
 from napari_medsynth.widgets.plot import LinePlot
@@ -42,9 +49,16 @@ if TYPE_CHECKING:
 DEFAULT_RECIPE = "dcgan"
 SHUTDOWN_TIMEOUT_S = 120.0
 """How long closing waits for the trainer to finish its step and write the checkpoint."""
-PLOT_REDRAW_MS = 1000
-"""Loss points arriving within this time are drawn together: a matplotlib redraw costs the GUI thread
-tens of milliseconds (hundreds on a busy 2-core machine). The progress bar shows the step and ETA."""
+PROGRESS_REFRESH_MS = 3000
+"""Loss points and steps arriving within this time are shown together, in one redraw of the loss plot
+and the progress bar (step and ETA): a matplotlib redraw costs the GUI thread 60 to 120 ms on a busy
+2-core machine, and a progress bar repaints synchronously on each new value."""
+PREVIEW_REFRESH_MS = 3000
+"""At most one preview update per this time (the latest samples win): each update costs the GUI thread
+30 to 100 ms of layer refresh and repaint, and fast training sends samples several times a second."""
+TRAIN_THREADS = max(1, (os.cpu_count() or 2) - 1)
+"""Torch threads of the training process: one core stays with the viewer. On a busy 2-core machine one
+thread also trained about ten times faster than two (docs/benchmarks.md, "Responsiveness")."""
 
 
 def _config_default(name: str) -> Any:
@@ -63,6 +77,28 @@ class RunOptions:
     seed: int = setting(_config_default("seed"), "Random seed (the same seed repeats a CPU run)", min=0, max=2**31 - 1)
 
 
+@dataclass
+class NormalizationOptions:
+    """How intensities map to the networks' [-1, 1]; `TrainWidget._config` turns them into `TrainConfig` fields."""
+
+    normalization: str = setting(
+        _config_default("normalization"),
+        "Clip intensities at percentiles of the data, or at a fixed window in data units (CT in HU)",
+        choices=NORMALIZATIONS,
+    )
+    percentile_low: float = setting(_config_default("percentiles")[0], "Lower clipping percentile", min=0, max=100)
+    percentile_high: float = setting(_config_default("percentiles")[1], "Upper clipping percentile", min=0, max=100)
+    window_center: float = setting(40.0, "Window centre in data units (40 HU: soft tissue)")
+    window_width: float = setting(400.0, "Window width in data units (400 HU: soft tissue)", min=1e-6)
+
+
+NORMALIZATION_FIELDS = {
+    "percentile": ("percentile_low", "percentile_high"),
+    "window": ("window_center", "window_width"),
+}
+"""The fields each normalisation uses; the others are hidden."""
+
+
 def available_devices() -> list[str]:
     """``auto``, ``cpu`` and the accelerators torch can use here."""
     import torch
@@ -71,12 +107,12 @@ def available_devices() -> list[str]:
     return devices + (["mps"] if torch.backends.mps.is_available() else [])
 
 
-def layer_image(layer: Image) -> MedImage:
+def layer_image(layer: Image | Labels) -> MedImage:
     """A layer as a MedImage whose array is the layer's own (numpy, memmap or dask), not a copy."""
     data, attributes, _ = layer.as_layer_data_tuple()
     if layer.multiscale:
         data = data[0]
-    return from_layer(data, attributes)
+    return from_layer(data, attributes, is_label=True if isinstance(layer, Labels) else None)
 
 
 def preview_image(event: Samples, recipe: str, source: MedImage) -> MedImage:
@@ -105,15 +141,18 @@ class TrainWidget(QWidget):
         self.run = TrainingRun()
         self.preview_layer: Image | None = None
         self.checkpoint_path: Path | None = None
-        self.progress: progress | None = None
-        # Paired recipes (danger-unet, lesion-heatmap) need a target per image, which layers alone do not give.
-        self._recipes = {info.name: info for info in list_recipes() if info.data_kind != "paired"}
+        self._recipes = {info.name: info for info in list_recipes()}
         self._source: MedImage | None = None
         self._watched_window: QWidget | None = None
 
         self.data = Container(
             widgets=[
                 Select(name="layers", choices=self._layer_choices, tooltip="Image layers to train on"),
+                ComboBox(
+                    name="target",
+                    choices=self._target_choices,
+                    tooltip="Labels layer on the image's grid: the map this recipe learns to predict",
+                ),
             ],
             label="Data",
         )
@@ -122,14 +161,22 @@ class TrainWidget(QWidget):
         self.recipe_help = Label(value=self._recipes[self._recipe_name].description)
         self.settings = SettingsForm(self._recipes[self._recipe_name].settings_cls)
         self.options = SettingsForm(RunOptions)
+        self.normalization = SettingsForm(NormalizationOptions, label="Normalisation")
         self.device = ComboBox(name="device", choices=available_devices(), tooltip="Where to train")
         self.out_dir = FileEdit(name="output_folder", mode="d", value=Path.home() / "medsynth-runs")
-        self.setup = Container(widgets=[self.recipe, self.recipe_help, self.settings, self.options, self.device, self.out_dir])
+        setup = [self.recipe, self.recipe_help, self.settings, self.options, self.normalization, self.device, self.out_dir]
+        self.setup = Container(widgets=setup)
 
         self.start_button = PushButton(text="Start")
         self.pause_button = PushButton(text="Pause")
         self.stop_button = PushButton(text="Stop")
         self.status = Label(value="idle")
+        # The widget's own bar, not napari's `progress`: while one is open, napari's status bar plays
+        # an animated GIF whose repaints made the viewer's event loop late by 30 to 50 ms at every
+        # turn during training (docs/benchmarks.md, "Responsiveness").
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setFormat("no run yet")
         self.controls = Container(widgets=[self.start_button, self.pause_button, self.stop_button], layout="horizontal", labels=False)
         self.loss_plot = LinePlot(title="Losses", ylabel="loss")
 
@@ -154,16 +201,24 @@ class TrainWidget(QWidget):
         layout = QVBoxLayout(self)
         for part in (self.data, self.setup, self.controls, self.status):
             layout.addWidget(part.native)
+        layout.addWidget(self.progress)
         layout.addWidget(self.loss_plot)
         layout.addWidget(self.output.native)
         layout.addStretch()
 
+        self._latest_progress: Progress | None = None
         self._redraw_timer = QTimer(self)
         self._redraw_timer.setSingleShot(True)
-        self._redraw_timer.setInterval(PLOT_REDRAW_MS)
-        self._redraw_timer.timeout.connect(self.loss_plot.redraw)
+        self._redraw_timer.setInterval(PROGRESS_REFRESH_MS)
+        self._redraw_timer.timeout.connect(self._show_progress)
+        self._pending_samples: Samples | None = None
+        self._preview_timer = QTimer(self)
+        self._preview_timer.setSingleShot(True)
+        self._preview_timer.setInterval(PREVIEW_REFRESH_MS)
+        self._preview_timer.timeout.connect(self._show_pending_preview)
 
         self.recipe.changed.connect(self._show_recipe)
+        self.normalization["normalization"].changed.connect(self._show_normalization)
         self.start_button.clicked.connect(lambda: self.start())
         self.continue_button.clicked.connect(self.resume_from_checkpoint)
         self.pause_button.clicked.connect(self.toggle_pause)
@@ -173,6 +228,8 @@ class TrainWidget(QWidget):
         self.generate_button.clicked.connect(self.generate)
         self.run.state_changed.connect(self._show_state)
         self.generate_button.enabled = False
+        self._show_target_picker()
+        self._show_normalization(self.normalization["normalization"].value)
         self._show_state(self.run.state)
 
     # -- choices and forms ---------------------------------------------------------------------
@@ -189,8 +246,14 @@ class TrainWidget(QWidget):
             if isinstance(layer, Image) and not layer.rgb and SYNTHETIC_SUFFIX not in layer.name
         ]
 
+    def _target_choices(self, _widget: Any) -> list[tuple[str, Labels]]:
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Labels)]
+
+    def _needs_target(self) -> bool:
+        return self._recipes[self._recipe_name].data_kind in TARGET_DATA_KINDS
+
     def _show_recipe(self, name: str) -> None:
-        """Show `name`'s description and a fresh form of its settings."""
+        """Show `name`'s description, a fresh form of its settings and, for paired data, the target picker."""
         if name == self._recipe_name:
             return
         info = self._recipes[name]
@@ -200,6 +263,15 @@ class TrainWidget(QWidget):
         self.setup.insert(index, self.settings)
         self.recipe_help.value = info.description
         self._recipe_name = name
+        self._show_target_picker()
+
+    def _show_target_picker(self) -> None:
+        self.data["target"].visible = self._needs_target()
+
+    def _show_normalization(self, kind: str) -> None:
+        for used_by, names in NORMALIZATION_FIELDS.items():
+            for name in names:
+                self.normalization[name].visible = used_by == kind
 
     # -- starting and controlling a run --------------------------------------------------------
 
@@ -207,32 +279,52 @@ class TrainWidget(QWidget):
         """The run's frozen configuration from the widgets (SettingsError naming each bad value)."""
         if str(self.out_dir.value) in ("", "."):
             raise InputError("no output folder chosen: choose the folder where checkpoints are written")
+        normalization = self.normalization.values()
+        window = (normalization["window_center"], normalization["window_width"])
         return TrainConfig(
             recipe=self.recipe.value,
             out_dir=Path(self.out_dir.value),
             settings=self.settings.values(),
             device=self.device.value,
             resume=resume,
+            normalization=normalization["normalization"],
+            percentiles=(normalization["percentile_low"], normalization["percentile_high"]),
+            window=window if normalization["normalization"] == "window" else None,
             **self.options.values(),
         )
 
-    def _training_images(self) -> list[MedImage]:
+    def _training_data(self) -> list[MedImage] | list[tuple[MedImage, MedImage]]:
+        """The selected image layers, or for recipes trained on targets the one image paired with its Labels layer."""
         layers = self.data["layers"].value
         if not layers:
             raise InputError("no training data selected: select one or more image layers under Data")
-        return [layer_image(layer) for layer in layers]
+        images = [layer_image(layer) for layer in layers]
+        if not self._needs_target():
+            return images
+        target = self.data["target"].value
+        if target is None:
+            raise InputError(
+                f"recipe {self._recipe_name!r} trains on an image with its target map, and no target layer is "
+                "chosen: choose a Labels layer under Target (paint one on the image with napari's Labels tools)"
+            )
+        if len(images) != 1:
+            raise InputError(
+                f"recipe {self._recipe_name!r} trains on one image with its target layer, but {len(images)} image "
+                "layers are selected: select only the image that the target layer was painted on"
+            )
+        return [(images[0], layer_image(target))]
 
     def start(self, resume: Path | None = None) -> None:
-        """Validate the widgets' values, then train in a worker; problems appear as a notification."""
+        """Validate the widgets' values, then train in a child process; problems appear as a notification."""
         try:
             config = self._config(resume)
             check_config(config)
-            images = self._training_images()
+            data = self._training_data()
         except MedsynthError as exc:
             report_error(exc)
             return
-        self._source = images[0]
-        self.run.start(lambda control: train(config, images, control), self._on_event)
+        self._source = data[0][0] if isinstance(data[0], tuple) else data[0]
+        self.run.start(lambda control: train_in_process(config, data, control, threads=TRAIN_THREADS), self._on_event)
         self._watch_window(True)
 
     def resume_from_checkpoint(self) -> None:
@@ -258,9 +350,10 @@ class TrainWidget(QWidget):
         self.data.enabled = self.setup.enabled = idle
         if idle:
             self._watch_window(False)
-            self._close_progress()
             self._redraw_timer.stop()
-            self.loss_plot.redraw()
+            self._preview_timer.stop()
+            self._show_pending_preview()
+            self._show_progress()
         elif state is not RunState.RUNNING:
             self.status.value = f"{state.value}…"
 
@@ -272,7 +365,7 @@ class TrainWidget(QWidget):
         elif isinstance(event, Progress):
             self._on_progress(event)
         elif isinstance(event, Samples):
-            self._show_preview(event)
+            self._on_samples(event)
         elif isinstance(event, CheckpointSaved):
             self._set_checkpoint(event.path)
         elif isinstance(event, Paused):
@@ -286,18 +379,39 @@ class TrainWidget(QWidget):
             report_error(event.error)
 
     def _on_started(self, event: Started) -> None:
-        self._close_progress()
-        self.progress = progress(total=event.total_steps, initial=event.start_step, desc=f"Training {event.recipe}")
+        self._latest_progress = None
+        self.progress.setRange(0, event.total_steps)
+        self.progress.setValue(event.start_step)
+        self.progress.setFormat(f"{event.recipe}: step %v of %m")
         if event.start_step == 0:
             self.loss_plot.clear()
         self.status.value = f"running on {event.device} from step {event.start_step}"
 
     def _on_progress(self, event: Progress) -> None:
-        if self.progress is not None:
-            self.progress.update(event.step - self.progress.n)
+        self._latest_progress = event
         self.loss_plot.add_points(event.step, event.losses)
         if not self._redraw_timer.isActive():
             self._redraw_timer.start()
+
+    def _show_progress(self) -> None:
+        """Show the latest step on the progress bar and the loss points received since the last redraw."""
+        event = self._latest_progress
+        if event is not None:
+            self.progress.setValue(event.step)
+            self.progress.setFormat(f"step %v of %m, {timedelta(seconds=round(event.eta_s))} left")
+        self.loss_plot.redraw()
+
+    def _on_samples(self, event: Samples) -> None:
+        """Show samples now, or, within `PREVIEW_REFRESH_MS` of the last update, when that time is up."""
+        self._pending_samples = event
+        if not self._preview_timer.isActive():
+            self._show_pending_preview()
+
+    def _show_pending_preview(self) -> None:
+        if self._pending_samples is not None:
+            self._show_preview(self._pending_samples)
+            self._pending_samples = None
+            self._preview_timer.start()
 
     def _show_preview(self, event: Samples) -> None:
         """Update the preview layer in place (created on the first samples)."""
@@ -309,11 +423,6 @@ class TrainWidget(QWidget):
             self.preview_layer.metadata = kwargs["metadata"]
         else:
             self.preview_layer = self.viewer.add_image(data, **kwargs)
-
-    def _close_progress(self) -> None:
-        if self.progress is not None:
-            self.progress.close()
-            self.progress = None
 
     # -- checkpoints and generation ------------------------------------------------------------
 
@@ -387,9 +496,9 @@ class TrainWidget(QWidget):
 
     def shutdown(self) -> None:
         """Stop training and wait for its final checkpoint (closing the widget or the viewer)."""
+        self._pending_samples = None  # no new layer in a viewer that is closing
         if self.run.worker is not None and not self.run.shutdown(SHUTDOWN_TIMEOUT_S):
             report_error(RuntimeError(f"training did not stop within {SHUTDOWN_TIMEOUT_S:.0f} s; its last checkpoint may be older"))
-        self._close_progress()
 
     def _watch_window(self, watch: bool) -> None:
         """While training runs, a Close event of the viewer's main window stops it (see `eventFilter`)."""

@@ -1,17 +1,35 @@
-"""Thread-safe stop and pause requests that the trainer checks once per step."""
+"""Stop and pause requests that the trainer checks once per step, from another thread or process."""
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
+from multiprocessing.context import BaseContext
+
+SPAWN = "spawn"
+"""The start method of training processes: forking a process that runs Qt threads is unsafe."""
 
 
 class TrainControl:
-    """Shared between the caller (a GUI thread, a signal handler) and the training loop."""
+    """Shared between the caller (a GUI thread, a signal handler) and the training loop.
 
-    def __init__(self) -> None:
-        self._stop = threading.Event()
-        self._running = threading.Event()
+    By default its two events are `threading.Event` objects, for a loop in the same process. Built
+    with a multiprocessing `context` (see `shared`), they are `multiprocessing` events instead: the
+    control can then be handed to a child process at its start, and requests made in the parent
+    reach the loop in the child.
+    """
+
+    def __init__(self, context: BaseContext | None = None) -> None:
+        make_event = context.Event if context is not None else threading.Event
+        self._stop = make_event()
+        self._running = make_event()
         self._running.set()
+        self.is_shared = context is not None
+
+    @classmethod
+    def shared(cls) -> TrainControl:
+        """A control that a child process started with the spawn method can honour."""
+        return cls(multiprocessing.get_context(SPAWN))
 
     def request_stop(self) -> None:
         self._stop.set()
