@@ -83,17 +83,20 @@ def test_start_shows_progress_losses_and_preview_pause_holds_it_then_stop_writes
     assert widget.run.state is RunState.RUNNING
     assert not widget.start_button.enabled and widget.stop_button.enabled
     assert widget.run.worker is not None and widget.run.worker.control.is_shared
+    # the preview layer is made on Start (adding a layer freezes the GUI briefly), hidden until samples come
+    assert widget.preview_layer in viewer.layers and not widget.preview_layer.visible
+    assert not widget.preview_layer.data.any()
     # the trainer runs in a child process; this process only relays its events
     qtbot.waitUntil(lambda: len(multiprocessing.active_children()) == 1, timeout=WAIT_MS)
 
-    qtbot.waitUntil(lambda: widget.preview_layer is not None and len(widget.loss_plot.series.get("g_loss", ([],))[0]) >= 2, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: widget.preview_layer.visible and len(widget.loss_plot.series.get("g_loss", ([],))[0]) >= 2, timeout=WAIT_MS)
     qtbot.waitUntil(lambda: widget.progress.value() >= 2, timeout=WAIT_MS)  # refreshed with the loss plot
     assert widget.progress.maximum() == 10_000
     assert "step" in widget.progress.text() and "left" in widget.progress.text()
     assert {"d_loss", "g_loss", "d_loss_real", "d_loss_fake"} <= set(widget.loss_plot.series)
 
     preview = widget.preview_layer
-    assert preview.name.endswith(SYNTHETIC_SUFFIX)
+    assert preview.name.endswith(SYNTHETIC_SUFFIX) and preview.data.any()
     assert preview.data.shape == (8, 64, 64)
     # the 128x128 CT slice is shown at 64x64, so the preview pixels are twice the source's size
     np.testing.assert_allclose(preview.scale[1:], np.asarray(source.scale) * 2, rtol=1e-6)

@@ -20,6 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Select, SpinBox
 from napari.layers import Image, Labels, Layer
 from qtpy.QtCore import QEvent, QObject, QTimer
@@ -129,6 +130,15 @@ def preview_image(event: Samples, recipe: str, source: MedImage) -> MedImage:
         name=f"{recipe} preview",
         synthetic=provenance,
     )
+
+
+def placeholder_samples(data_kind: str, settings: Any, n: int) -> Samples | None:
+    """Zero samples of the shape a recipe's previews will have; None when the data decides it (lesion crops)."""
+    if not hasattr(settings, "resolution"):
+        return None
+    side = int(settings.resolution)
+    shape = (n, int(settings.frames), side, side) if data_kind == "sequence" else (n, side, side)
+    return Samples(step=0, images=np.zeros(shape, dtype=np.float32))
 
 
 class TrainWidget(QWidget):
@@ -318,12 +328,15 @@ class TrainWidget(QWidget):
         """Validate the widgets' values, then train in a child process; problems appear as a notification."""
         try:
             config = self._config(resume)
-            check_config(config)
+            recipe_cls, settings, _ = check_config(config)
             data = self._training_data()
         except MedsynthError as exc:
             report_error(exc)
             return
         self._source = data[0][0] if isinstance(data[0], tuple) else data[0]
+        placeholder = placeholder_samples(recipe_cls.data_kind, settings, config.preview_samples)
+        if config.sample_every and placeholder is not None:
+            self._prepare_preview(placeholder)
         self.run.start(lambda control: train_in_process(config, data, control, threads=TRAIN_THREADS), self._on_event)
         self._watch_window(True)
 
@@ -413,16 +426,31 @@ class TrainWidget(QWidget):
             self._pending_samples = None
             self._preview_timer.start()
 
+    def _prepare_preview(self, placeholder: Samples) -> None:
+        """Have a preview layer ready, hidden until samples arrive, before training starts.
+
+        Creating a napari layer blocks the GUI thread for a quarter of a second or more; done here, that
+        happens as the response to Start rather than as a freeze in the middle of training.
+        """
+        if self.preview_layer is None or self.preview_layer not in self.viewer.layers:
+            data, kwargs, _ = to_layer_data(preview_image(placeholder, self._recipe_name, self._source))
+            self.preview_layer = self.viewer.add_image(data, **{**kwargs, "visible": False})
+
     def _show_preview(self, event: Samples) -> None:
-        """Update the preview layer in place (created on the first samples)."""
+        """Update the preview layer in place (created if it is gone), and show it."""
         data, kwargs, _ = to_layer_data(preview_image(event, self._recipe_name, self._source))
-        if self.preview_layer is not None and self.preview_layer in self.viewer.layers:
-            self.preview_layer.data = data
-            self.preview_layer.scale = kwargs["scale"]
-            self.preview_layer.contrast_limits = kwargs["contrast_limits"]
-            self.preview_layer.metadata = kwargs["metadata"]
-        else:
+        layer = self.preview_layer
+        if layer is None or layer not in self.viewer.layers or layer.ndim != data.ndim:
+            if layer is not None and layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
             self.preview_layer = self.viewer.add_image(data, **kwargs)
+            return
+        layer.data = data
+        layer.scale = kwargs["scale"]
+        layer.contrast_limits = kwargs["contrast_limits"]
+        layer.metadata = kwargs["metadata"]
+        layer.name = kwargs["name"]
+        layer.visible = True
 
     # -- checkpoints and generation ------------------------------------------------------------
 
