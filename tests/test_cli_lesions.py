@@ -9,6 +9,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from pydicom.data import get_testdata_file
 
 from medsynth.cli import lesions as lesions_cli
 from medsynth.cli import main
@@ -19,18 +20,22 @@ from medsynth.lesions.crop import lesion_crop
 from medsynth.lesions.danger import bootstrap_danger
 from medsynth.lesions.learned import HeatmapModel, predict_danger
 from medsynth.lesions.location import top_candidates
-from medsynth.lesions.singan_training import SinGANSettings, train_to_end
+from medsynth.lesions.singan_training import SinGANSettings, load_singan, train_to_end
 from medsynth.training.config import TrainConfig
 from medsynth.training.trainer import train
 
 SMALL_UNET = {"width": 8, "depth": 2, "resolution": 64, "batch_size": 4, "lr": 3e-3}
 
 
-def _main(argv: list[str]) -> int:
-    """`medsynth ARGV` through this subcommand's parser, with the exit code cli.main gives bad input."""
+def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="medsynth")
     lesions_cli.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def _main(argv: list[str]) -> int:
+    """`medsynth ARGV` through this subcommand's parser, with the exit code cli.main gives bad input."""
+    args = _parse(argv)
     try:
         return args.func(args)
     except InputError:
@@ -74,12 +79,27 @@ def test_lesions_cli_writes_synthetic_images_masks_and_manifest(lesion_model, tm
         changed = ~np.isclose(np.asarray(image.array), background, atol=0.5)
         assert changed.any() and changed[untouched].mean() < 0.05  # only lesions and their seams changed
         for row in (r for r in rows if r["image_index"] == str(index)):
-            assert np.count_nonzero(labels.array == int(row["label_id"])) == int(row["pixels"])
+            # A detector's box and centroid: those of the label's pixels; the generated patch is recorded apart.
+            pixels = np.argwhere(np.asarray(labels.array) == int(row["label_id"]))
+            assert len(pixels) == int(row["pixels"])
+            box = [int(row[k]) for k in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1")]
+            assert box == [*pixels.min(axis=0), *(pixels.max(axis=0) + 1)]
+            np.testing.assert_allclose([float(row["centroid_y"]), float(row["centroid_x"])], pixels.mean(axis=0), atol=1e-3)
+            assert int(row["patch_height"]) >= box[2] - box[0] and int(row["patch_width"]) >= box[3] - box[1]
 
-    # Same seed, same images: the manifest is enough to make them again.
+    # Every option is recorded, and the manifest's command alone makes the same images again.
+    options = manifest["options"]
+    assert {"size", "variability", "min_spacing", "candidates", "slice", "blend", "danger", "num", "per_image"} <= set(options)
+    assert options["min_spacing"] == 12 and options["size"] == [0.8, 1.2] and options["danger"] == ["auto"]
+    command = manifest["command"]
+    assert command[:2] == ["medsynth", "lesions"]
     again = tmp_path / "again"
-    assert _main([*argv[:-6], "--out", str(again), "--seed", "5", "--min-spacing", "12"]) == 0
-    np.testing.assert_array_equal(read_image(again / "synthetic_0001.nii.gz").array, read_image(out / "synthetic_0001.nii.gz").array)
+    command[command.index("--out") + 1] = str(again)
+    assert _main(command[1:]) == 0
+    assert sorted(p.name for p in again.iterdir()) == sorted(p.name for p in out.iterdir())
+    for name in ("synthetic_0000.nii.gz", "synthetic_0001.nii.gz", "synthetic_0001_mask.nii.gz"):
+        np.testing.assert_array_equal(read_image(again / name).array, read_image(out / name).array)
+    assert json.loads((again / "manifest.json").read_text())["lesions"] == manifest["lesions"]
 
 
 @pytest.mark.slow
@@ -102,8 +122,21 @@ def test_lesions_cli_with_a_painted_danger_mask_and_location_labels(lesion_model
     row = next(csv.DictReader((out / "manifest.csv").open()))
     assert abs(int(row["centre_y"]) - 93) < 20 and abs(int(row["centre_x"]) - 33) < 20  # near the past lesion
 
+    # A run that fails on its second image ("no place left") leaves no output: not a new folder,
+    # nothing added to an existing one, no temporary folder.
     nowhere = write_nifti(image.with_array(np.zeros_like(painted), is_label=True, name="none"), tmp_path / "none_mask.nii.gz")
-    assert _main([*argv[:5], "--danger", str(nowhere), "--out", str(tmp_path / "x")]) == 2
+    two = ["lesions", "--background", str(ct), str(ct), "--lesion-model", str(lesion_model), "--danger", str(danger_path), str(nowhere)]
+    with pytest.raises(InputError, match="no permissible place is left for lesion 1"):
+        lesions_cli.run(_parse([*two, "--out", str(tmp_path / "x")]))
+    assert not (tmp_path / "x").exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine")
+    assert _main([*two, "--out", str(existing)]) == 2
+    assert [p.name for p in existing.iterdir()] == ["notes.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert _main([*two[:3], "--lesion-model", str(lesion_model), "--danger", str(danger_path), "--out", str(existing)]) == 0
+    assert {"notes.txt", "synthetic_0000.nii.gz", "manifest.json"} <= {p.name for p in existing.iterdir()}
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +185,37 @@ def test_lesions_cli_with_danger_unet_and_lesion_heatmap_checkpoints(lesion_mode
     assert "a danger mask holds 1 (permissible) and 0 (forbidden)" in refused("--danger", str(ct_path))
     assert "neither a location prior" in refused("--location-model", str(ct_path))
     assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.slow
+def test_train_singan_with_the_cli_then_fuse_its_lesions_refusing_another_modality(tmp_path, capsys):
+    """`medsynth train --recipe singan` on the CT slice and a lesion mask, then `medsynth lesions` with its checkpoint."""
+    ct_path = sample_path("ct_slice")
+    ct = load_sample("ct_slice")
+    mask = np.zeros(ct.array.shape, dtype=np.uint8)
+    mask[98:110, 42:54] = 1
+    mask_path = write_nifti(ct.with_array(mask, is_label=True, name="lesion"), tmp_path / "lesion_mask.nii.gz")
+    tiny = ["min_size=16", "iterations=15", "width=8", "layers=3", "margin=4"]
+    train_argv = ["train", "--recipe", "singan", "--data", str(ct_path), "--targets", str(mask_path),
+                  "--out", str(tmp_path / "run"), "--device", "cpu"] + [a for kv in tiny for a in ("--set", kv)]  # fmt: skip
+    assert main(train_argv) == 0
+    checkpoint = max((tmp_path / "run").glob("*.safetensors"))
+    model = load_singan(checkpoint)
+    # The checkpoint knows the crop's kind: CT in HU at the slice's pixel spacing.
+    assert model.data["modality"] == "CT" and model.data["units"] == "HU"
+    np.testing.assert_allclose(model.data["pixel_spacing"], ct.spacing)
+
+    out = tmp_path / "out"
+    assert main(["lesions", "--background", str(ct_path), "--lesion-model", str(checkpoint), "--per-image", "2",
+                 "--out", str(out)]) == 0  # fmt: skip
+    labels = read_image(out / "synthetic_0000_mask.nii.gz", as_label=True)
+    assert set(np.unique(labels.array)) == {0, 1, 2}
+    row = json.loads((out / "manifest.json").read_text())["lesions"][0]
+    assert row["lesion_model"] == str(checkpoint)
+
+    # An HU lesion does not go into an MR image.
+    mr_path = get_testdata_file("MR_small.dcm")
+    assert read_image(mr_path).modality == "MR"
+    refused = tmp_path / "refused"
+    assert main(["lesions", "--background", mr_path, "--lesion-model", str(checkpoint), "--out", str(refused)]) == 2
+    assert "modality CT vs MR" in capsys.readouterr().err and not refused.exists()

@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy import ndimage
+from skimage.metrics import structural_similarity
 
 from medsynth.data.samples import load_sample
 from medsynth.errors import InputError
 from medsynth.lesions.crop import ellipse_mask, lesion_crop
-from medsynth.lesions.fusion import Lesion, fuse, seam_band, smooth_seam
-from medsynth.lesions.placement import footprint_slices
+from medsynth.lesions.danger import bootstrap_danger
+from medsynth.lesions.fusion import Lesion, fuse, lesion_canvas, seam_band, smooth_seam
+from medsynth.lesions.placement import footprint_slices, sample_placements
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +105,47 @@ def test_fusion_refuses_lesions_outside_the_image_and_bad_input(ct_plane, lesion
         fuse(ct_plane, [lesion], [(64, 64)], blend="poisson")
     with pytest.raises(InputError, match="2D image"):
         fuse(np.zeros((2, 128, 128)), [lesion], [(64, 64)])
+
+
+@pytest.fixture(scope="module")
+def three_fused(ct_plane, lesion):
+    """Three lesions placed on the permissible tissue of the CT slice (as benchmarks/bench_lesions.py does)."""
+    permissible = bootstrap_danger(load_sample("ct_slice")).astype(bool)
+    lesions = [lesion] * 3
+    centres = sample_placements(permissible, [l.mask for l in lesions], np.random.default_rng(0), min_spacing=10)
+    return lesions, centres
+
+
+def _sobel_magnitude(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image, dtype=np.float64)
+    return np.hypot(ndimage.sobel(image, axis=0), ndimage.sobel(image, axis=1))
+
+
+@pytest.mark.parametrize("blend", ["published", "feather"])
+def test_fusion_preserves_the_background_outside_the_lesions(ct_plane, three_fused, blend):
+    """The benchmark's figure in small: SSIM against the original is higher outside the lesions than over the image."""
+    lesions, centres = three_fused
+    result = fuse(ct_plane, lesions, centres, blend=blend)
+    data_range = float(ct_plane.max() - ct_plane.min())
+    global_ssim, ssim_map = structural_similarity(ct_plane, result.image, data_range=data_range, full=True)
+    outside = result.labels == 0  # the seam band included
+    assert global_ssim < 0.99  # the lesions did change the image
+    assert ssim_map[outside].mean() >= global_ssim
+    assert ssim_map[outside & ~result.seam].mean() >= ssim_map[outside].mean()
+    # Beyond the seam band (1 px) and SSIM's 7x7 window (3 px) around every lesion, SSIM is 1.
+    far = ~ndimage.binary_dilation(result.labels > 0, np.ones((3, 3), dtype=bool), iterations=4)
+    assert np.allclose(ssim_map[far], 1.0, atol=1e-5) and not np.allclose(ssim_map[~far], 1.0, atol=1e-5)
+
+
+def test_published_seam_is_smoother_than_a_raw_paste(ct_plane, three_fused):
+    """The seam smoothing lowers the gradient on the seam band below a paste without blending."""
+    lesions, centres = three_fused
+    result = fuse(ct_plane, lesions, centres)
+    canvas, labels = lesion_canvas(ct_plane.shape, lesions, centres)
+    raw = np.where(labels > 0, 0.0, ct_plane) + canvas
+    np.testing.assert_array_equal(result.image[~result.seam], raw[~result.seam].astype(np.float32))
+    published = _sobel_magnitude(result.image)[result.seam].mean()
+    pasted = _sobel_magnitude(raw)[result.seam].mean()
+    assert published < 0.9 * pasted
+    feathered = fuse(ct_plane, lesions, centres, blend="feather")
+    assert _sobel_magnitude(feathered.image)[feathered.seam].mean() < pasted

@@ -47,6 +47,18 @@ def test_allowed_centres_equal_a_direct_check_of_every_footprint(shape):
     np.testing.assert_array_equal(allowed_centres(permissible, footprint), _brute_force_allowed(permissible, footprint))
 
 
+def test_a_patch_with_an_empty_rim_is_only_placed_where_it_fits_whole():
+    """Generated lesions often have empty border rows; the whole patch is pasted, so it must fit in the image."""
+    footprint = np.zeros((9, 9), dtype=bool)
+    footprint[4:7, 3:6] = True  # rows 0-3 and column 8 empty
+    permissible = np.ones((20, 24), dtype=bool)
+    allowed = allowed_centres(permissible, footprint)
+    np.testing.assert_array_equal(allowed, _brute_force_allowed(permissible, footprint))
+    assert not allowed[:4].any() and allowed[4, 4] and not allowed[:, 20:].any()
+    centres = sample_placements(permissible, [footprint] * 6, np.random.default_rng(1))
+    fuse(np.zeros((20, 24)), [Lesion(np.ones((9, 9), np.float32), footprint)] * 6, centres)  # no lesion reaches outside
+
+
 @pytest.mark.slow
 def test_no_lesion_pixel_lands_in_the_danger_zone_over_thousands_of_placements(ct_danger):
     plane, permissible = ct_danger
@@ -75,6 +87,24 @@ def test_hand_placement_is_refused_on_bone_and_accepted_in_soft_tissue(ct_danger
     assert place_by_hand(permissible, footprint, free) == free
     with pytest.raises(InputError, match="outside"):
         place_by_hand(permissible, footprint, (1, 1))
+
+
+def test_hand_placement_on_a_placed_lesion_says_so_not_danger_zone(ct_danger):
+    _, permissible = ct_danger
+    footprint = ellipse_mask((9, 9))
+    first = tuple(int(v) for v in np.argwhere(allowed_centres(permissible, footprint))[0])
+    taken = np.zeros(permissible.shape, dtype=bool)
+    rows, cols = footprint_slices(first, footprint.shape)
+    taken[rows, cols] = footprint
+    beside = (first[0], first[1] + 3)  # on permissible pixels, partly on the first lesion
+    assert forbidden_overlap(permissible, footprint, beside) == 0
+    covered = forbidden_overlap(~taken, footprint, beside)
+    assert covered > 0
+    with pytest.raises(InputError, match=rf"overlaps a lesion placed before by {covered} pixels") as refused:
+        place_by_hand(permissible, footprint, beside, taken)
+    assert "danger zone" not in str(refused.value)
+    far = tuple(int(v) for v in np.argwhere(allowed_centres(permissible & ~taken, footprint))[-1])
+    assert place_by_hand(permissible, footprint, far, taken) == far
 
 
 def test_final_candidates_keep_only_whole_footprints_in_permissible_pixels(ct_danger):

@@ -20,6 +20,7 @@ from medsynth.lesions.singan_training import (
     sample_lesions,
     train_singan,
 )
+from medsynth.metrics.swd import swd
 from medsynth.settings import describe
 from medsynth.training import events
 from medsynth.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -230,6 +231,13 @@ def test_tiny_singan_trains_reconstructs_samples_and_round_trips(crop, tmp_path)
         assert lesion.values.std() > 10
     assert not np.allclose(lesions[0].values, lesions[1].values)
     assert sum(l.mask.any() for l in lesions) >= 2
+    # Realism in small (benchmarks/bench_lesions.py): the samples' patches are closer to the crop's
+    # than those of random patches of the same slice, less than half as far by SWD.
+    plane = np.asarray(load_sample("ct_slice").array, dtype=np.float32)
+    samples = np.stack([l.values for l in sample_lesions(trained, 16, seed=11)])
+    corners = np.random.default_rng(0).integers(0, plane.shape[0] - values.shape[0], size=(16, 2))
+    patches = np.stack([plane[y : y + values.shape[0], x : x + values.shape[1]] for y, x in corners])
+    assert swd(values[None], samples)["mean"] < 0.6 * swd(values[None], patches)["mean"]
 
     loaded = load_singan(seen[-1].checkpoint)
     assert loaded.normalization == trained.normalization and loaded.model.noise_amps == model.noise_amps

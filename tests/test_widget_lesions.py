@@ -9,6 +9,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from scipy import ndimage
 
 from medsynth.data.samples import load_sample
@@ -107,9 +108,14 @@ def test_annotator_workflow(make_napari_viewer, qtbot, tmp_path, notifications):
     qtbot.waitUntil(lambda: widget.generator is not None and widget.run.state is RunState.IDLE, timeout=WAIT_MS)
     assert widget.generator.scales == 2 and widget.progress is None
     assert widget.model_status.value.startswith("trained SinGAN")
-    np.testing.assert_array_equal(widget.crop()[0], source[y0:y1, x0:x1])
+    crop, _ = widget.crop()
+    np.testing.assert_array_equal(crop.array, source[y0:y1, x0:x1])
     saved = widget.save_model(tmp_path / "lesion.safetensors")
     assert load_singan(saved).scales == 2
+    # The crop went to training as an image of the layer: the model knows it is CT in HU at the slice's spacing.
+    ct = load_sample("ct_slice")
+    assert load_singan(saved).data["units"] == "HU" and widget.generator.data["modality"] == "CT"
+    np.testing.assert_allclose(widget.generator.data["pixel_spacing"], ct.spacing)
 
     # Danger zone: all permissible, then the annotator paints a forbidden region (label 0).
     widget.new_danger_button.native.click()
@@ -129,11 +135,41 @@ def test_annotator_workflow(make_napari_viewer, qtbot, tmp_path, notifications):
     points.add(world(background, (100, 20)))
     assert any("danger zone" in message for message in notifications)
     assert widget.scene == () and widget.result_layer is None and widget.labels_layer is None
+    assert len(points.data) == 0  # the refused click leaves no point behind
     points.add(world(background, (100, 90)))
-    assert len(widget.scene) == 1 and widget.scene[0].centre == (100, 90)
+    assert len(widget.scene) == 1 and widget.scene[0].centre == (100, 90) and len(points.data) == 1
     result, labels = widget.result_layer, widget.labels_layer
     assert result.name.endswith(SYNTHETIC_SUFFIX) and labels.name.endswith(SYNTHETIC_SUFFIX)
-    assert result.metadata["medsynth"]["synthetic"]["model"] == "singan"
+    provenance = result.metadata["medsynth"]["synthetic"]
+    assert provenance["model"] == "singan" and f"lesion seeds 1:{widget.scene[0].seed}" in provenance["description"]
+
+    # A click on the first lesion is refused as such (not as the danger zone), and nothing changes.
+    points.add(world(background, (101, 91)))
+    assert "overlaps a lesion placed before" in notifications[-1] and len(widget.scene) == 1 and len(points.data) == 1
+
+    # An unexpected failure while placing is shown, its point removed, and the viewer goes on.
+    def broken(*_args):
+        raise RuntimeError("simulated fault")
+
+    widget._draw, draw = broken, widget._draw
+    points.add(world(background, (60, 100)))
+    assert notifications[-1] == "RuntimeError: simulated fault" and len(points.data) == 1 and len(widget.scene) == 1
+    widget._draw = draw
+
+    # The model is CT in HU: an MR image is refused, and the CT scene and its Undo stay as they were.
+    mr = read_image(get_testdata_file("MR_small.dcm"))
+    mr_data, mr_kwargs, _ = to_layer_data(mr)
+    mr_layer = viewer.add_image(mr_data, **mr_kwargs)
+    widget.reset_choices()
+    widget.background.value = mr_layer
+    widget.new_danger_button.native.click()
+    widget.sample_button.native.click()
+    assert "modality CT vs MR" in notifications[-1]
+    assert len(widget.scene) == 1 and widget.result_layer is result and len(widget.history) == 1
+    viewer.layers.remove(mr_layer)
+    widget.reset_choices()
+    widget.background.value = background
+    widget.danger_layer = danger
     assert ids(labels) == {1}
     lesion = np.asarray(labels.data) == 1
     assert not np.array_equal(np.asarray(result.data)[lesion], source[lesion])
@@ -165,11 +201,13 @@ def test_annotator_workflow(make_napari_viewer, qtbot, tmp_path, notifications):
     edited[edited == 3] = 0
     edited[np.roll(label_map == 3, shift, axis=(0, 1))] = 3
     labels.data = edited
+    widget.options.set_values({"blend": "feather"})  # the re-fuse feathers; Undo must bring back the published fusion
     widget.refuse_button.native.click()
+    assert widget.blend.name == "feather"
     assert [p.label_id for p in widget.scene] == [1, 3, 4]
     assert widget.scene[1].centre == (moved.centre[0] + shift[0], moved.centre[1] + shift[1])
     assert ids(labels) == {1, 3, 4}
-    gone = placed_mask(widget.history[-1][1], source.shape)
+    gone = placed_mask(widget.history[-1][0][1], source.shape)
     inner = gone & ~np.asarray(labels.data).astype(bool)
     inner &= np.roll(inner, 2, 0) & np.roll(inner, -2, 0) & np.roll(inner, 2, 1) & np.roll(inner, -2, 1)  # off the seam band
     assert inner.any()
@@ -186,7 +224,7 @@ def test_annotator_workflow(make_napari_viewer, qtbot, tmp_path, notifications):
 
     # Undo restores the placements before the re-fuse and their fusion.
     widget.undo_button.native.click()
-    assert [p.label_id for p in widget.scene] == [1, 2, 3, 4]
+    assert [p.label_id for p in widget.scene] == [1, 2, 3, 4] and widget.blend.name == "published"
     assert ids(labels) == {1, 2, 3, 4}
     np.testing.assert_array_equal(result.data, before_edit)
 
@@ -211,6 +249,14 @@ def test_annotator_workflow(make_napari_viewer, qtbot, tmp_path, notifications):
     np.testing.assert_array_equal(segments[0], np.asarray(labels.data))
     manifest = json.loads(next(out.glob("*lesions.json")).read_text())
     assert [lesion["label_id"] for lesion in manifest["lesions"]] == [1, 2, 3, 4]
+    assert manifest["options"]["blend"] == "published"  # as fused, not as the form says now
+    for record, placement in zip(manifest["lesions"], widget.scene):
+        pixels = np.argwhere(np.asarray(labels.data) == record["label_id"])
+        box = [record[k] for k in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1")]
+        assert box == [*pixels.min(axis=0), *(pixels.max(axis=0) + 1)] and record["pixels"] == len(pixels)
+        np.testing.assert_allclose([record["centroid_y"], record["centroid_x"]], pixels.mean(axis=0), atol=1e-3)
+        assert [record["patch_height"], record["patch_width"]] == list(placement.lesion.mask.shape)
+        assert record["lesion_seed"] == placement.seed
 
 
 @pytest.mark.slow
@@ -285,7 +331,8 @@ def test_volume_slice_with_rules_danger_prior_and_loaded_model(make_napari_viewe
     widget.crop_layer.value = viewer.layers["historical lesions"]
     widget.label_id.value = 2
     values, mask = widget.crop()
-    np.testing.assert_array_equal(values, volume.array[1, 100:110, 85:95])
+    np.testing.assert_array_equal(values.array, volume.array[1, 100:110, 85:95])
+    assert values.spacing == volume.spacing[1:] and values.units == "HU"
     assert mask.all()
 
     # A danger zone from a mask file on the image's grid; a file that is no mask is refused.
@@ -298,8 +345,15 @@ def test_volume_slice_with_rules_danger_prior_and_loaded_model(make_napari_viewe
     assert "holds 1 (permissible) and 0 (forbidden)" in notifications[-1]
     np.testing.assert_array_equal(widget.danger_layer.data, expected)
 
-    # Another slice starts a new session: the earlier result layers stay, new ones are made.
+    # On another slice, a refused placement changes nothing: the scene of slice 1 and its Undo stay.
     viewer.dims.set_current_step(0, 0)
+    scene, history = widget.scene, list(widget.history)
+    widget.options.set_values({"count": 3, "min_spacing": 200.0})
+    widget.sample_button.native.click()
+    assert "no permissible place" in notifications[-1]
+    assert widget.scene == scene and list(widget.history) == history and widget.result_layer is result
+    # A placement that succeeds there starts a new session: the earlier result layers stay, new ones are made.
+    widget.options.set_values({"count": 2, "min_spacing": 0.0})
     widget.sample_button.native.click()
     assert widget.result_layer is not result and ids(widget.labels_layer) == {1, 2}
     assert np.asarray(widget.labels_layer.data)[0].any() and not np.asarray(widget.labels_layer.data)[1].any()
@@ -322,7 +376,7 @@ def test_learned_models_pixel_edge_crop_and_spacing_from_hand_lesions(
     # the Shapes layer stores the corners as float32 world millimetres.
     edges = [world(background, p) for p in [(43.5, 43.5), (43.5, 63.5), (63.5, 63.5), (63.5, 43.5)]]
     widget.crop_layer.value = viewer.add_shapes([np.array(edges)], shape_type="rectangle", name="crop")
-    np.testing.assert_array_equal(widget.crop()[0], source[44:64, 44:64])
+    np.testing.assert_array_equal(widget.crop()[0].array, source[44:64, 44:64])
 
     # The danger zone predicted by a danger-unet checkpoint; another checkpoint is refused with a notification.
     widget.load_danger(danger_model)

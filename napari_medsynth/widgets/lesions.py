@@ -38,6 +38,7 @@ import medsynth
 from medsynth.atomic import write_text
 from medsynth.errors import InputError, MedsynthError
 from medsynth.io.image import MedImage, SyntheticProvenance
+from medsynth.lesions.batch import label_geometry
 from medsynth.lesions.crop import image_plane, label_box, lesion_crop, rectangle_box
 from medsynth.lesions.danger import bootstrap_danger
 from medsynth.lesions.fusion import BLENDS, Lesion, fuse
@@ -48,6 +49,7 @@ from medsynth.lesions.scene import (
     Placement,
     Scene,
     assemble,
+    check_compatible,
     check_scene,
     draw_lesion,
     edited_scene,
@@ -115,13 +117,21 @@ class PriorOptions:
 
 
 @dataclass(frozen=True)
+class Blend:
+    """How a scene was fused; kept with the scene so that Undo shows exactly the earlier fusion."""
+
+    name: str = "published"
+    feather_px: float = 3.0
+
+
+@dataclass(frozen=True)
 class Trained:
     """Last item of a training run: the trained model (the core generator's return value)."""
 
     generator: LesionGenerator
 
 
-def training_events(values: np.ndarray, mask: np.ndarray, settings: SinGANSettings, control: TrainControl) -> Iterator[Any]:
+def training_events(values: MedImage, mask: np.ndarray, settings: SinGANSettings, control: TrainControl) -> Iterator[Any]:
     """`train_singan`'s events, then `Trained` with the model it returns (runs in the worker)."""
     generator = yield from train_singan(values, mask, settings, control=control)
     yield Trained(generator)
@@ -157,7 +167,8 @@ class LesionWidget(QWidget):
         self.result_layer: Image | None = None
         self.labels_layer: Labels | None = None
         self.scene: Scene = ()
-        self.history: deque[Scene] = deque(maxlen=HISTORY)
+        self.blend = Blend()
+        self.history: deque[tuple[Scene, Blend]] = deque(maxlen=HISTORY)
         self._session: tuple[Image, int | None] | None = None
         self._fused: tuple[MedImage, MedImage] | None = None
         self._hand_points: Points | None = None
@@ -177,7 +188,9 @@ class LesionWidget(QWidget):
         self.bootstrap_button = PushButton(text="From modality rules")
         self.load_danger_button = PushButton(text="Load…")
         self.prior_layers = Select(name="prior_layers", choices=self._prior_choices, tooltip="Historical lesion label layers")
-        self.prior_files = FileEdit(name="prior_files", mode="rm", tooltip="Historical lesion label files (NIfTI, DICOM-SEG)")
+        self.prior_files = FileEdit(
+            name="prior_files", mode="rm", tooltip="Historical lesion label maps: NIfTI or DICOM label images (not DICOM-SEG)"
+        )
         self.prior_options = SettingsForm(PriorOptions)
         self.prior_button = PushButton(text="Show location prior")
         self.load_prior_button = PushButton(
@@ -305,10 +318,20 @@ class LesionWidget(QWidget):
         point[-len(world) :] = world
         return np.asarray(image.world_to_data(point), dtype=float)[-2:]
 
+    def _on_session_plane(self, target: tuple[Image, int | None]) -> bool:
+        return self._session is not None and self._session[0] is target[0] and self._session[1] == target[1]
+
+    def _base_scene(self, target: tuple[Image, int | None]) -> Scene:
+        """The placements new lesions join: the current scene on its plane, none on another background or slice."""
+        return self.scene if self._on_session_plane(target) else ()
+
     def _start_session(self, target: tuple[Image, int | None]) -> None:
-        """Placements belong to one plane: another background or slice starts afresh (new result layers)."""
-        if self._session is not None and (self._session[0] is not target[0] or self._session[1] != target[1]):
-            self.scene, self._fused = (), None
+        """Placements belong to one plane: another background or slice starts afresh (new result layers).
+
+        Called only once a placement on `target` succeeded, so that a refused one keeps the earlier scene and its Undo.
+        """
+        if not self._on_session_plane(target):
+            self.scene, self.blend, self._fused = (), Blend(), None
             self.history.clear()
             self.result_layer = self.labels_layer = None
         self._session = target
@@ -319,8 +342,8 @@ class LesionWidget(QWidget):
 
     # -- the lesion model --------------------------------------------------------------------------
 
-    def crop(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(values, mask)`` of the lesion crop the annotator selected, in the background's units."""
+    def crop(self) -> tuple[MedImage, np.ndarray]:
+        """The lesion crop the annotator selected, a 2D MedImage in the background's units, modality and pixel spacing, and its mask."""
         target = self._target()
         plane = self._plane(target)
         source = self.crop_layer.value
@@ -329,10 +352,16 @@ class LesionWidget(QWidget):
         if isinstance(source, Labels):
             labels = image_plane(np.asarray(source.data), target[1] if source.ndim == 3 else None)
             box = label_box(labels, self.label_id.value)
-            return lesion_crop(plane, box, labels, self.label_id.value)
-        vertices = _chosen_item(source, "rectangle")
-        pixels = np.array([self._to_pixel(source, v, target[0]) for v in vertices])
-        return lesion_crop(plane, rectangle_box(pixels, plane.shape))
+            values, mask = lesion_crop(plane, box, labels, self.label_id.value)
+        else:
+            vertices = _chosen_item(source, "rectangle")
+            pixels = np.array([self._to_pixel(source, v, target[0]) for v in vertices])
+            values, mask = lesion_crop(plane, rectangle_box(pixels, plane.shape))
+        image = layer_image(target[0])
+        crop = MedImage(
+            values, "yx", tuple(image.spacing[-2:]), modality=image.modality, units=image.units, name=f"{image.name} lesion crop"
+        )
+        return crop, mask
 
     @_reported
     def train(self) -> None:
@@ -451,7 +480,7 @@ class LesionWidget(QWidget):
     def show_prior(self) -> LocationModel:
         """Fit the prior to the chosen label layers and files; show its heatmap and top-k candidates."""
         maps = [np.asarray(layer.data) for layer in self.prior_layers.value]
-        maps += [np.asarray(medsynth.io.read_image(path).array) for path in self.prior_files.value]
+        maps += [np.asarray(medsynth.io.read_image(path, as_label=True).array) for path in self.prior_files.value]
         if not maps:
             raise InputError("no historical lesions: choose label layers or label files for the location prior")
         return self._show_location(fit_location_prior(maps))
@@ -493,15 +522,11 @@ class LesionWidget(QWidget):
     def _draw(self, label_id: int, size: float, options: PlacementOptions) -> tuple[Lesion, int]:
         return draw_lesion(self._require_generator(), lesion_seed(options.seed, label_id), size, options.variability)
 
-    def _next_id(self) -> int:
-        return max((p.label_id for p in self.scene), default=0) + 1
-
-    def _free(self, target: tuple[Image, int | None]) -> np.ndarray:
-        """Permissible pixels of the plane not covered by a placed lesion."""
-        free = self._permissible(target)
-        for placement in self.scene:
-            free &= ~placed_mask(placement, free.shape)
-        return free
+    def _check_model(self, target: tuple[Image, int | None]) -> LesionGenerator:
+        """The lesion model, refused when it was trained on another modality or units than the background."""
+        generator = self._require_generator()
+        check_compatible(generator, layer_image(target[0]))
+        return generator
 
     @_reported
     def place_by_hand(self) -> Scene:
@@ -512,14 +537,18 @@ class LesionWidget(QWidget):
         return self._place_at(layer, _chosen_item(layer, "point" if isinstance(layer, Points) else "rectangle"))
 
     def _on_hand_points(self, event: Any) -> None:
-        """A point clicked into the hand Points layer places a lesion there at once."""
+        """A point clicked into the hand Points layer places a lesion there at once; a refused point is removed again."""
         if getattr(event, "action", None) != ActionType.ADDED:
             return
+        refused = []
         for index in event.data_indices:
             try:
                 self._place_at(event.source, np.asarray(event.source.data[index], dtype=float))
-            except MedsynthError as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure of a click is shown; the viewer must survive it
                 report_error(exc)
+                refused.append(index)
+        if refused:
+            event.source.data = np.delete(np.asarray(event.source.data), refused, axis=0)
 
     def _follow_hand_layer(self, layer: Layer | None) -> None:
         if self._hand_points is not None:
@@ -530,9 +559,8 @@ class LesionWidget(QWidget):
 
     def _place_at(self, layer: Layer, item: np.ndarray) -> Scene:
         """Place one lesion at a point ``(D,)`` of a Points layer, or fitted into a box ``(N, D)`` of a Shapes layer."""
-        generator = self._require_generator()
         target = self._target()
-        self._start_session(target)
+        generator = self._check_model(target)
         options = parse(PlacementOptions, self.options.values())
         if item.ndim == 1:
             centre, size = tuple(self._to_pixel(layer, item, target[0])), options.size
@@ -541,21 +569,23 @@ class LesionWidget(QWidget):
             centre = box_centre(box)
             height, width = generator.model.shapes[-1]
             size = float(np.clip(min((box[2] - box[0]) / height, (box[3] - box[1]) / width), 0.1, 8.0))
-        free = self._free(target)
-        label_id = self._next_id()
+        base = self._base_scene(target)
+        permissible = self._permissible(target)
+        label_id = _next_id(base)
         lesion, seed = self._draw(label_id, size, options)
-        position = place_by_hand(free, lesion.mask, centre)
-        return self._commit((*self.scene, Placement(lesion, position, label_id, seed)))
+        position = place_by_hand(permissible, lesion.mask, centre, _taken(base, permissible.shape))
+        return self._commit((*base, Placement(lesion, position, label_id, seed)), _blend(options), target)
 
     @_reported
     def sample(self) -> Scene:
         """Sample k lesions into ``C_final`` (the prior's candidates, else every permissible place)."""
-        self._require_generator()
         target = self._target()
-        self._start_session(target)
+        self._check_model(target)
         options = parse(PlacementOptions, self.options.values())
-        free = self._free(target)
-        first = self._next_id()
+        base = self._base_scene(target)
+        permissible = self._permissible(target)
+        free = permissible & ~_taken(base, permissible.shape)
+        first = _next_id(base)
         drawn = [self._draw(first + i, options.size, options) for i in range(options.count)]
         candidates = weights = None
         if self.prior is not None:
@@ -568,10 +598,10 @@ class LesionWidget(QWidget):
             candidates=candidates,
             weights=weights,
             min_spacing=options.min_spacing,
-            existing=[p.centre for p in self.scene],
+            existing=[p.centre for p in base],
         )
         added = [Placement(lesion, centre, first + i, seed) for i, ((lesion, seed), centre) in enumerate(zip(drawn, centres, strict=True))]
-        return self._commit((*self.scene, *added))
+        return self._commit((*base, *added), _blend(options), target)
 
     @_reported
     def refuse(self) -> Scene:
@@ -581,47 +611,54 @@ class LesionWidget(QWidget):
         labels = image_plane(np.asarray(self.labels_layer.data), self._session[1])
         scene = edited_scene(self.scene, labels)
         check_scene(scene, self._permissible(self._session))
-        return self._commit(scene)
+        return self._commit(scene, _blend(parse(PlacementOptions, self.options.values())), self._session)
 
     @_reported
     def undo(self) -> Scene:
-        """Go back to the previous placements and their fusion."""
+        """Go back to the previous placements and their fusion, with the blend they were fused with."""
         if not self.history:
             raise InputError("nothing to undo")
-        self.scene = self.history.pop()
-        self._show_scene()
+        scene, blend = self.history[-1]
+        fused = self._fusion(scene, blend, self._session)
+        self.history.pop()
+        self.scene, self.blend = scene, blend
+        self._show(fused)
         return self.scene
 
-    def _commit(self, scene: Scene) -> Scene:
-        self.history.append(self.scene)
-        self.scene = scene
-        self._show_scene()
+    def _commit(self, scene: Scene, blend: Blend, target: tuple[Image, int | None]) -> Scene:
+        """Make `scene` fused with `blend` on `target`'s plane the current state; nothing changes if the fusion fails."""
+        fused = self._fusion(scene, blend, target)
+        self._start_session(target)
+        self.history.append((self.scene, self.blend))
+        self.scene, self.blend = scene, blend
+        self._show(fused)
         return scene
 
     # -- fusion results ----------------------------------------------------------------------------
 
-    def _fusion(self) -> tuple[MedImage, MedImage]:
-        """The synthetic image and lesion label map of the current scene, on the background's grid."""
-        layer, index = self._session
+    def _fusion(self, scene: Scene, blend: Blend, target: tuple[Image, int | None]) -> tuple[MedImage, MedImage]:
+        """The synthetic image and lesion label map of `scene` fused into `target`'s plane, on the background's grid.
+
+        The provenance lists each lesion's seed (``label:seed``), with which `draw_lesion` draws it again.
+        """
+        layer, index = target
         source = layer_image(layer)
-        plane = self._plane(self._session)
-        options = parse(PlacementOptions, self.options.values())
         result = fuse(
-            plane,
-            [p.lesion for p in self.scene],
-            [p.centre for p in self.scene],
-            ids=[p.label_id for p in self.scene],
-            blend=options.blend,
-            feather_px=options.feather_px,
+            self._plane(target),
+            [p.lesion for p in scene],
+            [p.centre for p in scene],
+            ids=[p.label_id for p in scene],
+            blend=blend.name,
+            feather_px=blend.feather_px,
         )
         image, labels = assemble(np.asarray(layer.data), result.image, result.labels, index)
         checkpoint = self.generator.path.name if self.generator and self.generator.path else ""
+        seeds = " ".join(f"{p.label_id}:{p.seed}" for p in scene)
         provenance = SyntheticProvenance(
             model=RECIPE,
             model_version=medsynth.__version__,
             checkpoint=checkpoint,
-            seed=options.seed,
-            description=f"{len(self.scene)} SinGAN lesions fused ({options.blend}) into {source.name}",
+            description=f"{len(scene)} SinGAN lesions fused ({blend.name}) into {source.name}; lesion seeds {seeds}",
         )
         name = f"{source.name} lesions"
         return (
@@ -629,11 +666,11 @@ class LesionWidget(QWidget):
             source.with_array(labels, synthetic=provenance, name=f"{name} labels", is_label=True, units=""),
         )
 
-    def _show_scene(self) -> None:
-        image, labels = self._fusion()
+    def _show(self, fused: tuple[MedImage, MedImage]) -> None:
+        image, labels = fused
         self.result_layer = self._update_layer(self.result_layer, image)
         self.labels_layer = self._update_layer(self.labels_layer, labels)
-        self._fused = (image, labels)
+        self._fused = fused
         ids = [p.label_id for p in self.scene]
         self.status.value = f"{len(ids)} lesions (ids {', '.join(map(str, ids)) or 'none'})"
 
@@ -674,19 +711,30 @@ class LesionWidget(QWidget):
         dicom = write_dicom(image, targets["dicom"])
         names = {p.label_id: f"Synthetic lesion {p.label_id}" for p in self.scene}
         written += [*dicom, write_dicom_seg(labels, dicom, targets["seg"], provenance=labels.synthetic, segment_names=names)]
-        written.append(write_text(targets["manifest"], json.dumps(self._manifest(image), indent=2)))
+        written.append(write_text(targets["manifest"], json.dumps(self._manifest(image, labels), indent=2)))
         self.status.value = f"exported {len(written)} files to {folder}"
         return written
 
-    def _manifest(self, image: MedImage) -> dict[str, Any]:
+    def _manifest(self, image: MedImage, labels: MedImage) -> dict[str, Any]:
+        """Per lesion: the tight box and centroid of its label pixels in the plane (as `medsynth lesions` lists them),
+        the generated patch's centre and shape, and its seed; plus the blend the image was fused with."""
+        plane = image_plane(np.asarray(labels.array), self._session[1])
         return {
             "synthetic": image.synthetic.summary(),
             "background": self._session[0].name,
             "slice": self._session[1],
             "lesion_model": str(self.generator.path) if self.generator and self.generator.path else "",
-            "options": self.options.values(),
+            "options": {**self.options.values(), "blend": self.blend.name, "feather_px": self.blend.feather_px},
             "lesions": [
-                {"label_id": p.label_id, "centre_yx": list(p.centre), "size_hw": list(p.lesion.mask.shape), "seed": p.seed}
+                {
+                    "label_id": p.label_id,
+                    **label_geometry(plane, p.label_id),
+                    "centre_y": p.centre[0],
+                    "centre_x": p.centre[1],
+                    "patch_height": p.lesion.mask.shape[0],
+                    "patch_width": p.lesion.mask.shape[1],
+                    "lesion_seed": p.seed,
+                }
                 for p in self.scene
             ],
         }
@@ -713,6 +761,22 @@ class LesionWidget(QWidget):
         if self.run.worker is not None and not self.run.shutdown(SHUTDOWN_TIMEOUT_S):
             report_error(RuntimeError(f"SinGAN training did not stop within {SHUTDOWN_TIMEOUT_S:.0f} s"))
         self._close_progress()
+
+
+def _taken(scene: Scene, shape: tuple[int, int]) -> np.ndarray:
+    """``(H, W)`` pixels covered by the lesions of `scene`."""
+    taken = np.zeros(shape, dtype=bool)
+    for placement in scene:
+        taken |= placed_mask(placement, shape)
+    return taken
+
+
+def _next_id(scene: Scene) -> int:
+    return max((p.label_id for p in scene), default=0) + 1
+
+
+def _blend(options: PlacementOptions) -> Blend:
+    return Blend(options.blend, options.feather_px)
 
 
 def _chosen_item(layer: Layer, kind: str) -> np.ndarray:

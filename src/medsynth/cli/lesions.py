@@ -4,12 +4,16 @@ Writes ``synthetic_NNNN.nii.gz`` (marked synthetic), ``synthetic_NNNN_mask.nii.g
 id per lesion), ``manifest.csv`` and ``manifest.json`` into ``--out``; with ``--location-labels``
 also the fitted prior as ``location_prior.json``. ``--danger`` and ``--location-model`` also take
 checkpoints of the learned models (``medsynth train --recipe danger-unet`` / ``lesion-heatmap``);
-files are told apart by their content.
+files are told apart by their content. ``manifest.json`` records every option (``options``) and
+the ``command`` that makes the same images again. The files are written into a temporary folder
+beside ``--out`` and moved there only when every image succeeded, so a failed run leaves nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +35,7 @@ def register(subparsers) -> None:
         "--danger",
         nargs="+",
         default=["auto"],
+        type=_danger_source,
         metavar="PATH|auto",
         help="danger-zone masks (1 permissible, 0 forbidden) or danger-unet checkpoints, one per background or one for all; "
         "'auto' bootstraps them from intensity rules (default)",
@@ -62,17 +67,14 @@ def run(args) -> int:
     from medsynth.lesions.batch import BatchOptions, manifest_rows, synthesize, write_manifest
     from medsynth.lesions.singan_training import load_singan
 
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(f"--out {args.out} is a file; give a folder (created if missing)")
     lesion_generator = load_singan(args.lesion_model)
     backgrounds = [read_image(path) for path in args.background]
     for path, image in zip(args.background, backgrounds):
         image.metadata.setdefault("source", str(path))
     dangers, danger_source = _dangers(args.danger, backgrounds)
     prior, prior_source = _prior(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.location_labels:
-        from medsynth.lesions.location import save_location_prior
-
-        prior_source = str(save_location_prior(prior, args.out / "location_prior.json"))
     options = BatchOptions(
         per_image=args.per_image,
         size_range=tuple(args.size),
@@ -84,21 +86,85 @@ def run(args) -> int:
         checkpoint=args.lesion_model.name,
     )
     num = args.num if args.num is not None else len(backgrounds)
-    cases, files = [], []
-    for case in synthesize(backgrounds, dangers, lesion_generator, num, args.seed, options, prior):
-        image_path = write_nifti(case.image, args.out / f"{case.image.name}.nii.gz")
-        mask_path = write_nifti(case.labels, args.out / f"{case.labels.name}.nii.gz")
-        cases.append(case)
-        files.append((image_path.name, mask_path.name))
-        log.info("%s: %d lesions into %s", image_path.name, len(case.lesions), case.background)
-    models = {"lesion_model": str(args.lesion_model), "location_model": prior_source, "danger": danger_source}
-    meta = {"seed": args.seed, "num": num, "per_image": args.per_image, "blend": args.blend, "models": models}
-    csv_path, _ = write_manifest(manifest_rows(cases, files, models), meta, args.out)
-    log.info("wrote %d images, their masks and %s", len(cases), csv_path)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=args.out.parent, prefix=f".{args.out.name}."))
+    try:
+        if args.location_labels:
+            from medsynth.lesions.location import save_location_prior
+
+            save_location_prior(prior, work / "location_prior.json")
+            prior_source = str(args.out / "location_prior.json")
+        cases, files = [], []
+        for case in synthesize(backgrounds, dangers, lesion_generator, num, args.seed, options, prior):
+            image_path = write_nifti(case.image, work / f"{case.image.name}.nii.gz")
+            mask_path = write_nifti(case.labels, work / f"{case.labels.name}.nii.gz")
+            cases.append(case)
+            files.append((image_path.name, mask_path.name))
+            log.info("%s: %d lesions into %s", image_path.name, len(case.lesions), case.background)
+        models = {"lesion_model": str(args.lesion_model), "location_model": prior_source, "danger": danger_source}
+        write_manifest(manifest_rows(cases, files, models), _meta(args, num, models), work)
+        _move_into(work, args.out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("wrote %d images, their masks and %s", len(cases), args.out / "manifest.csv")
     return 0
 
 
-def _dangers(sources: list[str], backgrounds: list) -> tuple[list[np.ndarray], str]:
+def _meta(args, num: int, models: dict[str, str]) -> dict:
+    """The run-level part of ``manifest.json``: seed, counts, models, every option and the command that repeats the run."""
+    recorded = recorded_options(args)
+    return {
+        "seed": args.seed,
+        "num": num,
+        "per_image": args.per_image,
+        "blend": args.blend,
+        "models": models,
+        "options": recorded,
+        "command": ["medsynth", "lesions", *option_argv(recorded)],
+    }
+
+
+def recorded_options(args) -> dict:
+    """Every option of this run, JSON-ready, paths made absolute so that the command works from any folder."""
+    options = {}
+    for name, value in vars(args).items():
+        if name in ("func", "command", "verbose"):
+            continue
+        if isinstance(value, Path):
+            value = str(value.resolve())
+        elif isinstance(value, (list, tuple)):
+            value = [str(v.resolve()) if isinstance(v, Path) else v for v in value]
+        options[name] = value
+    return options
+
+
+def option_argv(options: dict) -> list[str]:
+    """The ``medsynth lesions`` arguments that give `options` again (each option is ``--`` + its name)."""
+    argv = []
+    for name, value in options.items():
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        argv += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
+    return argv
+
+
+def _move_into(work: Path, out: Path) -> None:
+    """Move the finished files of `work` into `out` (renamed as a whole when `out` does not exist yet)."""
+    if not out.exists():
+        work.chmod(0o755)  # mkdtemp makes the folder private; results are an ordinary folder
+        work.rename(out)
+        return
+    for path in sorted(work.iterdir()):
+        path.replace(out / path.name)
+
+
+def _danger_source(text: str) -> str | Path:
+    """``auto``, or the path of a mask or checkpoint (a Path, so that the manifest records it absolute)."""
+    return text if text == "auto" else Path(text)
+
+
+def _dangers(sources: list[str | Path], backgrounds: list) -> tuple[list[np.ndarray], str]:
     """One ``M_danger`` per background: bootstrapped (``auto``), read from mask files or predicted by danger-unet checkpoints."""
     if sources == ["auto"]:
         from medsynth.lesions.danger import bootstrap_danger
@@ -115,7 +181,7 @@ def _dangers(sources: list[str], backgrounds: list) -> tuple[list[np.ndarray], s
 
     loaded = [load_danger_source(path) for path in sources]
     masks = [danger_for(loaded[k % len(loaded)], image) for k, image in enumerate(backgrounds)]
-    return masks, " ".join(sources)
+    return masks, " ".join(map(str, sources))
 
 
 def _prior(args):

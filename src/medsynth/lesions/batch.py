@@ -30,22 +30,53 @@ from medsynth.lesions.crop import image_plane
 from medsynth.lesions.fusion import Lesion, fuse
 from medsynth.lesions.location import LocationModel, top_candidates
 from medsynth.lesions.placement import sample_placements
-from medsynth.lesions.scene import assemble, draw_lesion
+from medsynth.lesions.scene import assemble, check_compatible, draw_lesion
 from medsynth.lesions.singan_training import LesionGenerator
 
 
 @dataclass(frozen=True)
 class LesionRecord:
-    """One placed lesion, as the manifest lists it."""
+    """One placed lesion, as the manifest lists it (pixel indices of the background plane).
+
+    The box and centroid are those of the lesion's label pixels (what a detector trains on); the
+    patch is the generated ``(patch_height, patch_width)`` image centred at ``(centre_y, centre_x)``,
+    whose footprint (the label pixels) is usually smaller.
+    """
 
     label_id: int
+    bbox_y0: int
+    bbox_x0: int
+    bbox_y1: int
+    """Exclusive end row of the tight bounding box."""
+    bbox_x1: int
+    """Exclusive end column of the tight bounding box."""
+    centroid_y: float
+    centroid_x: float
+    pixels: int
     centre_y: int
     centre_x: int
-    height: int
-    width: int
-    pixels: int
+    patch_height: int
+    patch_width: int
     size_factor: float
     lesion_seed: int
+
+
+def label_geometry(labels: np.ndarray, label_id: int) -> dict[str, int | float]:
+    """Tight bounding box ``bbox_y0, bbox_x0, bbox_y1, bbox_x1`` (ends exclusive), centroid and pixel count of `label_id` in ``(H, W)`` `labels`."""
+    pixels = np.argwhere(np.asarray(labels) == label_id)
+    if len(pixels) == 0:
+        raise InputError(f"label {label_id} has no pixel in the label map; place the lesion again")
+    (y0, x0), (y1, x1) = pixels.min(axis=0), pixels.max(axis=0) + 1
+    cy, cx = pixels.mean(axis=0)
+    return {
+        "bbox_y0": int(y0),
+        "bbox_x0": int(x0),
+        "bbox_y1": int(y1),
+        "bbox_x1": int(x1),
+        "centroid_y": round(float(cy), 3),
+        "centroid_x": round(float(cx), 3),
+        "pixels": len(pixels),
+    }
 
 
 @dataclass(frozen=True)
@@ -109,6 +140,7 @@ def synthesize_case(
     """One synthetic image with `options.per_image` lesions; see the module docstring."""
     if background.is_rgb or background.has_time or background.is_label:
         raise InputError(f"background {background.name!r} ({background.axes}) must be a grey 2D image or 3D volume")
+    check_compatible(lesion_generator, background)
     slice_index = _slice_index(background, options.slice_index)
     plane = image_plane(np.asarray(background.array), slice_index)
     danger = np.asarray(danger)
@@ -128,7 +160,16 @@ def synthesize_case(
     )
     result = fuse(plane, lesions, centres, blend=options.blend)
     records = [
-        LesionRecord(i + 1, c[0], c[1], *l.mask.shape, int(l.mask.sum()), size, s)
+        LesionRecord(
+            label_id=i + 1,
+            **label_geometry(result.labels, i + 1),
+            centre_y=c[0],
+            centre_x=c[1],
+            patch_height=l.mask.shape[0],
+            patch_width=l.mask.shape[1],
+            size_factor=size,
+            lesion_seed=s,
+        )
         for i, (l, c, size, s) in enumerate(zip(lesions, centres, sizes, seeds))
     ]
     provenance = SyntheticProvenance(

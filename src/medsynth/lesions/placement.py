@@ -43,19 +43,38 @@ def allowed_centres(permissible: np.ndarray, footprint: np.ndarray) -> np.ndarra
     if not footprint.any():
         raise InputError("the lesion's footprint mask is empty; give a lesion with at least one pixel")
     # binary_erosion centres the structure at shape // 2 and reads structure[k] at p + k - shape // 2,
-    # which is exactly `footprint_slices`; border_value=0 forbids footprints reaching outside the image.
-    return ndimage.binary_erosion(np.asarray(permissible, dtype=bool), structure=footprint, border_value=0)
+    # which is exactly `footprint_slices`; border_value=0 forbids footprint pixels outside the image.
+    allowed = ndimage.binary_erosion(np.asarray(permissible, dtype=bool), structure=footprint, border_value=0)
+    # The erosion ignores the patch's empty rim, yet the patch is pasted whole: it must fit in the image too.
+    (h, w), (height, width) = footprint.shape, allowed.shape
+    fits = np.zeros_like(allowed)
+    fits[h // 2 : height - h + h // 2 + 1, w // 2 : width - w + w // 2 + 1] = True
+    return allowed & fits
 
 
-def place_by_hand(permissible: np.ndarray, footprint: np.ndarray, centre: tuple[float, float]) -> Point:
-    """Check a hand placement at the pixel holding `centre` (`pixel_index`); return that pixel, or raise InputError saying why it is refused."""
+def place_by_hand(
+    permissible: np.ndarray, footprint: np.ndarray, centre: tuple[float, float], taken: np.ndarray | None = None
+) -> Point:
+    """Check a hand placement at the pixel holding `centre` (`pixel_index`); return that pixel, or raise InputError saying why it is refused.
+
+    `taken` ``(H, W)`` marks the pixels of lesions placed before; covering one is refused with its
+    own message, before the danger zone is checked.
+    """
     y, x = pixel_index(centre[:2])
+    footprint = np.asarray(footprint, dtype=bool)
     if not inside_image((y, x), footprint.shape, permissible.shape):
         raise InputError(
             f"lesion at ({y}, {x}) of size {footprint.shape[0]}x{footprint.shape[1]} reaches outside the "
             f"{permissible.shape[0]}x{permissible.shape[1]} image; choose a place further inside"
         )
-    overlap = forbidden_overlap(permissible, np.asarray(footprint, dtype=bool), (y, x))
+    if taken is not None:
+        covered = forbidden_overlap(~np.asarray(taken, dtype=bool), footprint, (y, x))
+        if covered:
+            raise InputError(
+                f"lesion at ({y}, {x}) overlaps a lesion placed before by {covered} pixels; choose a free place "
+                "(or erase that lesion's label and Re-fuse first)"
+            )
+    overlap = forbidden_overlap(permissible, footprint, (y, x))
     if overlap:
         raise InputError(f"lesion at ({y}, {x}) overlaps the danger zone by {overlap} pixels; choose another place")
     return y, x

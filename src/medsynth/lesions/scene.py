@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from medsynth.errors import InputError
+from medsynth.io.image import MedImage
 from medsynth.lesions.fusion import Lesion
 from medsynth.lesions.placement import Point, footprint_slices, place_by_hand
 from medsynth.lesions.singan_training import LesionGenerator, sample_lesions
@@ -49,6 +50,27 @@ def draw_lesion(generator: LesionGenerator, seed: int, size: float, start_scale:
     )
 
 
+def check_compatible(generator: LesionGenerator, background: MedImage) -> None:
+    """InputError when the lesion model's training crop and `background` differ in known modality or units.
+
+    Lesions are fused in the crop's units, so an HU lesion in an MR image would be nonsense. A side
+    that does not know its modality (``OT`` or empty) or its units (empty) is not compared.
+    """
+    crop_modality, crop_units = str(generator.data.get("modality", "OT")), str(generator.data.get("units", ""))
+    known = {"OT", ""}
+    clashes = []
+    if crop_modality not in known and background.modality not in known and crop_modality != background.modality:
+        clashes.append(f"modality {crop_modality} vs {background.modality}")
+    if crop_units and background.units and crop_units != background.units:
+        clashes.append(f"units {crop_units!r} vs {background.units!r}")
+    if clashes:
+        source = generator.path.name if generator.path else "the lesion model"
+        raise InputError(
+            f"{source} was trained on a crop that does not match background {background.name!r} "
+            f"({', '.join(clashes)}); train or load a lesion model on an image of the same kind"
+        )
+
+
 def placed_mask(placement: Placement, shape: tuple[int, int]) -> np.ndarray:
     """``(H, W)`` boolean footprint of `placement` in a plane of `shape`."""
     mask = np.zeros(shape, dtype=bool)
@@ -77,7 +99,7 @@ def check_scene(scene: Scene, permissible: np.ndarray) -> None:
     """InputError unless every lesion of `scene` lies on permissible pixels, inside the plane, on no other lesion."""
     taken = np.zeros(permissible.shape, dtype=bool)
     for placement in scene:
-        place_by_hand(permissible & ~taken, placement.lesion.mask, placement.centre)
+        place_by_hand(permissible, placement.lesion.mask, placement.centre, taken)
         taken |= placed_mask(placement, permissible.shape)
 
 

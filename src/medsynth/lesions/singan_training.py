@@ -2,9 +2,10 @@
 
 SinGAN is the training engine's ``singan`` recipe (`medsynth.training.recipes.singan` describes the
 method); this module is its entry for the Lesions widget, ``medsynth lesions`` and scripts, which
-hold the crop as arrays. `train_singan` is `medsynth.training.trainer.train` with that recipe on
-``[(values, mask)]``: the same events (`Progress.phase` names the scale), a preview per scale, stop
-and pause through `TrainControl`, and one engine checkpoint at the end. Its crop is the mask's
+hold the crop as arrays or as a 2D `MedImage` (which keeps its modality, units and spacing).
+`train_singan` is `medsynth.training.trainer.train` with that recipe on ``[(values, mask)]``: the
+same events (`Progress.phase` names the scale), a preview per scale, stop and pause through
+`TrainControl`, and one engine checkpoint at the end. Its crop is the mask's
 bounding box plus `margin` pixels of `values` (``margin=-1``: all of `values`), normalised to
 [-1, 1] by its own minimum and maximum, which the checkpoint stores.
 
@@ -37,6 +38,7 @@ from medsynth.atomic import write_bytes
 from medsynth.data.datasets import LesionCropDataset
 from medsynth.data.normalization import Normalization
 from medsynth.errors import CheckpointError, InputError
+from medsynth.io.image import MedImage
 from medsynth.lesions.fusion import Lesion
 from medsynth.models.singan import SinGAN
 from medsynth.settings import parse, setting, to_dict
@@ -99,7 +101,7 @@ def crop_tensor(values: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, Nor
 
 
 def train_singan(
-    values: np.ndarray,
+    values: np.ndarray | MedImage,
     mask: np.ndarray,
     settings: SinGANSettings | None = None,
     *,
@@ -108,6 +110,10 @@ def train_singan(
     device: str = "cpu",
 ) -> Generator[Event, None, LesionGenerator]:
     """Train a SinGAN on a ``(H, W)`` crop in data units and its ``(H, W)`` lesion mask, yielding the engine's events.
+
+    Given as a `MedImage`, the crop's modality, units and pixel spacing go into the checkpoint (and
+    `LesionGenerator.data`), so that fusion can refuse a background of another kind; plain arrays
+    record modality ``OT``, no units and spacing 1.
 
     The crop is trimmed to the mask's bounding box plus ``settings.margin`` pixels (-1: kept whole).
     A stop request ends training after the current round and keeps the scales trained so far,
@@ -147,7 +153,7 @@ def train_singan(
     return dataclasses.replace(trained, path=path)
 
 
-def train_to_end(values: np.ndarray, mask: np.ndarray, settings: SinGANSettings | None = None, **options) -> LesionGenerator:
+def train_to_end(values: np.ndarray | MedImage, mask: np.ndarray, settings: SinGANSettings | None = None, **options) -> LesionGenerator:
     """Run `train_singan` synchronously, ignoring its events; the trained generator (for scripts and tests)."""
     events = train_singan(values, mask, settings, **options)
     while True:
