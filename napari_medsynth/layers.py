@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from medsynth.errors import InputError
 from medsynth.io.image import MedImage, SyntheticProvenance
 
 SYNTHETIC_SUFFIX = " [SYNTHETIC]"
@@ -86,7 +87,7 @@ def from_layer(data: Any, attributes: dict[str, Any], *, is_label: bool | None =
     axes = stored.get("axes")
     is_rgb = bool(attributes.get("rgb", False))
     if axes is None or len(axes) != array.ndim:
-        axes = _axes_for(array.ndim - (1 if is_rgb else 0)) + ("c" if is_rgb else "")
+        axes = _axes_for(array.ndim - (1 if is_rgb else 0), attributes.get("name", "image")) + ("c" if is_rgb else "")
     n_lead = len(axes.rstrip("c"))
     n_space = sum(a in "zyx" for a in axes)
     scale = np.asarray(attributes.get("scale", np.ones(n_lead)), dtype=float)[-n_space:]
@@ -112,10 +113,14 @@ def from_layer(data: Any, attributes: dict[str, Any], *, is_label: bool | None =
     )
 
 
-def _axes_for(ndim: int) -> str:
+def _axes_for(ndim: int, name: str) -> str:
+    """Axes of a layer of `ndim` (non-channel) dimensions; InputError beyond the 2D to 4D that images have."""
     axes = {2: "yx", 3: "zyx", 4: "tzyx"}.get(ndim)
     if axes is None:
-        raise ValueError(f"a layer with {ndim} dimensions cannot be written as a medical image (2D to 4D)")
+        raise InputError(
+            f"layer {name!r} has {ndim} dimensions, but medsynth uses 2D (y, x), 3D (z, y, x) and 4D (t, z, y, x) "
+            "images: take a 2D to 4D part of it (e.g. one channel or one time point) as its own layer"
+        )
     return axes
 
 

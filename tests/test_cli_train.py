@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -210,3 +211,58 @@ def test_sigterm_stops_cleanly_with_a_checkpoint(tmp_path, small_volume):
     step = load_checkpoint(checkpoint).step
     assert 2 <= step < 100000 and checkpoint.name == f"checkpoint-{step:07d}.safetensors"
     assert np.isfinite(load_checkpoint(checkpoint).state["models"]["generator"]["main.0.weight"].numpy()).all()
+
+
+@pytest.mark.parametrize(
+    ("seed", "problem"),
+    [("-1", "must be at least 0"), (str(2**32), f"must be at most {2**32 - 1}"), (str(2**64), "must be at most")],
+)
+def test_a_seed_out_of_range_exits_2_before_any_data_is_read(tmp_path, seed, problem, capsys):
+    missing = tmp_path / "not_there.nii.gz"  # read only after the options are checked
+    argv = ["train", "--recipe", "dcgan", "--data", str(missing), "--out", str(tmp_path / "run"), "--seed", seed]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"seed={seed}: {problem}" in err
+    assert "not_there" not in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_values_of_the_wrong_type_exit_2_naming_each_key_and_what_it_takes(tmp_path, small_volume, capsys):
+    config = tmp_path / "train.toml"
+    config.write_text(
+        f'recipe = "dcgan"\nsteps = "many"\nwindow = 40\nout_dir = 5\nsettings = "x"\ndata = ["{small_volume}"]\n'
+    )
+    assert main(["train", "--config", str(config), "--set", "batch_size=4"]) == 2
+    err = capsys.readouterr().err
+    assert "steps='many' (expected a whole number)" in err
+    assert "window=40 (expected [center, width], two numbers)" in err
+    assert "out_dir=5 (expected a folder path)" in err
+    assert "settings='x' (expected a table of recipe settings" in err
+    assert err.count("medsynth: error:") == 1  # one error naming them all
+
+    json_config = tmp_path / "train.json"
+    json_config.write_text(json.dumps({"recipe": "dcgan", "out_dir": str(tmp_path / "run"), "data": 5}))
+    assert main(["train", "--config", str(json_config)]) == 2
+    assert "data=5 must be a file path or a list of them" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_recipe_or_output_folder_names_the_flags_and_the_config_keys(tmp_path, small_volume, capsys):
+    assert main(["train", "--data", str(small_volume)]) == 2
+    err = capsys.readouterr().err
+    assert "--recipe NAME (or `recipe` in the config file)" in err
+    assert "--out DIR (or `out_dir` in the config file)" in err
+    assert main(["train", "--recipe", "dcgan", "--data", str(small_volume)]) == 2
+    err = capsys.readouterr().err
+    assert "--out DIR" in err and "--recipe" not in err
+
+
+def test_a_failure_during_training_exits_1_with_the_reason(tmp_path, small_volume, monkeypatch, capsys):
+    from medsynth.training.recipes.dcgan import DCGANRecipe
+
+    monkeypatch.setattr(DCGANRecipe, "train_step", lambda self, batch, step: {"g_loss": float("nan")})
+    argv = ["train", "--recipe", "dcgan", "--data", str(small_volume), "--out", str(tmp_path / "run"), "--steps", "2"]
+    assert main([*argv, *TINY]) == 1
+    err = capsys.readouterr().err
+    assert "medsynth: failed: step 1: loss g_loss=nan is not finite" in err and "Traceback" not in err
+    assert not list((tmp_path / "run").glob("*.safetensors"))  # no broken model written

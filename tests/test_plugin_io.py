@@ -130,3 +130,11 @@ def test_synthetic_images_are_named_and_tagged(make_napari_viewer):
     assert layer.name.endswith("[SYNTHETIC]")
     assert layer.metadata["medsynth"]["synthetic"]["model"] == "dcgan"
     assert from_layer(layer.data, layer.as_layer_data_tuple()[1]).synthetic == provenance
+
+
+def test_a_layer_of_more_than_four_dimensions_is_an_input_error_naming_it():
+    from medsynth.errors import InputError
+
+    with pytest.raises(InputError, match="layer 'stack' has 5 dimensions.*2D .* 4D .*one channel or one time point"):
+        from_layer(np.zeros((2, 2, 3, 4, 4), dtype=np.float32), {"name": "stack"})
+    assert from_layer(np.zeros((2, 3, 4, 4), dtype=np.float32), {"name": "cine"}).axes == "tzyx"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
 import shutil
 from dataclasses import replace
 
 import pytest
 import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 
 from medsynth.errors import CheckpointError
 from medsynth.io import read_image
@@ -107,3 +111,23 @@ def test_malicious_pickle_never_runs(tmp_path, writer):
     with pytest.raises(CheckpointError, match="not a medsynth checkpoint"):
         load_checkpoint(evil)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("recipe", [None, 7, ["dcgan"]], ids=["missing", "number", "list"])
+def test_a_header_with_a_valid_hash_but_no_recipe_name_is_refused(trained, tmp_path, recipe):
+    blob = trained.read_bytes()
+    header_size = int.from_bytes(blob[:8], "little")
+    meta = json.loads(json.loads(blob[8 : 8 + header_size])["__metadata__"]["medsynth"])
+    meta.pop("recipe")
+    if recipe is not None:
+        meta["recipe"] = recipe
+    # The same tensors make the same data section: the stored hash still matches, only the metadata is wrong.
+    crafted = save_tensors(load_tensors(blob), metadata={"medsynth": json.dumps(meta)})
+    assert hashlib.sha256(crafted[8 + int.from_bytes(crafted[:8], "little") :]).hexdigest() == meta["tensors_sha256"]
+    path = tmp_path / "crafted.safetensors"
+    path.write_bytes(crafted)
+    with pytest.raises(CheckpointError) as excinfo:
+        load_checkpoint(path)
+    assert f"checkpoint {path} is corrupt or incomplete: its metadata names no recipe (recipe={recipe!r})" in str(
+        excinfo.value
+    )

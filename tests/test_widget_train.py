@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from medsynth.data.samples import load_sample
-from medsynth.errors import TrainingError
+from medsynth.errors import SettingsError, TrainingError
 from medsynth.training.checkpoint import load_checkpoint
-from medsynth.training.config import TrainConfig
+from medsynth.training.config import SEED_LIMIT, TrainConfig
 from medsynth.training.events import Progress
 from medsynth.training.recipe import list_recipes
 from medsynth.training.trainer import train
@@ -150,6 +150,30 @@ def test_bad_settings_or_no_data_are_a_notification_and_start_nothing(make_napar
     assert len(notifications) == 2 and "select one or more image layers" in notifications[1]
     assert not (tmp_path / "run").exists()
 
+
+
+def test_a_five_dimensional_layer_is_a_notification_and_starts_nothing(make_napari_viewer, tmp_path, notifications):
+    stack = np.zeros((2, 2, 3, 32, 32), dtype=np.float32)
+    _, widget, _ = open_widget(make_napari_viewer, (stack, {"name": "5d stack"}, "image"), tmp_path)
+    widget.start_button.native.click()
+    assert widget.run.state is RunState.IDLE and widget.run.worker is None
+    assert len(notifications) == 1
+    assert "InputError" in notifications[0] and "'5d stack' has 5 dimensions" in notifications[0]
+    assert widget.preview_layer is None and not (tmp_path / "run").exists()
+
+
+def test_run_options_take_exactly_the_values_the_core_accepts(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medsynth", "Train")
+    seed = widget.options["seed"]
+    assert (seed.min, seed.max) == (0, SEED_LIMIT - 1)
+    assert list(widget.options["slice_axis"].choices) == [0, 1, 2]
+    assert (widget.options["sample_every"].min, widget.options["steps"].min) == (0, 1)
+    seed.value = seed.max
+    widget.out_dir.value = tmp_path / "run"
+    widget._config().validate()  # the largest seed the widget offers is one the trainer takes
+    with pytest.raises(SettingsError, match=f"seed={SEED_LIMIT}: must be at most {SEED_LIMIT - 1}"):
+        TrainConfig("dcgan", tmp_path, seed=seed.max + 1).validate()
 
 def test_failure_in_training_is_a_notification_and_the_widget_returns_to_idle(make_napari_viewer, qtbot, tmp_path, notifications):
     ct = load_sample("ct_slice")

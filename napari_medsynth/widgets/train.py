@@ -32,7 +32,7 @@ from medsynth.errors import InputError, MedsynthError
 from medsynth.io.image import MedImage, SyntheticProvenance
 from medsynth.settings import setting
 from medsynth.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from medsynth.training.config import NORMALIZATIONS, TrainConfig
+from medsynth.training.config import NORMALIZATIONS, RunOptions, TrainConfig
 from medsynth.training.events import CheckpointSaved, Finished, Paused, Progress, Resumed, Samples, Started
 from medsynth.training.generate import generate
 from medsynth.training.process import train_in_process
@@ -64,18 +64,6 @@ thread also trained about ten times faster than two (docs/benchmarks.md, "Respon
 
 def _config_default(name: str) -> Any:
     return TrainConfig.__dataclass_fields__[name].default
-
-
-@dataclass
-class RunOptions:
-    """The run options the widget shows; the rest of `TrainConfig` keeps its defaults."""
-
-    steps: int = setting(_config_default("steps"), "Total generator updates", min=1, max=10_000_000)
-    slice_axis: int = setting(0, "Axis of 3D volumes to slice: 0 axial (z), 1 coronal (y), 2 sagittal (x)", choices=(0, 1, 2))
-    sample_every: int = setting(_config_default("sample_every"), "Steps between preview refreshes (0: none)", min=0, max=1_000_000)
-    checkpoint_every: int = setting(_config_default("checkpoint_every"), "Steps between checkpoints", min=1, max=1_000_000)
-    log_every: int = setting(_config_default("log_every"), "Steps between points of the loss plot", min=1, max=1_000_000)
-    seed: int = setting(_config_default("seed"), "Random seed (the same seed repeats a CPU run)", min=0, max=2**31 - 1)
 
 
 @dataclass

@@ -94,14 +94,16 @@ def run_train(args) -> int:
     from medsynth.training.trainer import train
 
     values = read_config(args.config) if args.config else {}
-    config_data = values.pop("data", None)
-    config_targets = values.pop("targets", None)
+    config_data = config_paths(values, "data", args.config)
+    config_targets = config_paths(values, "targets", args.config)
     data_paths = args.data or config_data
     target_paths = args.targets or config_targets
     for arg, key in CONFIG_KEYS_FROM_ARGS.items():
         if getattr(args, arg) is not None:
             values[key] = getattr(args, arg)
-    values["settings"] = {**values.get("settings", {}), **parse_assignments(args.set)}
+    assignments = parse_assignments(args.set)
+    if isinstance(values.get("settings", {}), dict):  # any other value is reported by `from_mapping`
+        values["settings"] = {**values.get("settings", {}), **assignments}
     config = TrainConfig.from_mapping(values)
     if not data_paths:
         raise InputError("no training data: give --data PATH [PATH ...] (or `data` in the config file)")
@@ -261,6 +263,19 @@ def read_config(path: Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise InputError(f"config file {path} must hold a table of options, not {type(values).__name__}")
     return values
+
+
+def config_paths(values: dict[str, Any], key: str, path: Path | None) -> list[str] | None:
+    """Pop the file list `key` (``data`` or ``targets``) of a config file's table: one path or a list of paths."""
+    paths = values.pop(key, None)
+    if isinstance(paths, str):
+        return [paths]
+    if paths is not None and not (isinstance(paths, list) and all(isinstance(p, str) for p in paths)):
+        raise SettingsError(
+            f"config file {path}: {key}={paths!r} must be a file path or a list of them, "
+            f'e.g. {key} = ["ct1.nii.gz", "ct2.nii.gz"]'
+        )
+    return paths
 
 
 def parse_assignments(items: list[str]) -> dict[str, str]:

@@ -118,6 +118,11 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
         raise CheckpointError(
             f"checkpoint {path} is corrupt (its tensor data does not match its hash); use another one"
         )
+    if not isinstance(meta.get("recipe"), str):
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or incomplete: its metadata names no recipe "
+            f"(recipe={meta.get('recipe')!r}); use another one"
+        )
     try:
         get_recipe(meta["recipe"])
     except SettingsError as exc:
