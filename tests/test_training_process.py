@@ -8,16 +8,27 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
+import shutil
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
+from itertools import islice
+from multiprocessing.shared_memory import SharedMemory
+from pathlib import Path
 
+import dask.array as da
 import numpy as np
 import pytest
 import torch
 
 from medsynth.data.samples import load_sample
-from medsynth.errors import SettingsError, TrainingError
+from medsynth.errors import InputError, SettingsError, TrainingError
+from medsynth.io import read_image, write_nifti
+from medsynth.training import shared_arrays
 from medsynth.training.checkpoint import load_checkpoint
 from medsynth.training.config import TrainConfig
 from medsynth.training.control import TrainControl
@@ -40,6 +51,80 @@ def config(tmp_path, name: str, **options) -> TrainConfig:
 
 def no_children_left() -> bool:
     return not multiprocessing.active_children()
+
+
+@pytest.fixture
+def nifti_ct(tmp_path, ct):
+    """The CT slice written to an uncompressed NIfTI and read back: its array views the file's memory map."""
+    return read_image(write_nifti(ct, tmp_path / "ct.nii"))
+
+
+@pytest.fixture
+def released_blocks(monkeypatch):
+    """Every in-memory array goes through shared memory; the names of the blocks released are recorded."""
+    monkeypatch.setattr(shared_arrays, "SHARED_MIN_BYTES", 1)
+    names: list[str] = []
+    release = shared_arrays.release
+
+    def recording(shared):
+        names.extend(block.name for block in shared)
+        release(shared)
+
+    monkeypatch.setattr(shared_arrays, "release", recording)
+    return names
+
+
+def unlinked(name: str) -> bool:
+    try:
+        SharedMemory(name=name).close()
+    except FileNotFoundError:
+        return True
+    return False
+
+
+def test_a_memory_mapped_image_travels_as_a_small_handle_and_reopens_read_only_from_its_file(tmp_path, nifti_ct):
+    assert not nifti_ct.array.flags.owndata  # a view of the file's memory map, not a copy
+    flipped = nifti_ct.with_array(nifti_ct.array[::-1, 1::3])
+    shared: list[SharedMemory] = []
+    for image in (nifti_ct, flipped):
+        sent = shared_arrays.share(image, shared)
+        assert isinstance(sent.array, shared_arrays.MappedArray) and image.array is not sent.array
+        assert len(pickle.dumps(sent.array)) < 1000 < image.array.nbytes
+        received = shared_arrays.reopen(pickle.loads(pickle.dumps(sent)))
+        assert isinstance(received.array, np.memmap) and Path(received.array.filename) == tmp_path / "ct.nii"
+        assert not received.array.flags.writeable
+        np.testing.assert_array_equal(received.array, image.array)
+        assert received.spacing == image.spacing and received.units == "HU"
+    assert shared == []
+
+    handle = shared_arrays.share(nifti_ct.array, shared)
+    write_nifti(flipped, tmp_path / "other.nii").replace(tmp_path / "ct.nii")
+    with pytest.raises(InputError, match=r"ct\.nii: the file was replaced"):
+        handle.open()
+
+
+def test_a_large_in_memory_array_goes_through_shared_memory_until_released(monkeypatch, ct):
+    monkeypatch.setattr(shared_arrays, "SHARED_MIN_BYTES", ct.array.nbytes)
+    small, lazy = ct.array[:64], da.from_array(ct.array, chunks=64)
+    shared: list[SharedMemory] = []
+    sent = shared_arrays.share([(ct, ct.array[::-1]), small, lazy], shared)
+    (image, target), kept, kept_lazy = sent
+    assert kept is small and kept_lazy is lazy
+    assert isinstance(image.array, shared_arrays.SharedArray) and isinstance(target, shared_arrays.SharedArray)
+    assert len(shared) == 2 and len(pickle.dumps(sent[0])) < 2000 < ct.array.nbytes
+
+    (received, received_target), *_ = shared_arrays.reopen(pickle.loads(pickle.dumps(sent)))
+    np.testing.assert_array_equal(received.array, ct.array)
+    np.testing.assert_array_equal(received_target, ct.array[::-1])
+    assert not received.array.flags.writeable and received.units == ct.units
+    names = [block.name for block in shared]
+    shared_arrays.release(shared)
+    assert shared == [] and all(unlinked(name) for name in names)
+
+    # a /dev/shm too small for the array (containers often have 64 MiB): pickled, not a block that would crash
+    almost_full = shutil.disk_usage("/")._replace(free=1000)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: almost_full)
+    assert shared_arrays.share(ct.array, shared) is ct.array and shared == []
 
 
 @pytest.mark.slow
@@ -118,13 +203,16 @@ def test_a_stop_while_the_child_imports_and_closing_the_relay_both_end_the_child
 
 
 @pytest.mark.slow
-def test_the_childs_error_is_raised_in_the_parent_with_its_type_and_message(tmp_path, ct):
+def test_the_childs_error_is_raised_in_the_parent_with_its_type_and_message_and_shared_memory_unlinked(
+    tmp_path, ct, released_blocks
+):
     bad = config(tmp_path, "bad")
     bad.settings = {**TINY, "resolution": 32}
     with pytest.raises(SettingsError, match="resolution=32") as raised:
         list(train_in_process(bad, [ct]))
     assert any("raised in the training process" in note and "check_config" in note for note in raised.value.__notes__)
     assert no_children_left()
+    assert len(released_blocks) == 1 and unlinked(released_blocks[0])  # the CT went through shared memory
     assert not (tmp_path / "bad").exists()
 
 
@@ -139,6 +227,77 @@ def test_a_killed_child_is_a_training_error_naming_the_exit_code(tmp_path, ct):
             pass
     assert str(tmp_path / "killed") in str(raised.value)
     assert no_children_left()
+
+
+@pytest.mark.slow
+def test_mapped_and_shared_data_train_as_in_process_and_sigterm_stops_the_child_with_a_checkpoint(
+    tmp_path, ct, nifti_ct, released_blocks
+):
+    def first_losses(events) -> list[dict[str, float]]:
+        """The losses of the first two steps; the events after them are left unread."""
+        return [event.losses for event in islice((e for e in events if isinstance(e, Progress)), 2)]
+
+    expected = first_losses(train(config(tmp_path, "here"), [nifti_ct, ct]))
+    events = train_in_process(config(tmp_path, "child"), [nifti_ct, ct], threads=torch.get_num_threads())
+    assert first_losses(events) == expected and len(expected) == 2
+    (child,) = multiprocessing.active_children()
+    os.kill(child.pid, signal.SIGTERM)
+    rest = list(events)
+    finished = rest[-1]
+    assert isinstance(finished, Finished) and finished.reason == "stopped" and 2 <= finished.step < 10_000
+    assert isinstance(rest[-2], CheckpointSaved) and load_checkpoint(finished.checkpoint).step == finished.step
+    assert child.exitcode == 0 and no_children_left()
+    assert len(released_blocks) == 1 and unlinked(released_blocks[0])  # the in-memory CT went through one block
+
+
+PARENT_SCRIPT = """
+import os
+import sys
+
+from medsynth.data.samples import load_sample
+from medsynth.training.config import TrainConfig
+from medsynth.training.events import Progress
+from medsynth.training.process import train_in_process
+
+if __name__ == "__main__":
+    settings = {settings!r}
+    config = TrainConfig("dcgan", sys.argv[1], settings=settings, steps=10_000, device="cpu", checkpoint_every=1000)
+    for event in train_in_process(config, [load_sample("ct_slice")]):
+        if isinstance(event, Progress):
+            import multiprocessing
+
+            print(multiprocessing.active_children()[0].pid, flush=True)
+            os._exit(0)
+"""
+
+
+def gone(pid: int) -> bool:
+    """True when `pid` has exited (a zombie counts: its reaper is no longer us)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.slow
+def test_when_the_parent_dies_the_child_stops_with_a_checkpoint_and_exits(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent(PARENT_SCRIPT.format(settings=TINY)))
+    parent = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "run")], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert parent.returncode == 0, parent.stderr
+    child = int(parent.stdout.split()[-1])
+    deadline = time.monotonic() + 60
+    try:
+        while not gone(child) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert gone(child)
+    finally:
+        if not gone(child):  # an orphan would go on training for 10 000 steps
+            os.kill(child, signal.SIGKILL)
+    (written,) = (tmp_path / "run").glob("checkpoint-*.safetensors")
+    assert load_checkpoint(written).step >= 1
 
 
 class NeedsTwoArguments(Exception):

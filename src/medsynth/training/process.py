@@ -8,12 +8,18 @@ code never holds the caller's GIL: a viewer training this way stays as responsiv
 in another program. The caller's thread waits in ``Queue.get`` with a timeout, which releases the
 GIL, and notices a child that died without a word.
 
-The data (MedImages, arrays, ``(image, target)`` pairs) is pickled once, when the child starts: a
-dask array travels as its task graph, any other array as a copy. Nothing is copied per step. Stop
-and pause requests travel through `control`, which must be made with `TrainControl.shared`. The
-child is always ended when the relay ends: after `Finished`, or, when the caller stops reading
-(``close()``) or raises, by asking it to stop (it writes a checkpoint) and terminating it only if
-it does not within `stop_timeout_s`.
+The data (MedImages, arrays, ``(image, target)`` pairs) is sent once, when the child starts, by
+`medsynth.training.shared_arrays`: a memory-mapped array (a NIfTI file) is mapped again from its
+file in the child, an in-memory numpy array of `SHARED_MIN_BYTES` or more is copied once into shared
+memory (unlinked when the relay ends, however it ends), a dask array travels as its task graph and a
+smaller array as a pickled copy. Nothing is copied per step. Stop and pause requests travel through
+`control`, which must be made with `TrainControl.shared`. The child is always ended when the relay
+ends: after `Finished`, or, when the caller stops reading (``close()``) or raises, by asking it to
+stop (it writes a checkpoint) and terminating it only if it does not within `stop_timeout_s`.
+
+The child also stops with a checkpoint on SIGTERM (a job scheduler, ``kill``, or multiprocessing
+ending it at the caller's exit) and when the caller's process dies. Ctrl+C in a terminal is left to
+the caller, which stops the child through `control`.
 
 The CLI trains in its own process (`trainer.train`): torchrun and DistributedDataParallel set up
 each rank in the process they start.
@@ -32,11 +38,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from multiprocessing.queues import Queue
+from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 from typing import Any
 
 from medsynth.errors import InputError, SettingsError, TrainingError
 from medsynth.io.image import MedImage
+from medsynth.training import shared_arrays
 from medsynth.training.config import TrainConfig
 from medsynth.training.control import SPAWN, TrainControl
 from medsynth.training.events import Event, Finished
@@ -46,6 +54,8 @@ POLL_S = 0.2
 STOP_TIMEOUT_S = 120.0
 """How long ending the relay early waits for the child to stop with a checkpoint before terminating it."""
 KILL_TIMEOUT_S = 5.0
+FLUSH_TIMEOUT_S = 10.0
+"""How long the child, at its end, waits for its last events to reach a caller that may have stopped reading."""
 
 
 @dataclass(frozen=True)
@@ -105,13 +115,26 @@ def train_in_process(
     if threads is not None and threads < 1:
         raise SettingsError(f"threads={threads!r} must be at least 1 (or None for torch's default)")
     context = multiprocessing.get_context(SPAWN)
-    events = context.Queue()
-    process = context.Process(
-        target=_child_main,
-        args=(config, list(data), control, events, threads),
-        name=f"medsynth-train-{config.recipe}",
-        daemon=True,  # ended by multiprocessing if this process exits without ending it
-    )
+    shared: list[SharedMemory] = []
+    try:
+        sent = shared_arrays.share(list(data), shared)
+        events = context.Queue()
+        process = context.Process(
+            target=_child_main,
+            args=(config, sent, control, events, threads),
+            name=f"medsynth-train-{config.recipe}",
+            daemon=True,  # terminated (SIGTERM: stop with a checkpoint) by multiprocessing when this process exits
+        )
+        _start(process, events)
+        try:
+            yield from _relay(process, events, config.out_dir)
+        finally:
+            _end(process, events, control, stop_timeout_s)
+    finally:
+        shared_arrays.release(shared)
+
+
+def _start(process: BaseProcess, events: Queue) -> None:
     try:
         process.start()
     except (pickle.PicklingError, TypeError, AttributeError) as exc:
@@ -120,10 +143,6 @@ def train_in_process(
             f"the training data cannot be sent to the training process ({exc}): give the images as numpy "
             "or dask arrays (or MedImages holding them)"
         ) from exc
-    try:
-        yield from _relay(process, events, config.out_dir)
-    finally:
-        _end(process, events, control, stop_timeout_s)
 
 
 def _relay(process: BaseProcess, events: Queue, out_dir: Path) -> Iterator[Event]:
@@ -152,7 +171,8 @@ def _death_message(exitcode: int | None, out_dir: Path) -> str:
     return (
         f"the training process ended ({how}) without finishing or reporting an error; checkpoints already "
         f"written in {out_dir} are intact: if the system ran out of memory, lower batch_size or resolution "
-        "and resume from the latest checkpoint"
+        "and resume from the latest checkpoint; if it ended right after starting, read the error it printed: "
+        'a script that trains must keep its top level under if __name__ == "__main__": (the process re-runs it)'
     )
 
 
@@ -187,7 +207,8 @@ def _child_main(
     """The child's whole life: train, sending each event, or the failure, to `events`."""
     # Ctrl+C in a terminal reaches the whole process group; the parent decides, and stops through `control`.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _stop_when_parent_dies(control)
+    signal.signal(signal.SIGTERM, lambda signum, frame: _request_stop_soon(control))
+    _stop_when_parent_dies(control, events)
     try:
         import torch
 
@@ -195,19 +216,40 @@ def _child_main(
             torch.set_num_threads(threads)
         from medsynth.training.trainer import train
 
-        for event in train(config, data, control):
+        for event in train(config, shared_arrays.reopen(data), control):
             events.put(event)
     except Exception as exc:  # noqa: BLE001 - every failure must reach the parent
         events.put(failure_of(exc))
+    _flush(events)
 
 
-def _stop_when_parent_dies(control: TrainControl) -> None:
+def _request_stop_soon(control: TrainControl) -> None:
+    """Stop from a signal handler: in a thread, because the handler may interrupt the loop holding the control's lock."""
+    threading.Thread(target=control.request_stop, daemon=True).start()
+
+
+def _flush(events: Queue) -> None:
+    """Wait up to `FLUSH_TIMEOUT_S` for the queued events to reach the pipe, then exit regardless.
+
+    A caller that stopped reading (its process exiting and joining this one) leaves a full pipe,
+    and a process joins its queue's writer thread at exit: without a limit both would wait forever.
+    """
+    events.close()
+    writer = threading.Thread(target=events.join_thread, daemon=True)
+    writer.start()
+    writer.join(FLUSH_TIMEOUT_S)
+    if writer.is_alive():
+        events.cancel_join_thread()
+
+
+def _stop_when_parent_dies(control: TrainControl, events: Queue) -> None:
     """Stop training (with its checkpoint) if the parent dies without ending this process: no orphan."""
     parent = multiprocessing.parent_process()
     if parent is not None:
-        threading.Thread(target=_stop_after, args=(parent, control), daemon=True).start()
+        threading.Thread(target=_stop_after, args=(parent, control, events), daemon=True).start()
 
 
-def _stop_after(parent: BaseProcess, control: TrainControl) -> None:
+def _stop_after(parent: BaseProcess, control: TrainControl, events: Queue) -> None:
     parent.join()
+    events.cancel_join_thread()  # nobody reads the events any more: exiting must not wait for them
     control.request_stop()
