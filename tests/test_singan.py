@@ -297,3 +297,57 @@ def test_foreign_and_former_format_files_are_refused(tmp_path, straight):
     save_checkpoint(dcgan, tmp_path / "dcgan.safetensors")
     with pytest.raises(CheckpointError, match="recipe 'dcgan', not 'singan'"):
         load_singan(tmp_path / "dcgan.safetensors")
+
+
+@pytest.fixture(scope="module")
+def concurrent(tmp_path_factory, mni_lesion):
+    """Events of an uninterrupted ConSinGAN-style run: 3 scales x 4 steps, all 3 trained together at the last."""
+    config = engine_config(tmp_path_factory.mktemp("concurrent"), checkpoint_every=5, settings={"concurrent_scales": 3})
+    return list(train(config, [mni_lesion]))
+
+
+def test_concurrent_scales_train_the_lower_generators_at_scaled_rates(concurrent, straight):
+    assert concurrent[-1].reason == "completed" and concurrent[-1].step == 12
+    folder = concurrent[-1].checkpoint.parent
+    mid = load_checkpoint(folder / "checkpoint-0000010.safetensors").state
+    assert (mid["scale"], mid["rounds"], mid["concurrent_scales"]) == (2, 2, 3)
+    groups = mid["optimizers"]["generator"]["param_groups"]
+    assert [g["lr"] for g in groups] == pytest.approx([5e-4, 5e-5, 5e-6])  # newest first, x lr_scale per scale below
+    per_generator = len(mid["models"]["generator"]) - 2 * 3  # its batch norms' running mean and var and counter
+    assert all(len(g["params"]) == per_generator for g in groups)
+    early = load_checkpoint(folder / "checkpoint-0000005.safetensors").state["pyramid"]["generators"][0]
+    final = load_checkpoint(concurrent[-1].checkpoint).state["pyramid"]["generators"]
+    assert not torch.equal(early["body.0.0.weight"], final[0]["body.0.0.weight"])  # scale 1 kept training
+    # Classic SinGAN freezes a scale when it is done.
+    classic_early = load_checkpoint(straight[-1].checkpoint.parent / "checkpoint-0000006.safetensors").state
+    classic_final = load_checkpoint(straight[-1].checkpoint).state["pyramid"]["generators"]
+    assert torch.equal(classic_early["pyramid"]["generators"][0]["body.0.0.weight"], classic_final[0]["body.0.0.weight"])
+    assert len(classic_early["optimizers"]["generator"]["param_groups"]) == 1
+
+
+def test_concurrent_resume_mid_scale_continues_exactly_and_samples(concurrent, mni_lesion, tmp_path):
+    mid = concurrent[-1].checkpoint.parent / "checkpoint-0000010.safetensors"
+    config = engine_config(tmp_path, checkpoint_every=5, resume=mid, settings={"concurrent_scales": 3})
+    resumed = list(train(config, [mni_lesion]))
+    assert resumed[0].start_step == 10 and resumed[-1].step == 12
+
+    def losses(run):
+        return {e.step: e.losses for e in run if isinstance(e, events.Progress) and e.step > 10}
+
+    assert losses(resumed) == losses(concurrent) and len(losses(resumed)) == 2
+    expected, actual = load_checkpoint(concurrent[-1].checkpoint).state, load_checkpoint(resumed[-1].checkpoint).state
+    for a, b in zip(expected["pyramid"]["generators"], actual["pyramid"]["generators"], strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)  # the lower generators' updates resumed exactly too
+    with pytest.raises(CheckpointError, match="concurrent_scales"):
+        classic = {"concurrent_scales": 1}  # a resume takes the checkpoint's settings unless told otherwise
+        next(train(engine_config(tmp_path / "classic", resume=mid, checkpoint_every=5, settings=classic), [mni_lesion]))
+
+    half = load_singan(mid)
+    assert half.scales == 3 and half.settings.concurrent_scales == 3
+    model = load_singan(concurrent[-1].checkpoint)
+    h, w = model.model.shapes[-1]
+    lesions = sample_lesions(model, 2, seed=4, start_scale=1, size=1.5)
+    assert all(l.values.shape == l.mask.shape == (round(h * 1.5), round(w * 1.5)) for l in lesions)
+    assert not np.allclose(lesions[0].values, lesions[1].values)
+    low, high = model.normalization.low, model.normalization.high
+    assert all(low - 1e-3 <= l.values.min() and l.values.max() <= high + 1e-3 for l in lesions)

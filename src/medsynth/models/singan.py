@@ -149,9 +149,28 @@ class SinGAN(nn.Module):
         return resize(out, shape)
 
     def _run(self, n: int, generator: torch.Generator, start_scale: int, size: float, scales: int | None) -> torch.Tensor:
+        return self.run_scales(None, 0, scales, n, generator, start_scale, size)
+
+    def run_scales(
+        self,
+        x: torch.Tensor | None,
+        first: int,
+        last: int | None,
+        n: int,
+        generator: torch.Generator,
+        start_scale: int,
+        size: float = 1.0,
+    ) -> torch.Tensor:
+        """``(n, C, H_l, W_l)``: generators ``first`` to ``last - 1`` run on `x`, the output of the scales below `first`.
+
+        Without ``torch.no_grad`` (unlike `sample`), so that a concurrently trained scale's gradient
+        reaches the generators below it; noise is drawn from `generator` in the same order as a
+        whole run, so running ``[0, s)`` then ``[s, l)`` draws what ``[0, l)`` draws.
+        """
         device = self.z_star.device
-        x = None
-        for index, (g, amp) in enumerate(zip(self.generators[:scales], self.noise_amps)):
+        for index, (g, amp) in enumerate(zip(self.generators[:last], self.noise_amps)):
+            if index < first:
+                continue
             shape = _scaled(self.shapes[index], size)
             prev = torch.zeros(n, self.channels, *shape, device=device) if x is None else resize(x, shape)
             if index >= start_scale:

@@ -16,13 +16,22 @@ Following the reference implementation's choices (`medsynth.models.singan` has t
   plus `rec_weight` (alpha = 10) times the reconstruction MSE) on one noise draw;
 - reconstruction: a fixed noise ``z*`` at the coarsest scale and none above must rebuild the crop;
   the noise amplitude of a scale is ``noise_amp_init`` times the RMSE between the crop at that scale
-  and the upsampled reconstruction of the scales below (1 at the coarsest).
+  and the upsampled reconstruction of the scales below (1 at the coarsest);
+- ``concurrent_scales`` K > 1 is ConSinGAN's concurrent training (Hinz et al. 2021, "Improved
+  Techniques for Training Single-Image GANs"): while scale ``k`` trains, the generators of the
+  K - 1 scales below it train too, through the chain that feeds scale ``k`` (the adversarial and
+  the reconstruction losses of scale ``k`` reach them), each with the learning rate ``lr`` times
+  ``lr_scale`` per scale below ``k`` (0.1, 0.01, ...); the critic is scale ``k``'s alone. Scales
+  further down stay frozen. K = 1 is classic SinGAN. ConSinGAN's other changes (one generator
+  growing in feature space, no batch norm, its pyramid rescaling) would replace the networks, not
+  extend the recipe, and are not done; its shorter schedule is `iterations`.
 
 The state (and so every checkpoint) holds the frozen generators with their noise amplitudes, ``z*``,
 the pyramid's shapes, and the current scale's generator, critic and optimizers with the rounds it
-has done, so a resumed run continues mid-scale exactly. Samples come from the frozen scales plus
-the current one when it has trained at least one round; they have two channels, the image and the
-lesion mask (-1 outside, 1 inside). `medsynth.lesions.singan_training` turns a checkpoint into a
+has done (the concurrently trained lower generators are the pyramid's own, saved with it, and the
+generator optimizer's later parameter groups), so a resumed run continues mid-scale exactly.
+Samples come from the trained scales plus the current one when it has trained at least one round;
+they have two channels, the image and the lesion mask (-1 outside, 1 inside). `medsynth.lesions.singan_training` turns a checkpoint into a
 lesion generator with `start_scale` and `size` control.
 """
 
@@ -63,6 +72,12 @@ class SinGANSettings:
     noise_amp_init: float = setting(0.1, "Noise amplitude per unit of reconstruction RMSE", min=0.0, max=10.0)
     width: int = setting(32, "Channels of every convolution", min=4, max=256)
     layers: int = setting(5, "Convolution blocks per network", min=3, max=8)
+    concurrent_scales: int = setting(
+        1, "Scales trained together, the newest and those below it (ConSinGAN: 3; 1: classic SinGAN)", min=1, max=8
+    )
+    lr_scale: float = setting(
+        0.1, "Learning-rate factor per scale below the newest, when scales train together", min=0.0, max=1.0
+    )
     margin: int = setting(
         8, "Pixels kept around the lesion mask's bounding box (-1: the whole image, already a crop)", min=-1, max=4096
     )
@@ -136,6 +151,7 @@ class SinGANRecipe(Recipe):
         self.rounds = 0
         self.noise_amp = 1.0
         self._rec_input: torch.Tensor | None = None
+        """The reconstruction output of the frozen scales, upsampled to the lowest trained scale (cached)."""
 
     def prepare(self, dataset: LesionCropDataset) -> None:
         self.crop = dataset[0][None]
@@ -170,8 +186,19 @@ class SinGANRecipe(Recipe):
             return ""
         return f"scale {min(step // self.settings.iterations, len(self.shapes) - 1) + 1}/{len(self.shapes)}"
 
+    @property
+    def _lowest_trained(self) -> int:
+        """The lowest scale that trains now: the current one, or ``concurrent_scales - 1`` below it."""
+        return max(0, self.scale - self.settings.concurrent_scales + 1)
+
     def _start_scale(self, scale: int, previous: tuple[ScaleGenerator, PatchCritic] | None) -> None:
-        """New networks and optimizers of `scale`, from the `previous` scale's weights when given."""
+        """New networks and optimizers of `scale`, from the `previous` scale's weights when given.
+
+        The generator optimizer's parameter group ``i`` is the generator ``i`` scales below `scale`
+        (group 0 the new one), trained at ``lr * lr_scale ** i``; with one concurrent scale there is
+        one group.
+        """
+        assert self.pyramid is not None
         s = self.settings
         generator = ScaleGenerator(CHANNELS, s.width, s.layers).to(self.device)
         critic = PatchCritic(CHANNELS, s.width, s.layers).to(self.device)
@@ -179,37 +206,56 @@ class SinGANRecipe(Recipe):
             generator.load_state_dict(previous[0].state_dict())
             critic.load_state_dict(previous[1].state_dict())
         generator.requires_grad_(True)
+        self.scale, self.rounds, self._rec_input = scale, 0, None
+        if self.reals:  # measured while every lower scale is still frozen (eval-mode batch norm)
+            rmse = float(F.mse_loss(self._current_input(None), self.reals[scale]).sqrt())
+            self.noise_amp = 1.0 if scale == 0 else s.noise_amp_init * rmse
+        lower = list(self.pyramid.generators[self._lowest_trained : scale])[::-1]
+        for below in lower:
+            below.train().requires_grad_(True)
+        groups = [
+            {"params": list(g.parameters()), "lr": s.lr * s.lr_scale**depth} for depth, g in enumerate([generator, *lower])
+        ]
         self.models = {"generator": generator.train(), "critic": critic.train()}
         self.optimizers = {
-            "generator": torch.optim.Adam(generator.parameters(), lr=s.lr, betas=BETAS),
+            "generator": torch.optim.Adam(groups, lr=s.lr, betas=BETAS),
             "critic": torch.optim.Adam(critic.parameters(), lr=s.lr, betas=BETAS),
         }
-        self.scale, self.rounds, self._rec_input = scale, 0, None
-        if self.reals:
-            rmse = float(F.mse_loss(self._reconstruction_input(), self.reals[scale]).sqrt())
-            self.noise_amp = 1.0 if scale == 0 else s.noise_amp_init * rmse
 
-    def _reconstruction_input(self) -> torch.Tensor:
-        """``(1, C, H_s, W_s)``: the frozen scales' reconstruction upsampled to the current scale (zeros at 0)."""
+    def _current_input(self, seed: int | None) -> torch.Tensor:
+        """``(1, C, H_s, W_s)``: the scales below the current one, upsampled to it (zeros at scale 0).
+
+        With a `seed` every lower scale draws fresh noise from it (a random sample); without, they
+        reconstruct from ``z*``. The frozen part of the reconstruction is computed once per scale;
+        the concurrently trained lower generators run with gradients on every call.
+        """
         assert self.pyramid is not None
-        if self._rec_input is None:
-            self._rec_input = self.pyramid.previous(self.scale, None)
-        return self._rec_input
+        low = self._lowest_trained
+        if seed is None:
+            if self._rec_input is None:
+                self._rec_input = self.pyramid.previous(low, None)
+            rng, start, below = torch.Generator().manual_seed(0), self.scale, self._rec_input
+        else:
+            rng, start = torch.Generator().manual_seed(seed), 0
+            below = self.pyramid.previous(low, rng)
+        return resize(self.pyramid.run_scales(below, low, self.scale, 1, rng, start), self.shapes[self.scale])
 
     def train_step(self, batch: torch.Tensor, step: int) -> dict[str, float]:
         """One round at the current scale; `batch` is the crop itself, whose scales `build` resized once."""
         assert self.pyramid is not None
         s = self.settings
         real = self.reals[self.scale]
-        decayed = self.rounds >= max(1, int(s.lr_decay_at * s.iterations))
+        decay = 0.1 if self.rounds >= max(1, int(s.lr_decay_at * s.iterations)) else 1.0
         for optimizer in self.optimizers.values():
-            for group in optimizer.param_groups:
-                group["lr"] = s.lr * (0.1 if decayed else 1.0)
+            for depth, group in enumerate(optimizer.param_groups):
+                group["lr"] = s.lr * s.lr_scale**depth * decay
         # Noise on CPU from the per-step seed, so that a step's draws do not depend on the device.
         noise = (self.noise_amp * torch.randn(real.shape)).to(self.device)
-        sample_rng = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
-        prev = self.pyramid.previous(self.scale, sample_rng)
-        rec_input = self._reconstruction_input()
+        sample_seed = int(torch.randint(0, 2**62, ()))
+        concurrent = self._lowest_trained < self.scale
+        with torch.no_grad():
+            prev = self._current_input(sample_seed)
+            rec_input = self._current_input(None)
         rec_noise = self.pyramid.z_star if self.scale == 0 else torch.zeros_like(real)
         generator, critic = self.trainable("generator"), self.trainable("critic")
         for _ in range(s.d_steps):
@@ -219,6 +265,8 @@ class SinGANRecipe(Recipe):
             d_loss = fake_score - real_score + s.gp_weight * penalty
             self.optimize("critic", d_loss)
         for _ in range(s.g_steps):
+            if concurrent:  # the lower generators changed in the last update: rerun them on the same noise
+                prev, rec_input = self._current_input(sample_seed), self._current_input(None)
             adversarial = -self.models["critic"](generator(noise, prev)).mean()
             rec = F.mse_loss(generator(rec_noise * self.noise_amp, rec_input), real)
             self.optimize("generator", adversarial + s.rec_weight * rec)
@@ -237,6 +285,8 @@ class SinGANRecipe(Recipe):
         """Freeze the current generator into the pyramid and start the next scale, if any."""
         assert self.pyramid is not None
         generator, critic = self.models["generator"], self.models["critic"]
+        for below in self.pyramid.generators:
+            below.eval().requires_grad_(False)
         self.pyramid.add_scale(generator, self.noise_amp)
         if self.scale + 1 < len(self.shapes):
             self._start_scale(self.scale + 1, (generator, critic))
@@ -244,16 +294,21 @@ class SinGANRecipe(Recipe):
             self.scale, self.rounds, self.models, self.optimizers = self.scale + 1, 0, {}, {}
 
     def trained_pyramid(self) -> SinGAN:
-        """The frozen scales plus a frozen copy of the current one when it has trained at least one round."""
+        """The trained scales, frozen: during training copies, plus the current scale once it has trained a round.
+
+        Copies, because the concurrently trained lower generators are still training (and freezing
+        them here would change the run).
+        """
         assert self.pyramid is not None, "build() and prepare() or load_state_dict() come first"
-        if self.rounds == 0 or not self.models:
+        if not self.models:
             return self.pyramid
         pyramid = SinGAN(self.pyramid.shapes, self.pyramid.channels, self.pyramid.width, self.pyramid.layers)
         pyramid.z_star.copy_(self.pyramid.z_star)
         pyramid.to(self.device)
         for generator, amp in zip(self.pyramid.generators, self.pyramid.noise_amps):
-            pyramid.add_scale(generator, amp)
-        pyramid.add_scale(copy.deepcopy(self.models["generator"]), self.noise_amp)
+            pyramid.add_scale(copy.deepcopy(generator), amp)
+        if self.rounds > 0:
+            pyramid.add_scale(copy.deepcopy(self.models["generator"]), self.noise_amp)
         return pyramid
 
     @torch.no_grad()
@@ -274,6 +329,7 @@ class SinGANRecipe(Recipe):
             "rounds": self.rounds,
             "noise_amp": self.noise_amp,
             "iterations": self.settings.iterations,
+            "concurrent_scales": self.settings.concurrent_scales,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -290,6 +346,13 @@ class SinGANRecipe(Recipe):
         self.pyramid, self.shapes = pyramid, pyramid.shapes
         scale = int(state["scale"])
         if scale < len(self.shapes):
+            # Checkpoints written before the setting existed trained one scale at a time.
+            saved = int(state.get("concurrent_scales", 1))
+            if saved != s.concurrent_scales:
+                raise ValueError(
+                    f"concurrent_scales={s.concurrent_scales} differs from the checkpoint's {saved}; "
+                    "resume with the checkpoint's value"
+                )
             self._start_scale(scale, None)
             super().load_state_dict(state)
             self.rounds, self.noise_amp = int(state["rounds"]), float(state["noise_amp"])
