@@ -344,7 +344,7 @@ class LesionCropDataset:
                 f"the lesion mask {target.name!r} is empty; give a mask (label map) with the lesion's pixels non-zero"
             )
         self.slice_index, lesion = self._lesion_plane(lesion)
-        plane = self._plane(np.asarray(self.image.array, dtype=np.float32))
+        plane = np.asarray(self._plane(self.image.array), dtype=np.float32)  # only this slice is read
         self.box: Box = (0, 0, *plane.shape) if margin < 0 else label_box(lesion.astype(np.uint8), 1, margin)
         y0, x0, y1, x1 = self.box
         values, lesion = plane[y0:y1, x0:x1], lesion[y0:y1, x0:x1]
@@ -373,8 +373,13 @@ class LesionCropDataset:
     def _slice_array_axis(self) -> int:
         return self.image.axes.index(self.image.spatial_axes[self.slice_axis])
 
-    def _plane(self, array: np.ndarray) -> np.ndarray:
-        return array if self.slice_index is None else np.take(array, self.slice_index, axis=self._slice_array_axis())
+    def _plane(self, array: Any) -> Any:
+        """The lesion's plane of `array` (numpy, memmap or dask) by indexing, so a lazy array reads one slice."""
+        if self.slice_index is None:
+            return array
+        index: list[Any] = [slice(None)] * array.ndim
+        index[self._slice_array_axis()] = self.slice_index
+        return array[tuple(index)]
 
     def __len__(self) -> int:
         return 1
