@@ -128,7 +128,7 @@ def _show_4d(viewer) -> None:
     # napari 0.9 moved the grid to viewer.canvas; older releases keep it on the viewer.
     getattr(viewer, "canvas", viewer).grid.enabled = True
     viewer.reset_view()
-    viewer.window._dock_widgets["Train (napari-medsynth)"].raise_()
+    viewer.window.dock_widgets["Train (napari-medsynth)"].parent().raise_()  # the dock around the widget
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
+MIN_HEIGHT_PX = 180
+
 
 class LinePlot(QWidget):
     """Named series of (x, y) points. Redraws are batched: call `redraw()` after adding points.
@@ -21,6 +23,7 @@ class LinePlot(QWidget):
         self.figure = Figure(figsize=(4, 2.5))
         self.figure.subplots_adjust(left=0.16, right=0.97, bottom=0.2, top=0.88)
         self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(MIN_HEIGHT_PX)  # a crowded dock must not squeeze the curves away
         self.axes = self.figure.add_subplot(111)
         self.axes.set_title(title, fontsize=9)
         self.axes.set_xlabel(xlabel, fontsize=8)
