@@ -3,8 +3,9 @@
 The widget is thin. Widget values become a `TrainConfig` in `_config()` only; the trainer receives
 that config and the layers' arrays, never the widgets. Training runs in a child process
 (`medsynth.training.process.train_in_process`), so its Python code never holds the viewer's GIL;
-the layers' data is pickled to the child once, at Start. A thread worker relays the child's events
-to `_on_event` on the GUI thread, the only place that touches layers, the plot and the progress bar.
+the layers' data reaches the child once, at Start (memory maps are reopened there, large arrays
+shared: `medsynth.training.shared_arrays`). A thread worker relays the child's events to
+`_on_event` on the GUI thread, the only place that touches layers, the plot and the progress bar.
 Whether training is idle, running, paused or stopping lives in `TrainingRun`, which the buttons
 observe. Closing the widget or the viewer stops training and waits for its checkpoint.
 

@@ -45,7 +45,7 @@ from medsynth.settings import parse, setting, to_dict
 from medsynth.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medsynth.training.config import TrainConfig
 from medsynth.training.control import TrainControl
-from medsynth.training.events import CheckpointSaved, Event, Finished
+from medsynth.training.events import CheckpointSaved, Event, Finished, drain
 from medsynth.training.generate import load_recipe
 from medsynth.training.recipes import singan as recipe
 from medsynth.training.recipes.singan import finished_state, pyramid_shapes
@@ -155,12 +155,7 @@ def train_singan(
 
 def train_to_end(values: np.ndarray | MedImage, mask: np.ndarray, settings: SinGANSettings | None = None, **options) -> LesionGenerator:
     """Run `train_singan` synchronously, ignoring its events; the trained generator (for scripts and tests)."""
-    events = train_singan(values, mask, settings, **options)
-    while True:
-        try:
-            next(events)
-        except StopIteration as done:
-            return done.value
+    return drain(train_singan(values, mask, settings, **options))
 
 
 def save_singan(

@@ -6,8 +6,10 @@ forwards them to the GUI thread, tests collect them. Images in events are in the
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -76,3 +78,15 @@ class Finished:
 
 
 Event = Started | Progress | Samples | CheckpointSaved | Paused | Resumed | Finished
+
+
+Result = TypeVar("Result")
+
+
+def drain(events: Generator[object, None, Result]) -> Result:
+    """Run a generator of events to its end, ignoring the events; its return value (for scripts and tests)."""
+    while True:
+        try:
+            next(events)
+        except StopIteration as done:
+            return done.value

@@ -27,6 +27,18 @@ def load_recipe(checkpoint: Checkpoint, device: str = "auto") -> Recipe:
     return recipe
 
 
+def synthetic_provenance(checkpoint: Checkpoint, seed: int, details: str = "") -> SyntheticProvenance:
+    """What made an output of `checkpoint`: recipe, package version, checkpoint, seed, step and `details`."""
+    description = f"step {checkpoint.step}; {details}" if details else f"step {checkpoint.step}"
+    return SyntheticProvenance(
+        model=checkpoint.recipe,
+        model_version=medsynth.__version__,
+        checkpoint=checkpoint.label,
+        seed=seed,
+        description=description,
+    )
+
+
 def generate(checkpoint: Path | str | Checkpoint, n: int, seed: int = 0, device: str = "auto") -> MedImage:
     """`n` synthetic images ``(N, H, W)`` in data units from the EMA generator of `checkpoint`.
 
@@ -56,12 +68,6 @@ def generate(checkpoint: Path | str | Checkpoint, n: int, seed: int = 0, device:
         modality=checkpoint.data.get("modality", "OT"),
         units=checkpoint.data.get("units", ""),
         name=f"synthetic {checkpoint.recipe}",
-        synthetic=SyntheticProvenance(
-            model=checkpoint.recipe,
-            model_version=medsynth.__version__,
-            checkpoint=checkpoint.label,
-            seed=seed,
-            description=f"step {checkpoint.step}",
-        ),
+        synthetic=synthetic_provenance(checkpoint, seed),
         metadata={"sample_axis": 0, "checkpoint_step": checkpoint.step},
     )

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import medsynth
 from medsynth.errors import InputError
-from medsynth.io.image import MedImage, SyntheticProvenance
+from medsynth.io.image import MedImage
 from medsynth.models.hrgan import INPUT_SIDE, HRGANGenerator, modality_index
 from medsynth.training.checkpoint import Checkpoint, load_checkpoint
-from medsynth.training.generate import load_recipe
+from medsynth.training.events import drain
+from medsynth.training.generate import load_recipe, synthetic_provenance
 
 HALO = 6
 """Overlap of tiles in input-grid cells; covers the generator's receptive field (about 4 cells)."""
@@ -58,12 +58,7 @@ def generate_sequences(
     tile: int | None = None,
 ) -> MedImage:
     """`n` synthetic sequences from `checkpoint`; see `iter_sequences` for the arguments and the result."""
-    run = iter_sequences(checkpoint, n, seed, frames, resolution, modality, device, tile)
-    while True:
-        try:
-            next(run)
-        except StopIteration as done:
-            return done.value
+    return drain(iter_sequences(checkpoint, n, seed, frames, resolution, modality, device, tile))
 
 
 def iter_sequences(
@@ -187,13 +182,7 @@ def _as_medimage(array: np.ndarray, checkpoint: Checkpoint, seed: int, side: int
     trained = int(checkpoint.settings["resolution"])
     row, col = (float(s) * trained / side for s in checkpoint.data["pixel_spacing"])
     data_modality = checkpoint.data.get("modality", "OT")
-    provenance = SyntheticProvenance(
-        model=checkpoint.recipe,
-        model_version=medsynth.__version__,
-        checkpoint=checkpoint.label,
-        seed=seed,
-        description=f"step {checkpoint.step}; {n} x {frames} frames of {side}x{side}; modality {modality}",
-    )
+    provenance = synthetic_provenance(checkpoint, seed, f"{n} x {frames} frames of {side}x{side}; modality {modality}")
     common = {
         "time_spacing": frame_time(checkpoint),
         "modality": modality,
