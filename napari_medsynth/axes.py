@@ -1,10 +1,14 @@
-"""How a MedImage's axes appear on napari's sliders: labels, units, and stacks of sequences.
+"""How a MedImage's axes appear on napari's sliders: their labels, and stacks of sequences.
 
 napari aligns layers by their last axes. A generated stack of sequences is ``(T, N, y, x)`` in the
 core (time first, as in every MedImage and file); shown in that order, a real cine ``(T, y, x)`` would
 share its time slider with the stack's sample axis. Such layers are therefore shown samples first,
 ``(N, T, y, x)``, as a view of the same array; the permutation is kept in the layer's metadata so that
 `image_order` gives writers and widgets the core's order back.
+
+Layers get no napari ``units``: napari 0.9 shows them only in the scale bar, and only while every
+layer agrees; a layer without them (a script's ``add_labels``, a points layer) or a cine beside a
+volume (ms and mm on one slider) turns each later layer change into an "Inconsistent units" warning.
 """
 
 from __future__ import annotations
@@ -21,18 +25,10 @@ ORDER_KEY = "layer_order"
 """Key in ``metadata["medsynth"]``: layer axis k shows image axis ``order[k]``."""
 
 
-def axis_annotations(image: MedImage) -> dict[str, Any]:
-    """napari ``axis_labels`` and ``units`` of `image`'s layer, in the image's axis order.
-
-    Time is in ms when the frame interval is known (else in frames, napari's ``pixel``); space,
-    including the 1 mm steps of a stack of samples, in mm.
-    """
-    axes = image.axes.rstrip("c")
+def axis_labels(image: MedImage) -> tuple[str, ...]:
+    """napari ``axis_labels`` of `image`'s layer, in the image's axis order: t, z, y, x, or sample."""
     sample_axis = image.metadata.get("sample_axis")
-    labels = [SAMPLE_LABEL if k == sample_axis else axis for k, axis in enumerate(axes)]
-    time_unit = "ms" if image.time_spacing else "pixel"
-    units = [time_unit if axis == "t" else "mm" for axis in axes]
-    return {"axis_labels": tuple(labels), "units": tuple(units)}
+    return tuple(SAMPLE_LABEL if k == sample_axis else axis for k, axis in enumerate(image.axes.rstrip("c")))
 
 
 def samples_first(image: MedImage, layer: tuple[Any, dict[str, Any], str]) -> tuple[Any, dict[str, Any], str]:
@@ -46,7 +42,7 @@ def samples_first(image: MedImage, layer: tuple[Any, dict[str, Any], str]) -> tu
     data, kwargs, layer_type = layer
     order = [sample_axis] + [k for k in range(data.ndim) if k != sample_axis]
     moved = dict(kwargs)
-    for key in ("scale", "translate", "axis_labels", "units"):
+    for key in ("scale", "translate", "axis_labels"):
         if key in moved:
             moved[key] = type(moved[key])(moved[key][k] for k in order)
     if "affine" in moved:

@@ -15,7 +15,7 @@ import numpy as np
 
 from medsynth.errors import InputError
 from medsynth.io.image import MedImage, SyntheticProvenance
-from napari_medsynth.axes import axis_annotations, image_order
+from napari_medsynth.axes import axis_labels, image_order
 
 SYNTHETIC_SUFFIX = " [SYNTHETIC]"
 # Soft-tissue window (W400/L40) when a CT file names none of its own.
@@ -34,7 +34,7 @@ def to_layer_data(image: MedImage) -> LayerDataTuple:
         "scale": scale,
         "translate": translate,
         "metadata": {"medsynth": _describe(image)},
-        **axis_annotations(image),
+        "axis_labels": axis_labels(image),
     }
     if not np.allclose(affine, np.eye(len(affine))):
         kwargs["affine"] = affine
