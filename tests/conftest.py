@@ -97,3 +97,14 @@ def shown_in_view(viewer, layer) -> bool:
     center = np.asarray(viewer.scene.camera.center)[-2:]
     low, high = layer.extent.world[:, -2:]
     return on_slice and bool(np.all(low >= center - half) and np.all(high <= center + half))
+
+
+@pytest.fixture
+def no_weights(tmp_path, monkeypatch):
+    """Every place medsynth looks for pretrained weight files is an empty folder."""
+    import torch
+
+    monkeypatch.setenv("MEDSYNTH_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    return tmp_path

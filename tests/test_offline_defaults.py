@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
-
 import medsynth.training.recipes.hrgan_dtcr  # noqa: F401 - registers the recipe
 from medsynth.cli import main
 from medsynth.data.samples import sample_path
 from medsynth.training.recipe import get_recipe
-
-
-@pytest.fixture
-def no_weights(tmp_path, monkeypatch):
-    """Every place medsynth looks for weight files is an empty folder."""
-    monkeypatch.setenv("MEDSYNTH_WEIGHTS_DIR", str(tmp_path / "weights"))
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    return tmp_path
 
 
 def test_the_cli_without_vgg_weights_exits_naming_the_weight_free_option(no_weights, capsys):
