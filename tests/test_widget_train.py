@@ -357,3 +357,62 @@ def test_a_paired_recipe_trains_on_an_image_layer_with_its_labels_layer(
     checkpoint = load_checkpoint(widget.checkpoint_path)
     assert checkpoint.recipe == "danger-unet" and checkpoint.step == 3
     assert (checkpoint.normalization.low, checkpoint.normalization.high) == (-160.0, 240.0)
+
+
+HRGAN_TINY = {"resolution": 32, "base_resolution": 16, "frames": 4, "batch_size": 2, "g_channels": 4, "d_channels": 4,
+              "content_dim": 8, "motion_dim": 4}  # fmt: skip
+READOUTS = {"dtcr_weight", "fade_alpha", "stage_resolution"}
+
+
+@pytest.mark.slow
+def test_hrgan_dtcr_without_vgg_weights_trains_with_readouts_apart_and_previews_in_step_with_the_cine(
+    make_napari_viewer, qtbot, tmp_path, no_weights, in_view, notifications
+):
+    cine = load_sample("us_cine")
+    cine = cine.with_array(cine.array[:16, ::8, ::8].copy(), spacing=tuple(8 * s for s in cine.spacing))
+    viewer, widget, source = open_widget(make_napari_viewer, qtbot, to_layer_data(cine), tmp_path, sample_every=1)
+    assert "vgg16: not found" in widget.weights.text()  # what `medsynth info` reports
+    widget.recipe.value = "hrgan-dtcr"
+    assert widget.settings.values()["dtcr_features"] == "discriminator"  # the weight-free features, said so
+    assert shown(widget.recipe_note) and "vgg16-397923af.pth not found" in widget.recipe_note.value
+    widget.settings.set_values(HRGAN_TINY)
+
+    widget.start_button.native.click()
+    qtbot.waitUntil(lambda: widget.preview_layer.visible and shown(widget.readout), timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: len(widget.loss_plot.series.get("g_loss", ([],))[0]) >= 2, timeout=WAIT_MS)
+    widget.stop_button.native.click()
+    qtbot.waitUntil(lambda: widget.run.state is RunState.IDLE, timeout=WAIT_MS)
+    assert not notifications, notifications
+
+    # losses only in the plot, schedule and stage values in their own line, the legend under the curves
+    assert "g_loss" in widget.loss_plot.series and not READOUTS & set(widget.loss_plot.series)
+    assert all(name in widget.readout.value for name in READOUTS)
+    widget.loss_plot.canvas.draw()
+    legend, axes = widget.loss_plot.figure.legends[0].get_window_extent(), widget.loss_plot.axes.get_window_extent()
+    assert legend.y1 <= axes.y0
+
+    # the preview is laid out like Generate's sequences: samples first, time on the cine's slider at its frame time
+    preview = widget.preview_layer
+    assert preview.axis_labels == ("sample", "t", "y", "x") and preview.data.shape[1] == 4
+    assert preview.scale[1] == pytest.approx(source.scale[0]) == pytest.approx(33.333)
+    assert in_view(viewer, preview)
+    viewer.dims.set_point(1, 2 * source.scale[0])  # world axis 1: the cine's time, the preview's too
+    assert round(source.world_to_data(viewer.dims.point)[0]) == 2
+    assert round(preview.world_to_data(viewer.dims.point)[1]) == 2
+
+
+def test_reset_defaults_puts_every_setting_back(make_napari_viewer, qtbot, tmp_path, ct_layer_data):
+    _, widget, _ = open_widget(make_napari_viewer, qtbot, ct_layer_data, tmp_path, steps=7, seed=3)
+    widget.recipe.value = "wgan-gp"
+    widget.settings["n_critic"].value = 2
+    widget.normalization["normalization"].value = "window"
+    widget.device.value = "cpu"
+
+    widget.reset_defaults()
+
+    assert widget.recipe.value == "dcgan" and "n_critic" not in widget.settings.values()
+    assert widget.option("steps").value == 2000 and widget.option("seed").value == 0
+    assert widget.normalization["normalization"].value == "percentile"
+    assert widget.device.value == "auto" and widget.out_dir.value == Path.home() / "medsynth-runs"
+    config = widget._config()
+    assert (config.recipe, config.steps, config.seed, config.normalization) == ("dcgan", 2000, 0, "percentile")
