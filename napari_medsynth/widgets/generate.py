@@ -3,8 +3,10 @@
 The widget is thin. The options form (`GenerateOptions`, rendered by `SettingsForm`) becomes the
 arguments of `medsynth.training.sequences.iter_sequences`, which runs in a worker (`TrainingRun`);
 progress and the finished image arrive in `_on_event` on the GUI thread, the only place that touches
-layers. "Side by side" switches napari's grid mode so real and synthetic layers show next to each
-other, each with the same time slider.
+layers. Several sequences become one layer ``(sample, t, y, x)`` (`napari_medsynth.axes.samples_first`),
+so that its time shares the slider of a real cine ``(t, y, x)``; it is placed beside the layers shown
+and the view is reset to show it at its first frame (`napari_medsynth.placement`). "Side by side"
+switches napari's grid mode instead, each layer in its own cell with the same time slider.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from magicgui.widgets import (
     ProgressBar,
     PushButton,
 )
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from napari.layers import Layer
+from qtpy.QtWidgets import QWidget
 
 from medsynth.errors import MedsynthError
 from medsynth.io.image import MedImage
@@ -31,8 +34,11 @@ from medsynth.settings import setting
 from medsynth.training.checkpoint import Checkpoint, load_checkpoint
 from medsynth.training.control import TrainControl
 from medsynth.training.sequences import SequenceProgress, iter_sequences
+from napari_medsynth.axes import samples_first
 from napari_medsynth.layers import to_layer_data
 from napari_medsynth.notify import report_error
+from napari_medsynth.placement import place_beside, show_new
+from napari_medsynth.widgets.dock import advanced_group, reset_button, scrolled_content, wrap
 from napari_medsynth.widgets.settings_form import SettingsForm
 from napari_medsynth.workers import Failed, RunState, TrainingRun
 
@@ -40,6 +46,8 @@ if TYPE_CHECKING:
     import napari
 
 SHUTDOWN_TIMEOUT_S = 30.0
+ADVANCED_OPTIONS = ("modality", "resolution")
+"""Options under "Advanced"; a checkpoint fills them in with its own values."""
 
 
 @dataclass
@@ -49,7 +57,7 @@ class GenerateOptions:
     modality: str = setting("US", "Modality the generator is conditioned on", choices=MODALITIES)
     frames: int = setting(16, "Frames per sequence", min=1, max=1000)
     resolution: int = setting(128, "Frame side length in pixels (the training side times a multiple of 1/4)", min=8, max=4096)
-    count: int = setting(1, "Number of sequences (several are stacked on a slice axis)", min=1, max=256)
+    count: int = setting(1, "Number of sequences (several share one layer, on a sample axis before time)", min=1, max=256)
     seed: int = setting(0, "Random seed (the same seed gives the same sequences)", min=0, max=2**31 - 1)
 
 
@@ -85,11 +93,13 @@ class GenerateWidget(QWidget):
 
         self.checkpoint_file = FileEdit(name="checkpoint", mode="r", filter="*.safetensors", tooltip="A hrgan-dtcr checkpoint")
         self.checkpoint_label = Label(value="no checkpoint")
-        self.options = SettingsForm(GenerateOptions)
+        fields = list(GenerateOptions.__dataclass_fields__)
+        self.options = SettingsForm(GenerateOptions, fields=[name for name in fields if name not in ADVANCED_OPTIONS])
+        self.advanced_options = SettingsForm(GenerateOptions, fields=ADVANCED_OPTIONS)
         self.generate_button = PushButton(text="Generate")
         self.stop_button = PushButton(text="Stop")
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
-        self.side_by_side = CheckBox(text="Real and synthetic side by side", value=False)
+        self.side_by_side = CheckBox(text="Real and synthetic side by side (grid)", value=False)
         form = Container(
             widgets=[
                 self.checkpoint_file,
@@ -100,8 +110,10 @@ class GenerateWidget(QWidget):
                 self.side_by_side,
             ]
         )
-        layout = QVBoxLayout(self)
+        wrap(self.checkpoint_label.native)
+        layout = scrolled_content(self)
         layout.addWidget(form.native)
+        layout.addWidget(advanced_group("Advanced settings", self.advanced_options.native, reset_button(self.reset_defaults)))
         layout.addStretch()
 
         self.checkpoint_file.changed.connect(lambda path: self.load(path))
@@ -121,19 +133,33 @@ class GenerateWidget(QWidget):
         self.checkpoint = checkpoint
         settings = checkpoint.settings
         self.checkpoint_label.value = f"{checkpoint.recipe}, step {checkpoint.step}, {settings.get('resolution')} px"
+        self._show_checkpoint_values()
+        self._show_state(self.run.state)
+
+    def _show_checkpoint_values(self) -> None:
+        """Fill in the loaded checkpoint's own modality, clip length and resolution."""
+        settings = self.checkpoint.settings
         known = {key: settings[key] for key in ("modality", "frames", "resolution") if key in settings}
         try:
-            self.options.set_values(known)
+            for form in (self.options, self.advanced_options):
+                form.set_values(known)
         except MedsynthError as exc:
             report_error(exc)
-        self._show_state(self.run.state)
+
+    def reset_defaults(self) -> None:
+        """Put every option back to its default: the loaded checkpoint's values, else the declared ones."""
+        for form in (self.options, self.advanced_options):
+            form.reset()
+        if self.checkpoint is not None:
+            self._show_checkpoint_values()
+        self.side_by_side.value = False
 
     def generate(self) -> None:
         """Start generating with the form's values in a worker."""
         if self.checkpoint is None or self.run.state is not RunState.IDLE:
             return
         try:
-            options = self.options.values()
+            options = {**self.options.values(), **self.advanced_options.values()}
         except MedsynthError as exc:
             report_error(exc)
             return
@@ -146,10 +172,10 @@ class GenerateWidget(QWidget):
         if isinstance(event, SequenceProgress):
             self.progress.value = event.done
         elif isinstance(event, Generated):
-            data, kwargs, _ = to_layer_data(event.image)
-            self.layer = self.viewer.add_image(data, **kwargs)
-            # Show the first frame with the time slider at the front, ready to play.
-            self.viewer.dims.set_current_step(0, 0)
+            layer = Layer.create(*samples_first(event.image, to_layer_data(event.image)))
+            place_beside(self.viewer, layer)
+            self.layer = self.viewer.add_layer(layer)
+            show_new(self.viewer, layer)  # the view fits it in, at its first frame, ready to play
         elif isinstance(event, Failed):
             report_error(event.error)
 
