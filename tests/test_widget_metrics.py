@@ -13,8 +13,8 @@ from scipy import ndimage
 
 from medsynth.data.samples import load_sample
 from medsynth.metrics.evaluate import evaluate
-from medsynth.metrics.resample import DEFAULT_RESAMPLE, common_size
 from medsynth.metrics.temporal import temporal_consistency
+from napari_medsynth.widgets.metrics import DEFAULT_RESAMPLE, same_size
 
 pytestmark = pytest.mark.gui
 
@@ -166,8 +166,9 @@ def test_bad_input_is_a_notification_not_a_crash(make_napari_viewer, qtbot, monk
 
 
 def test_a_metric_that_fails_is_its_rows_note_and_the_others_are_kept(make_napari_viewer, qtbot, ct_sequence):
-    """128 px real frames against 64 px 'synthetic' ones: PSNR (paired) and MS-SSIM cannot run, SWD and SF can."""
+    """128 x 100 px real frames against 64 px 'synthetic' ones: PSNR (paired) and MS-SSIM cannot run, SWD and SF can."""
     real, fake = ct_sequence
+    real = real[:, :, 14:114].astype(np.float32)
     small = fake[:, ::2, ::2]
     viewer = make_napari_viewer()
     frames = {"medsynth": {"axes": "tyx"}}  # the frames are the items
@@ -177,7 +178,7 @@ def test_a_metric_that_fails_is_its_rows_note_and_the_others_are_kept(make_napar
     widget.real.select("real")
     widget.fake.select("small")
     _choose(widget, ("psnr", "ms_ssim", "swd", "sf"))
-    assert widget.resample.currentData() == DEFAULT_RESAMPLE == "fit"
+    assert widget.resample.currentData() == DEFAULT_RESAMPLE == "pad"
 
     results = {r.name: r for r in _compute(widget, qtbot)}
 
@@ -187,14 +188,18 @@ def test_a_metric_that_fails_is_its_rows_note_and_the_others_are_kept(make_napar
     assert "shape" in results["psnr"].note
     assert _table(widget)["psnr"][0] == "-" and _table(widget)["psnr"][3].startswith("failed: ")
     # mixed-size SWD: both sets at 64 x 64, as the core computes it
-    [expected] = evaluate(*common_size(real.astype(np.float32), small), metrics=("swd",))
+    resized = same_size(real, small)
+    assert resized[0].shape == resized[1].shape == (5, 64, 64)
+    assert np.all(resized[0][:, :, :5] == real.min())  # padded to a square with the background, not stretched
+    [expected] = evaluate(*resized, metrics=("swd",))
     assert results["swd"].mean == pytest.approx(expected.mean) and np.isfinite(expected.mean)
     assert np.isfinite(results["sf_real"].mean) and np.isfinite(results["sf_fake"].mean)
 
-    widget.resample.setCurrentIndex(widget.resample.findData("off"))
+    widget.resample.setCurrentIndex(widget.resample.findData("stretch"))
     _choose(widget, ("swd",))
     [swd] = _compute(widget, qtbot)
-    assert np.isnan(swd.mean) and "shape" in swd.note
+    assert swd.mean == pytest.approx(evaluate(*same_size(real, small, "stretch"), metrics=("swd",))[0].mean)
+    assert swd.mean != pytest.approx(expected.mean)
 
 
 def test_file_or_folder_picks_a_file_or_a_folder(make_napari_viewer, monkeypatch, tmp_path):

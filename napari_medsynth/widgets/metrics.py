@@ -8,9 +8,10 @@ Layers are read, never modified: the worker makes float32 copies of their data.
 
 Each metric is computed on its own: one that cannot run (MS-SSIM on a small image, FID of one image,
 paired metrics on sets of different sizes) becomes its row's note and the others are kept. The
-distribution metrics compare sets of different image sizes after `medsynth.metrics.resample`
-brings them to one (the "Mixed sizes" option). Real, synthetic and the metric boxes come first;
-mask, data range, slicing and resampling are under "Advanced settings".
+distribution metrics compare sets of different image sizes after `same_size` brings their images to
+one side (the "Mixed sizes" option: ``"pad"``, the default, or ``"stretch"``; docs/metrics.md). Real,
+synthetic and the metric boxes come first; mask, data range, slicing and resampling are under
+"Advanced settings".
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ from medsynth.metrics.items import image_items, load_items
 from medsynth.errors import InputError
 from medsynth.io.image import MedImage
 from medsynth.metrics.evaluate import METRICS, MetricResult, available_metrics, evaluate
-from medsynth.metrics.resample import DEFAULT_RESAMPLE, RESAMPLE_CHOICES, common_size
 from napari_medsynth.layers import from_layer
 from napari_medsynth.notify import report_error
 from napari_medsynth.workers import Failed
@@ -55,11 +55,12 @@ DEFAULT_METRICS = ("psnr", "ssim", "swd")
 # Per-frame-pair curves of the temporal metric, by unit (curve keys from TemporalReport.curves()).
 INTENSITY_CURVES = ("diff_real", "diff_fake", "warp_error_real", "warp_error_fake")
 FLOW_CURVES = ("flow_real", "flow_fake")
-RESAMPLE_TEXT = {
-    "fit": "resample to the smaller size (padded like training, anti-aliased bilinear)",
-    "off": "refuse different sizes",
+RESAMPLE_METHODS = {
+    "pad": "pad to squares with the background, then resize (as training sees a slice)",
+    "stretch": "resize to squares (aspect ratio not kept)",
 }
-"""How the "Mixed sizes" options read, for `medsynth.metrics.resample.RESAMPLE_CHOICES`."""
+"""How distribution metrics bring images of different sizes to one side, as the "Mixed sizes" options read."""
+DEFAULT_RESAMPLE = "pad"
 
 
 def layer_image(layer: Layer) -> MedImage:
@@ -77,6 +78,40 @@ def is_sequence(layer: Layer) -> bool:
     return "t" in layer.metadata.get("medsynth", {}).get("axes", "")
 
 
+def same_size(real: np.ndarray, fake: np.ndarray, method: str = DEFAULT_RESAMPLE) -> tuple[np.ndarray, np.ndarray]:
+    """Batches of 2D items ``(N, H, W)`` with their images brought to one ``side x side``, by `method`.
+
+    The side is the smaller of the two sets' longer sides: the larger images are shrunk, the smaller
+    never enlarged. ``"pad"`` pads each image to a centred square with the background (the real set's
+    minimum) first, keeping its aspect ratio; ``"stretch"`` does not. Both resize with anti-aliased
+    bilinear interpolation. Batches of one size come back as they are; volumes of different sizes
+    raise InputError.
+    """
+    from skimage.transform import resize
+
+    if real.shape[1:] == fake.shape[1:]:
+        return real, fake
+    if real.ndim != 3 or fake.ndim != 3:
+        raise InputError(
+            f"real items {real.shape[1:]} and fake items {fake.shape[1:]} are volumes of different sizes; "
+            'tick "3D volumes slice by slice" to compare their slices'
+        )
+    side = min(max(real.shape[1:]), max(fake.shape[1:]))
+    background = float(real.min())
+
+    def squared(batch: np.ndarray) -> np.ndarray:
+        if method == "pad":
+            height, width = batch.shape[1:]
+            long = max(height, width)
+            top, left = (long - height) // 2, (long - width) // 2
+            pad = ((0, 0), (top, long - height - top), (left, long - width - left))
+            batch = np.pad(batch, pad, constant_values=background)
+        resized = resize(batch, (len(batch), side, side), order=1, anti_aliasing=True, preserve_range=True)
+        return resized.astype(np.float32)
+
+    return squared(real), squared(fake)
+
+
 def measure(
     real: Source, fake: Source, *, metrics: Sequence[str], mask: np.ndarray | None = None,
     data_range: float | None = None, slices: bool = False, resample: str = DEFAULT_RESAMPLE,
@@ -84,7 +119,7 @@ def measure(
     """Evaluate `metrics` of `fake` against `real`, yielding ``(done, total, label)`` before each metric.
 
     `real` and `fake` are images (see `layer_image`) or paths, made into batches by `as_batch`; the
-    distribution metrics see them brought to one size by `resample` (`medsynth.metrics.resample`).
+    distribution metrics see their images brought to one size by `same_size` with `resample`.
     Returns the `MetricResult` list of `medsynth.metrics.evaluate.evaluate`, with a `failed` row for
     each metric that raised.
     """
@@ -95,7 +130,7 @@ def measure(
     yield 0, total, "reading images"
     real_items = as_batch(real, slices=slices, what="real")
     fake_items = as_batch(fake, slices=slices, what="fake")
-    same_size: tuple[np.ndarray, np.ndarray] | None = None
+    resized: tuple[np.ndarray, np.ndarray] | None = None
     results: list[MetricResult] = []
     for done, name in enumerate(names, start=1):
         yield done, total, name
@@ -105,8 +140,8 @@ def measure(
         try:
             pair = (real_items, fake_items)
             if name in METRICS and not METRICS[name].paired:
-                same_size = same_size or common_size(real_items, fake_items, resample)
-                pair = same_size
+                resized = resized or same_size(real_items, fake_items, resample)
+                pair = resized
             results.extend(evaluate(*pair, metrics=(name,), mask=mask, data_range=data_range))
         except Exception as exc:  # noqa: BLE001 - one metric that cannot run must not discard the others
             results.append(failed(name, exc))
@@ -146,11 +181,11 @@ class MetricsWidget(QWidget):
         self.data_range.setSpecialValueText("real set's max - min")
         self.data_range.setToolTip("Intensity span L for PSNR and SSIM, in the data's units (e.g. 4095 for CT in HU)")
         self.resample = QComboBox()
-        for choice in RESAMPLE_CHOICES:
-            self.resample.addItem(RESAMPLE_TEXT[choice], choice)
+        for method, text in RESAMPLE_METHODS.items():
+            self.resample.addItem(text, method)
         self.resample.setToolTip(
-            "Distribution metrics (SWD, FID, KID, temporal) on sets of different image sizes: bring both to the "
-            "smaller height and width, as training fits a slice, or refuse (see docs/metrics.md)"
+            "Distribution metrics (SWD, FID, KID, temporal) on sets of different image sizes: both are brought to "
+            "the smaller of the two longer sides (see docs/metrics.md)"
         )
         self.metric_boxes = self._metric_boxes()
         self.run_button = QPushButton("Compute")
