@@ -3,6 +3,9 @@ the Plugins menu lists the docks in the order of the workflow."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from qtpy.QtWidgets import QScrollArea
 from superqt import QCollapsible
@@ -42,3 +45,42 @@ def test_the_plugins_menu_lists_the_docks_in_workflow_order(make_napari_viewer):
     viewer = make_napari_viewer()
     [submenu] = [action.menu() for action in viewer.window.plugins_menu.actions() if action.text() == "MedSynth"]
     assert [action.text() for action in submenu.actions()] == ["Train", "Generate", "Lesions", "Metrics", "Reader study"]
+
+
+OPEN_TRAIN = """
+import sys, threading
+
+first_import = []
+
+
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            first_import.append(threading.current_thread() is threading.main_thread())
+
+
+sys.meta_path.insert(0, Spy())
+import napari
+from napari.qt.threading import WorkerBase
+from qtpy.QtCore import QEventLoop, QTimer
+
+viewer = napari.Viewer(show=False)
+_, widget = viewer.window.add_plugin_dock_widget("napari-medsynth", "Train")
+# A slow poll: PySide6 6.12 loses a reference to None per call returning nothing (see conftest.py).
+loop, poll = QEventLoop(), QTimer()
+poll.timeout.connect(lambda: widget.ready and loop.quit())
+poll.start(100)
+QTimer.singleShot(300_000, loop.quit)
+loop.exec()
+print("ready" if widget.ready else "not ready", "main thread" if first_import[0] else "worker thread")
+viewer.close()
+WorkerBase.await_workers()
+"""
+
+
+@pytest.mark.slow
+def test_opening_the_train_dock_imports_torch_off_the_gui_thread():
+    """In a fresh process (this one has torch already): the dock opens without it; a worker imports it."""
+    out = subprocess.run([sys.executable, "-X", "faulthandler", "-c", OPEN_TRAIN], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split("\n")[-2] == "ready worker thread"

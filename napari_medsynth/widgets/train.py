@@ -63,6 +63,8 @@ if TYPE_CHECKING:
 DEFAULT_RECIPE = "dcgan"
 DEFAULT_OUT_DIR = Path.home() / "medsynth-runs"
 LAYER_LIST_HEIGHT_PX = 100
+LOAD_AFTER_MS = 300
+"""When the recipes start loading if the dock has not painted by then (else at its first paint)."""
 BASIC_RUN_OPTIONS = ("steps",)
 """Run options shown with the basic settings; the others are under "Advanced settings"."""
 SHUTDOWN_TIMEOUT_S = 120.0
@@ -309,8 +311,22 @@ class TrainWidget(QWidget):
         self._show_normalization(self.normalization["normalization"].value)
         self._show_state(self.run.state)
 
-        self._loader: GeneratorWorker | None = GeneratorWorker(load_core)
+        self._loader: GeneratorWorker | None = None
+        self._load_started = False
+        QTimer.singleShot(LOAD_AFTER_MS, self._start_loading)  # in case the dock is not shown (a hidden window)
+
+    def paintEvent(self, event: Any) -> None:  # noqa: N802 - Qt override
+        super().paintEvent(event)
+        self._start_loading()
+
+    def _start_loading(self) -> None:
+        """Start `load_core` in a worker, once; its imports would slow the dock's first paint, so not before it."""
+        if self._load_started:
+            return
+        self._load_started = True
+        self._loader = GeneratorWorker(load_core)
         self._loader.yielded.connect(self._on_core_loaded)
+        self._loader.errored.connect(report_error)
         self._loader.finished.connect(self._on_loader_finished)
         self._loader.start()
 
@@ -368,9 +384,12 @@ class TrainWidget(QWidget):
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Labels)]
 
     def _needs_target(self) -> bool:
+        info = self._recipes.get(self._recipe_name)
+        if info is None:  # recipes not loaded yet: importing them here would import torch on the GUI thread
+            return False
         from medsynth.training.recipe import TARGET_DATA_KINDS
 
-        return self._recipe_name in self._recipes and self._recipes[self._recipe_name].data_kind in TARGET_DATA_KINDS
+        return info.data_kind in TARGET_DATA_KINDS
 
     def _show_recipe(self, name: str, force: bool = False) -> None:
         """Show `name`'s description, a fresh form of its settings and, for paired data, the target picker.
@@ -685,8 +704,10 @@ class TrainWidget(QWidget):
     def shutdown(self) -> None:
         """Stop training and wait for its final checkpoint (closing the widget or the viewer)."""
         self._pending_samples = None  # no new layer in a viewer that is closing
+        self._load_started = True  # nor a load that has not started yet
         if self._loader is not None:  # still loading: nothing is left to show its result to, nor to warm up for
             self._loader.yielded.disconnect(self._on_core_loaded)
+            self._loader.errored.disconnect(report_error)
             self._loader.finished.disconnect(self._on_loader_finished)
             self._loader.quit()
             self._loader = None
