@@ -9,9 +9,10 @@ import pytest
 import torch
 from safetensors.torch import save as save_tensors
 
+from medsynth.data.geometry import image_plane, label_box, rectangle_box
 from medsynth.data.samples import load_sample
 from medsynth.errors import CheckpointError, InputError, SettingsError
-from medsynth.lesions.crop import image_plane, label_box, lesion_crop, rectangle_box
+from medsynth.lesions.crop import lesion_crop
 from medsynth.lesions.singan_training import (
     SinGANSettings,
     crop_tensor,

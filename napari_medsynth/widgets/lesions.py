@@ -36,10 +36,11 @@ from qtpy.QtWidgets import QFileDialog, QVBoxLayout, QWidget
 
 import medsynth
 from medsynth.atomic import write_text
+from medsynth.data.geometry import image_plane, label_box, rectangle_box
 from medsynth.errors import InputError, MedsynthError
 from medsynth.io.image import MedImage, SyntheticProvenance
 from medsynth.lesions.batch import label_geometry
-from medsynth.lesions.crop import image_plane, label_box, lesion_crop, rectangle_box
+from medsynth.lesions.crop import lesion_crop
 from medsynth.lesions.danger import bootstrap_danger
 from medsynth.lesions.fusion import BLENDS, Lesion, fuse
 from medsynth.lesions.learned import danger_for, load_danger_source, load_location_model

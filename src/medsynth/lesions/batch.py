@@ -26,7 +26,7 @@ import medsynth
 from medsynth.atomic import write_text
 from medsynth.errors import InputError
 from medsynth.io.image import MedImage, SyntheticProvenance
-from medsynth.lesions.crop import image_plane
+from medsynth.data.geometry import image_plane
 from medsynth.lesions.fusion import Lesion, fuse
 from medsynth.lesions.location import LocationModel, top_candidates
 from medsynth.lesions.placement import sample_placements

@@ -27,6 +27,7 @@ from scipy import ndimage
 from skimage.feature import peak_local_max
 
 from medsynth.atomic import write_text
+from medsynth.data.geometry import lesion_centroids
 from medsynth.errors import CheckpointError, InputError
 
 FORMAT = "medsynth-location-prior"
@@ -90,23 +91,6 @@ class LocationPrior:
             "points": self.points.tolist(),
             "bandwidth": list(self.bandwidth),
         }
-
-
-def lesion_centroids(labels: np.ndarray) -> np.ndarray:
-    """``(N, 2)`` centroids (y, x) in pixels of every connected component of every id of a label map.
-
-    A ``(Z, H, W)`` map gives the in-plane centroid of each 3D component.
-    """
-    labels = np.asarray(labels)
-    found = []
-    for label_id in np.unique(labels):
-        if label_id == 0:
-            continue
-        components, count = ndimage.label(labels == label_id)
-        if count:
-            centres = np.asarray(ndimage.center_of_mass(components > 0, components, range(1, count + 1)))
-            found.append(centres[:, -2:])
-    return np.concatenate(found) if found else np.zeros((0, 2))
 
 
 def fit_location_prior(label_maps: Sequence[np.ndarray]) -> LocationPrior:

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from medsynth.errors import InputError
-from medsynth.lesions.crop import pixel_index
+from medsynth.data.geometry import pixel_index
 
 Point = tuple[int, int]
 
