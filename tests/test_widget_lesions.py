@@ -23,9 +23,8 @@ from medsynth.lesions.scene import placed_mask
 from medsynth.lesions.singan_training import SinGANSettings, load_singan, save_singan, train_to_end
 from medsynth.training.config import TrainConfig
 from medsynth.training.trainer import train
-from napari_medsynth.layers import SYNTHETIC_SUFFIX, to_layer_data
+from napari_medsynth.layers import SYNTHETIC_SUFFIX, layer_image, to_layer_data
 from napari_medsynth.widgets.lesions import LesionWidget
-from napari_medsynth.widgets.train import layer_image
 from napari_medsynth.workers import RunState
 
 pytestmark = pytest.mark.gui

@@ -18,8 +18,8 @@ from medsynth.training.config import SEED_LIMIT, TrainConfig
 from medsynth.training.events import Progress
 from medsynth.training.recipe import list_recipes
 from medsynth.training.trainer import train
-from napari_medsynth.layers import SYNTHETIC_SUFFIX, to_layer_data
-from napari_medsynth.widgets.train import TrainWidget, layer_image
+from napari_medsynth.layers import SYNTHETIC_SUFFIX, layer_image, to_layer_data
+from napari_medsynth.widgets.train import TrainWidget
 from napari_medsynth.workers import Failed, RunState, TrainingRun
 
 pytestmark = pytest.mark.gui

@@ -68,10 +68,9 @@ from medsynth.lesions.singan_training import (
 from medsynth.settings import parse, setting
 from medsynth.training.control import TrainControl
 from medsynth.training.events import Finished, Progress, Samples, Started
-from napari_medsynth.layers import to_layer_data
+from napari_medsynth.layers import layer_image, to_layer_data
 from napari_medsynth.notify import report_error
 from napari_medsynth.widgets.settings_form import SettingsForm
-from napari_medsynth.widgets.train import layer_image
 from napari_medsynth.workers import Failed, RunState, TrainingRun
 
 if TYPE_CHECKING:

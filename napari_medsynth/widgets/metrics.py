@@ -34,7 +34,7 @@ from medsynth.metrics.items import image_items, load_items
 from medsynth.errors import InputError
 from medsynth.io.image import MedImage
 from medsynth.metrics.evaluate import MetricResult, available_metrics, evaluate
-from napari_medsynth.layers import from_layer
+from napari_medsynth.layers import layer_image
 from napari_medsynth.notify import report_error
 from napari_medsynth.workers import Failed
 from napari_medsynth.widgets.plot import LinePlot
@@ -47,11 +47,6 @@ DEFAULT_METRICS = ("psnr", "ssim", "swd")
 # Per-frame-pair curves of the temporal metric, by unit (curve keys from TemporalReport.curves()).
 INTENSITY_CURVES = ("diff_real", "diff_fake", "warp_error_real", "warp_error_fake")
 FLOW_CURVES = ("flow_real", "flow_fake")
-
-
-def layer_image(layer: Layer) -> MedImage:
-    """A layer as a `MedImage` sharing its data (no copy), its axes taken from the layer's metadata."""
-    return from_layer(layer.data, {"metadata": layer.metadata, "name": layer.name, "rgb": getattr(layer, "rgb", False)})
 
 
 def as_batch(source: Source, *, slices: bool, what: str) -> np.ndarray:

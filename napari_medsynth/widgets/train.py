@@ -39,7 +39,7 @@ from medsynth.training.generate import generate
 from medsynth.training.process import train_in_process
 from medsynth.training.recipe import TARGET_DATA_KINDS, list_recipes
 from medsynth.training.trainer import check_config
-from napari_medsynth.layers import SYNTHETIC_SUFFIX, from_layer, to_layer_data
+from napari_medsynth.layers import SYNTHETIC_SUFFIX, layer_image, to_layer_data
 from napari_medsynth.notify import report_error
 from napari_medsynth.widgets.plot import LinePlot
 from napari_medsynth.widgets.settings_form import SettingsForm
@@ -95,14 +95,6 @@ def available_devices() -> list[str]:
 
     devices = ["auto", "cpu"] + [f"cuda:{k}" for k in range(torch.cuda.device_count())]
     return devices + (["mps"] if torch.backends.mps.is_available() else [])
-
-
-def layer_image(layer: Image | Labels) -> MedImage:
-    """A layer as a MedImage whose array is the layer's own (numpy, memmap or dask), not a copy."""
-    data, attributes, _ = layer.as_layer_data_tuple()
-    if layer.multiscale:
-        data = data[0]
-    return from_layer(data, attributes, is_label=True if isinstance(layer, Labels) else None)
 
 
 def preview_image(event: Samples, recipe: str, source: MedImage) -> MedImage:
