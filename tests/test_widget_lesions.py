@@ -66,7 +66,7 @@ def learned_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
     checkpoints = []
     for recipe, target, steps in [("danger-unet", bootstrap_danger(ct), 40), ("lesion-heatmap", history, 10)]:
         config = TrainConfig(recipe=recipe, out_dir=tmp_path_factory.mktemp(recipe), steps=steps, sample_every=0,
-                             device="cpu", settings=small, normalization="window", window=(40, 400))  # fmt: skip
+                             device="cpu", settings=small, normalization="window", window_center=40, window_width=400)  # fmt: skip
         checkpoints.append(list(train(config, [(ct, target)]))[-1].checkpoint)
     return checkpoints[0], checkpoints[1]
 

@@ -313,14 +313,14 @@ def test_normalisation_control_becomes_the_configs_percentiles_or_window(
     form["percentile_low"].value = "1"
     form["percentile_high"].value = "99"
     config = widget._config()
-    assert (config.normalization, config.percentiles, config.window) == ("percentile", (1.0, 99.0), None)
+    assert (config.normalization, config.percentile_low, config.percentile_high) == ("percentile", 1.0, 99.0)
 
     form["normalization"].value = "window"
     assert shown(form["window_width"]) and not shown(form["percentile_high"])
     form["window_center"].value = "-600"
     form["window_width"].value = "1500"
     config = widget._config()
-    assert (config.normalization, config.window) == ("window", (-600.0, 1500.0))
+    assert (config.normalization, config.window_center, config.window_width) == ("window", -600.0, 1500.0)
 
     form["window_width"].value = "0"
     widget.start()
@@ -331,7 +331,7 @@ def test_normalisation_control_becomes_the_configs_percentiles_or_window(
     form["percentile_low"].value = "99.9"
     widget.start()
     assert widget.run.worker is None
-    assert len(notifications) == 2 and "percentiles=(99.9, 99.0)" in notifications[1]
+    assert len(notifications) == 2 and "percentile_low=99.9 must be below percentile_high=99.0" in notifications[1]
     assert not (tmp_path / "run").exists()
 
 

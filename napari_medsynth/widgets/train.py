@@ -16,7 +16,6 @@ then shows a Labels-layer picker and hands the trainer an ``(image, target)`` pa
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,11 +28,11 @@ from qtpy.QtWidgets import QFileDialog, QProgressBar, QVBoxLayout, QWidget
 from superqt.utils import FunctionWorker
 
 import medsynth
+from medsynth.data.normalization import NORMALIZATION_FIELDS, NormalizationOptions
 from medsynth.errors import InputError, MedsynthError
 from medsynth.io.image import MedImage, SyntheticProvenance
-from medsynth.settings import setting
 from medsynth.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from medsynth.training.config import NORMALIZATIONS, RunOptions, TrainConfig
+from medsynth.training.config import RunOptions, TrainConfig
 from medsynth.training.events import CheckpointSaved, Finished, Paused, Progress, Resumed, Samples, Started
 from medsynth.training.generate import generate
 from medsynth.training.process import train_in_process
@@ -61,32 +60,6 @@ PREVIEW_REFRESH_MS = 3000
 TRAIN_THREADS = max(1, (os.cpu_count() or 2) - 1)
 """Torch threads of the training process: one core stays with the viewer. On a busy 2-core machine one
 thread also trained about ten times faster than two (docs/benchmarks.md, "Responsiveness")."""
-
-
-def _config_default(name: str) -> Any:
-    return TrainConfig.__dataclass_fields__[name].default
-
-
-@dataclass
-class NormalizationOptions:
-    """How intensities map to the networks' [-1, 1]; `TrainWidget._config` turns them into `TrainConfig` fields."""
-
-    normalization: str = setting(
-        _config_default("normalization"),
-        "Clip intensities at percentiles of the data, or at a fixed window in data units (CT in HU)",
-        choices=NORMALIZATIONS,
-    )
-    percentile_low: float = setting(_config_default("percentiles")[0], "Lower clipping percentile", min=0, max=100)
-    percentile_high: float = setting(_config_default("percentiles")[1], "Upper clipping percentile", min=0, max=100)
-    window_center: float = setting(40.0, "Window centre in data units (40 HU: soft tissue)")
-    window_width: float = setting(400.0, "Window width in data units (400 HU: soft tissue)", min=1e-6)
-
-
-NORMALIZATION_FIELDS = {
-    "percentile": ("percentile_low", "percentile_high"),
-    "window": ("window_center", "window_width"),
-}
-"""The fields each normalisation uses; the others are hidden."""
 
 
 def available_devices() -> list[str]:
@@ -270,18 +243,14 @@ class TrainWidget(QWidget):
         """The run's frozen configuration from the widgets (SettingsError naming each bad value)."""
         if str(self.out_dir.value) in ("", "."):
             raise InputError("no output folder chosen: choose the folder where checkpoints are written")
-        normalization = self.normalization.values()
-        window = (normalization["window_center"], normalization["window_width"])
         return TrainConfig(
             recipe=self.recipe.value,
             out_dir=Path(self.out_dir.value),
             settings=self.settings.values(),
             device=self.device.value,
             resume=resume,
-            normalization=normalization["normalization"],
-            percentiles=(normalization["percentile_low"], normalization["percentile_high"]),
-            window=window if normalization["normalization"] == "window" else None,
             **self.options.values(),
+            **self.normalization.values(),
         )
 
     def _training_data(self) -> list[MedImage] | list[tuple[MedImage, MedImage]]:
