@@ -20,7 +20,7 @@ from medsynth.training.recipe import list_recipes
 from medsynth.training.trainer import train
 from napari_medsynth.layers import SYNTHETIC_SUFFIX, layer_image, to_layer_data
 from napari_medsynth.widgets.train import TrainWidget
-from napari_medsynth.workers import Failed, RunState, TrainingRun
+from napari_medsynth.workers import BackgroundRun, Failed, RunState
 
 pytestmark = pytest.mark.gui
 
@@ -194,7 +194,7 @@ def test_a_runtime_error_from_the_trainer_reaches_the_gui_thread(qtbot):
         yield Progress(1, 2, {"g_loss": 1.0}, {}, 1.0, 1.0)
         raise TrainingError("loss is not finite")
 
-    run = TrainingRun()
+    run = BackgroundRun()
     run.start(failing, lambda event: received.append((event, threading.get_ident())))
     qtbot.waitUntil(lambda: run.state is RunState.IDLE, timeout=WAIT_MS)
     assert [type(event) for event, _ in received] == [Progress, Failed]
