@@ -29,6 +29,7 @@ from skimage.feature import peak_local_max
 from medsynth.atomic import write_text
 from medsynth.data.geometry import lesion_centroids
 from medsynth.errors import CheckpointError, InputError
+from medsynth.settings import setting
 
 FORMAT = "medsynth-location-prior"
 FORMAT_VERSION = 1
@@ -46,6 +47,20 @@ class LocationModel(Protocol):
     def describe(self) -> str:
         """A few words for a status line, e.g. "location prior from 12 lesions"."""
         ...
+
+
+@dataclass
+class PriorOptions:
+    """How a location model's heatmap becomes candidate positions."""
+
+    top_k: int = setting(10, "Candidate positions: the top-k peaks of the prior", min=1, max=10_000)
+    min_distance: int = setting(5, "Minimum distance between candidates (px)", min=1, max=10_000)
+
+
+def prior_candidates(model: LocationModel, plane: np.ndarray, options: PriorOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The heatmap ``(H, W)`` of `model` on `plane`, its top-k candidates ``(k', 2)`` and their densities ``(k',)``."""
+    heat = model.plane_heatmap(plane)
+    return (heat, *top_candidates(heat, options.top_k, options.min_distance))
 
 
 def top_candidates(heat: np.ndarray, k: int, min_distance: int = 5) -> tuple[np.ndarray, np.ndarray]:
