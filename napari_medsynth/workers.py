@@ -59,7 +59,7 @@ def call(function: Callable[..., Any], *args: Any) -> Work:
     """Work of one plain function call: no events, the call's value as the result."""
 
     def work(_control: TrainControl) -> Generator[Any, None, Any]:
-        yield from ()
+        yield from ()  # makes this a generator, which is what the worker runs
         return function(*args)
 
     return work

@@ -3,8 +3,9 @@
 The widget is thin. The options form (`GenerateOptions`, rendered by `SettingsForm`) becomes the
 arguments of `medsynth.training.sequences.iter_sequences`, which runs in the plugin's background
 runner (`napari_medsynth.workers.BackgroundRun`); progress arrives in `_on_event` and the finished
-image in `_add_layer`, on the GUI thread, the only place that touches layers. "Side by side" switches napari's grid mode so real and synthetic layers show next to each
-other, each with the same time slider.
+image in `_add_layer`, on the GUI thread, the only place that touches layers. "Side by side"
+switches napari's grid mode so real and synthetic layers show next to each other, each with the
+same time slider.
 """
 
 from __future__ import annotations

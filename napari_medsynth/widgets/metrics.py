@@ -2,8 +2,9 @@
 
 The widget only gathers inputs and shows results: `measure` (a plain generator over
 `medsynth.metrics.evaluate`) runs in the plugin's background runner (`napari_medsynth.workers`) and
-yields progress; its results reach the table and the temporal plots on the GUI thread. Items follow `medsynth evaluate`: time frames
-are items, a 2D image is one item, a 3D volume one item unless "3D volumes slice by slice" is on.
+yields progress; its results reach the table and the temporal plots on the GUI thread. Items follow
+`medsynth evaluate`: time frames are items, a 2D image is one item, a 3D volume one item unless "3D
+volumes slice by slice" is on.
 Layers are read, never modified: the worker makes float32 copies of their data.
 """
 

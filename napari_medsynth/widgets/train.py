@@ -8,7 +8,8 @@ shared: `medsynth.training.shared_arrays`). The plugin's background runner
 (`napari_medsynth.workers.BackgroundRun`) relays the child's events to `_on_event` on the GUI thread,
 the only place that touches layers, the plot and the progress bar, and knows whether training is
 idle, running, paused or stopping, which the buttons observe. Generation from a checkpoint has a
-runner of its own, so it may run while training goes on. Closing the widget or the viewer stops training and waits for its checkpoint.
+runner of its own, so it may run while training goes on. Closing the widget or the viewer stops
+training and waits for its checkpoint.
 
 Recipes of the data kinds in `TARGET_DATA_KINDS` train on an image with its target map: the widget
 then shows a Labels-layer picker and hands the trainer an ``(image, target)`` pair.

@@ -55,11 +55,12 @@ def reported(method: Callable[P, T]) -> Callable[P, T | None]:
 class Section(QWidget):
     """One step of the workflow: a titled magicgui container of its controls (`show_controls`)."""
 
+    controls: Container
+
     def __init__(self, viewer: napari.Viewer, layers: DockLayers) -> None:
         super().__init__()
         self.viewer = viewer
         self.dock_layers = layers
-        self.controls = Container()
 
     def show_controls(self, title: str, *widgets: Any) -> None:
         self.controls = Container(widgets=[Label(value=f"<b>{title}</b>"), *widgets])

@@ -56,7 +56,8 @@ class DangerSection(Section):
 
     @reported
     def load(self, path: str | Path) -> Labels:
-        """A danger zone from a mask file (1 permissible, 0 forbidden) on the background's grid, or predicted by a danger-unet checkpoint."""
+        """A danger zone from a mask file (1 permissible, 0 forbidden) on the background's grid, or
+        predicted by a danger-unet checkpoint."""
         return self._show(danger_for(load_danger_source(path), self.background.image(self.background.target())))
 
     def _show(self, mask: np.ndarray) -> Labels:

@@ -85,7 +85,8 @@ class LesionModelSection(Section):
         return [(layer.name, layer) for layer in self.layers(Shapes, Labels) if layer is not self.dock_layers.danger]
 
     def crop(self) -> tuple[MedImage, np.ndarray]:
-        """The lesion crop the annotator selected, a 2D MedImage in the background's units, modality and pixel spacing, and its mask."""
+        """The lesion crop the annotator selected, a 2D MedImage in the background's units, modality and
+        pixel spacing, and its mask."""
         target = self.background.target()
         plane = self.background.plane(target)
         source = self.crop_layer.value

@@ -37,7 +37,9 @@ class PriorSection(Section):
         )
         self.options = SettingsForm(PriorOptions)
         self.show_button = PushButton(text="Show location prior")
-        self.load_button = PushButton(text="Load location model…", tooltip="A saved location prior (JSON) or a lesion-heatmap checkpoint")
+        self.load_button = PushButton(
+            text="Load location model…", tooltip="A saved location prior (JSON) or a lesion-heatmap checkpoint"
+        )
         self.status = Label(value="")
         self.show_controls(
             "4. Location prior", self.label_layers, self.files, self.options, row(self.show_button, self.load_button), self.status

@@ -7,9 +7,9 @@ with an empty generated mask is drawn again), placed in ``C_final`` (the top can
 location model's heatmap on the background plane, weighted by their density, or every permissible
 pixel without one) with no lesion pixel in the danger zone and no two lesions overlapping, then fused
 as a scene (`medsynth.lesions.scene.fuse_scene`, as the Lesions widget fuses its own). Each lesion's
-manifest record is a `medsynth.lesions.manifest.LesionRecord`, the record of the widget's export. The location model is the kernel-density prior or a learned heatmap
-(`medsynth.lesions.location.LocationModel`).
-Volumes get their lesions in one slice (`slice_index`, the middle one by default).
+manifest record is a `medsynth.lesions.manifest.LesionRecord`, the record of the widget's export.
+The location model is the kernel-density prior or a learned heatmap
+(`medsynth.lesions.location.LocationModel`). Volumes get their lesions in one slice (`slice_index`, the middle one by default).
 """
 
 from __future__ import annotations

@@ -19,8 +19,11 @@ from medsynth.errors import InputError
 from medsynth.lesions.scene import FusedScene, Scene
 
 
-def export_scene(folder: str | os.PathLike[str], fused: FusedScene, scene: Scene, manifest: dict[str, Any]) -> list[Path]:
-    """Write `fused` into `folder`: ``<stem>.nii.gz``, ``<stem>_labels.nii.gz``, ``<stem>_dicom/``, ``<stem>_seg.dcm``, ``<stem>.json``."""
+def export_scene(
+    folder: str | os.PathLike[str], fused: FusedScene, scene: Scene, manifest: dict[str, Any]
+) -> list[Path]:
+    """Write `fused` into `folder` as ``<stem>.nii.gz``, ``<stem>_labels.nii.gz``, ``<stem>_dicom/``,
+    ``<stem>_seg.dcm`` and `manifest` as ``<stem>.json``; `stem` is the image's name."""
     from medsynth.io import write_dicom, write_dicom_seg, write_nifti
 
     folder = Path(folder)

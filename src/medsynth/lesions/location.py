@@ -57,7 +57,9 @@ class PriorOptions:
     min_distance: int = setting(5, "Minimum distance between candidates (px)", min=1, max=10_000)
 
 
-def prior_candidates(model: LocationModel, plane: np.ndarray, options: PriorOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def prior_candidates(
+    model: LocationModel, plane: np.ndarray, options: PriorOptions
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The heatmap ``(H, W)`` of `model` on `plane`, its top-k candidates ``(k', 2)`` and their densities ``(k',)``."""
     heat = model.plane_heatmap(plane)
     return (heat, *top_candidates(heat, options.top_k, options.min_distance))

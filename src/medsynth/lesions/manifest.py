@@ -40,7 +40,8 @@ class LesionRecord:
 
 
 def label_geometry(labels: np.ndarray, label_id: int) -> dict[str, int | float]:
-    """Tight bounding box ``bbox_y0, bbox_x0, bbox_y1, bbox_x1`` (ends exclusive), centroid and pixel count of `label_id` in ``(H, W)`` `labels`."""
+    """Tight bounding box ``bbox_y0, bbox_x0, bbox_y1, bbox_x1`` (ends exclusive), centroid and pixel count
+    of `label_id` in ``(H, W)`` `labels`."""
     pixels = np.argwhere(np.asarray(labels) == label_id)
     if len(pixels) == 0:
         raise InputError(f"label {label_id} has no pixel in the label map; place the lesion again")

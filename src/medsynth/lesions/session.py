@@ -124,7 +124,8 @@ class LesionSession:
         label_id = next_label_id(self.scene)
         lesion, seed = self._draw(generator, label_id, size, options)
         position = place_by_hand(permissible, lesion.mask, centre, taken_pixels(self.scene, permissible.shape))
-        return self.commit((*self.scene, Placement(lesion, position, label_id, seed, size)), options.fusion(), _path(generator))
+        placed = Placement(lesion, position, label_id, seed, size)
+        return self.commit((*self.scene, placed), options.fusion(), _path(generator))
 
     def sample(
         self,
@@ -184,7 +185,10 @@ class LesionSession:
         return self.scene
 
     def commit(self, scene: Scene, blend: Blend, model: str) -> Scene:
-        """Make `scene` fused with `blend` the current state (the previous one goes to the history); nothing changes if fusing fails."""
+        """Make `scene` fused with `blend` the current state, the previous one going to the history.
+
+        The fusion comes first: if it fails, nothing changes.
+        """
         state = SceneState(scene, blend, model)
         fused = self._fuse(state)
         self.history.append(self.state)
@@ -193,7 +197,9 @@ class LesionSession:
 
     # -- export --------------------------------------------------------------------------------
 
-    def export(self, folder: str | os.PathLike[str], options: PlacementOptions, shown_labels: np.ndarray | None = None) -> list[Path]:
+    def export(
+        self, folder: str | os.PathLike[str], options: PlacementOptions, shown_labels: np.ndarray | None = None
+    ) -> list[Path]:
         """Write the fusion with its manifest (`medsynth.lesions.export.export_scene`).
 
         `shown_labels` is the label map the annotator sees; if it was edited since the last fusion,
@@ -223,13 +229,14 @@ class LesionSession:
         return draw_lesion(generator, lesion_seed(options.seed, label_id), size, options.variability)
 
     def _fuse(self, state: SceneState) -> FusedScene:
-        """The fusion of `state`; its provenance lists each lesion's seed (``label:seed``), with which `draw_lesion` draws it again."""
+        """The fusion of `state`; its provenance lists each lesion's seed (``label:seed``), which draws it again."""
         seeds = " ".join(f"{p.label_id}:{p.seed}" for p in state.scene)
+        fused_into = f"{len(state.scene)} SinGAN lesions fused ({state.blend.name}) into {self.background.name}"
         provenance = SyntheticProvenance(
             model=RECIPE,
             model_version=medsynth.__version__,
             checkpoint=Path(state.model).name if state.model else "",
-            description=f"{len(state.scene)} SinGAN lesions fused ({state.blend.name}) into {self.background.name}; lesion seeds {seeds}",
+            description=f"{fused_into}; lesion seeds {seeds}",
         )
         name = f"{self.background.name} lesions"
         return fuse_scene(self.background, self.slice_index, state.scene, state.blend, provenance, (name, f"{name} labels"))

@@ -12,7 +12,7 @@ from typing import Any
 
 from medsynth.data.normalization import NormalizationOptions
 from medsynth.errors import SettingsError
-from medsynth.settings import SettingInfo, describe, parse, setting
+from medsynth.settings import SettingInfo, describe, parse, setting, valid_values
 
 SEED_LIMIT = 2**32
 """Seeds are 0 <= seed < SEED_LIMIT: numpy's `SeedSequence` (step seeds, batch order) refuses negative
@@ -46,7 +46,8 @@ DECLARED_PARTS = (RunOptions, NormalizationOptions)
 
 @dataclass
 class TrainConfig(RunOptions, NormalizationOptions):
-    """One training run: the fields below, the run options (`RunOptions`) and the normalisation (`NormalizationOptions`).
+    """One training run: the fields below, the run options (`RunOptions`) and the normalisation
+    (`NormalizationOptions`), keyword arguments all but `recipe`, `out_dir` and `settings`.
 
     `settings` are the recipe's settings by name (strings are converted); they are validated with
     `medsynth.settings.parse` against the recipe's settings class before training starts.
@@ -139,7 +140,7 @@ def _declared_type(info: SettingInfo) -> tuple[Callable[[Any], bool], str]:
     """What a config file's value of a declared setting must be (its range is checked by `TrainConfig.validate`)."""
     accepts = {int: _whole, float: _number, str: _text}[info.type]
     if info.choices is not None:
-        return accepts, f"one of {', '.join(map(str, info.choices))}"
+        return accepts, valid_values(info)
     return accepts, {int: "a whole number", float: "a number", str: "text"}[info.type]
 
 
