@@ -151,3 +151,11 @@ def _describe(image: MedImage) -> dict[str, Any]:
         "synthetic": asdict(image.synthetic) if image.synthetic else None,
         "source": source,
     }
+
+
+def layer_image(layer: Any) -> MedImage:
+    """A napari Image or Labels layer as a MedImage whose array is the layer's own (numpy, memmap or dask), not a copy."""
+    data, attributes, layer_type = layer.as_layer_data_tuple()
+    if layer.multiscale:
+        data = data[0]
+    return from_layer(data, attributes, is_label=True if layer_type == "labels" else None)

@@ -20,7 +20,7 @@ from medsynth.lesions.crop import lesion_crop
 from medsynth.lesions.danger import bootstrap_danger
 from medsynth.lesions.learned import HeatmapModel, predict_danger
 from medsynth.lesions.location import top_candidates
-from medsynth.lesions.singan_training import SinGANSettings, load_singan, train_to_end
+from medsynth.lesions.singan_training import SinGANRunOptions, SinGANSettings, load_singan, train_to_end
 from medsynth.training.config import TrainConfig
 from medsynth.training.trainer import train
 
@@ -48,8 +48,8 @@ def lesion_model(tmp_path_factory):
     plane = np.asarray(load_sample("ct_slice").array, dtype=np.float32)
     values, mask = lesion_crop(plane, (96, 40, 112, 56))
     path = tmp_path_factory.mktemp("model") / "lesion.safetensors"
-    settings = SinGANSettings(min_size=16, iterations=15, width=8, layers=3, log_every=100)
-    train_to_end(values, mask, settings, checkpoint=path)
+    settings = SinGANSettings(min_size=16, iterations=15, width=8, layers=3)
+    train_to_end(values, mask, settings, run=SinGANRunOptions(log_every=100), checkpoint=path)
     return path
 
 
@@ -149,7 +149,7 @@ def learned_models(tmp_path_factory):
     checkpoints = []
     for recipe, target, steps in [("danger-unet", bootstrap_danger(ct), 40), ("lesion-heatmap", history, 30)]:
         config = TrainConfig(recipe=recipe, out_dir=tmp_path_factory.mktemp(recipe), steps=steps, sample_every=0,
-                             device="cpu", settings=SMALL_UNET, normalization="window", window=(40, 400))  # fmt: skip
+                             device="cpu", settings=SMALL_UNET, normalization="window", window_center=40, window_width=400)  # fmt: skip
         checkpoints.append(list(train(config, [(ct, target)]))[-1].checkpoint)
     return tuple(checkpoints)
 

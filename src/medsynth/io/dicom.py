@@ -29,6 +29,7 @@ from medsynth.errors import InputError, MissingDecoderError, UnreadableFileError
 from medsynth.io.image import MedImage, SyntheticProvenance
 from medsynth.io.orientation import dicom_affine, to_medimage_layout
 from medsynth.io.provenance import provenance_from_summary
+from medsynth.io.recognise import is_series_file
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -59,15 +60,6 @@ _POSITION_DECIMALS = 3
 """Slice positions closer than 1 µm are the same position (repeated in time)."""
 _UNEVEN_TOLERANCE = 0.01
 """Relative deviation of a slice gap from the median gap above which the spacing is reported uneven."""
-
-
-def has_dicom_preamble(path: Path) -> bool:
-    """True when `path` starts with the 128-byte preamble and ``DICM`` of the DICOM file format."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(132)[128:] == b"DICM"
-    except OSError:
-        return False
 
 
 def read_dicom_file(path: Path, *, keep_rgb: bool = False) -> list[MedImage]:
@@ -162,7 +154,7 @@ def _forced_header(path: Path) -> Dataset | None:
 
 def _folder_header(path: Path) -> Dataset | None:
     """The header of a file in a series folder; None for other files (notes, DICOMDIR, thumbnails)."""
-    if path.name.upper() == "DICOMDIR":
+    if not is_series_file(path):
         return None
     try:
         return read_header(path)
