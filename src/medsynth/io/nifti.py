@@ -13,6 +13,7 @@ Writing: the geometry goes back into a RAS affine stored as both sform and qform
 from __future__ import annotations
 
 import fnmatch
+import gzip
 import json
 import os
 from dataclasses import asdict, replace
@@ -38,6 +39,8 @@ _SLAB_BYTES = 64 * 2**20
 _SPACE_TO_MM = {"meter": 1000.0, "micron": 0.001}
 _IMPLAUSIBLE_SECONDS = 100.0
 _TIME_TO_MS = {"sec": 1000.0, "msec": 1.0, "usec": 0.001, "unknown": 1000.0}
+_GZIP_LEVEL = 1
+"""nibabel's own level for .nii.gz: most of the size gain at a fraction of the time of level 9."""
 
 
 def nifti_stem(path: Path) -> str:
@@ -364,7 +367,12 @@ def _synthetic_from_header(header: Any, stored: dict[str, Any]) -> SyntheticProv
 
 
 def _save_atomically(img: Any, path: Path) -> Path:
-    # nibabel picks gzip by the temporary file's suffix, so it must end like the destination.
-    with atomic_path(path, suffix=".nii.gz" if path.name.lower().endswith(".gz") else ".nii") as tmp:
-        img.to_filename(tmp)
+    # Streamed rather than saved by name: nibabel would pick gzip by the temporary's suffix, and a
+    # temporary ending in .nii.gz is one that folder readers take for data.
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw:
+        if path.name.lower().endswith(".gz"):
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=_GZIP_LEVEL) as stream:
+                img.to_stream(stream)
+        else:
+            img.to_stream(raw)
     return path
