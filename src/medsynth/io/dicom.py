@@ -28,12 +28,12 @@ import numpy as np
 from medsynth.errors import InputError, InputWarning, UnreadableFileError
 from medsynth.io.dicom_pixels import (
     iter_frames,
-    pydicom_logs_held_back,
     require_decoder,
     set_transfer_syntax_from_encoding,
     warn_excess_pixel_data,
 )
 from medsynth.io.image import MedImage, SyntheticProvenance
+from medsynth.io.library_logs import held_back
 from medsynth.io.orientation import dicom_affine, to_medimage_layout
 from medsynth.io.provenance import provenance_from_summary
 
@@ -143,7 +143,7 @@ def read_header(path: Path) -> Dataset:
     from pydicom.errors import InvalidDicomError
 
     try:
-        with pydicom_logs_held_back():
+        with held_back("pydicom"):
             return pydicom.dcmread(path, stop_before_pixels=True)
     except InvalidDicomError:
         ds = _forced_header(path)
@@ -191,7 +191,7 @@ def _folder_header(path: Path) -> Dataset | None:
 def frame_count(ds: Dataset, path: Path) -> int:
     """Number of Frames, 1 when absent; `InputError` for a value that is not a whole number."""
     # pydicom warns and logs about a malformed value as it converts it; our error says more.
-    with pydicom_logs_held_back(), warnings.catch_warnings():
+    with held_back("pydicom"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         value = ds.get("NumberOfFrames")
     try:

@@ -5,16 +5,14 @@
 - Frames are read straight from the file, so a large multi-frame file is never held twice. pydicom
   cannot read some valid files that way (deflated transfer syntax, a data set encoded otherwise than
   its transfer syntax says, no file meta header): those are read whole and decoded from the data set.
-- pydicom logs every failing decoder plugin with a traceback; those logs are held back while decoding,
-  since their text is part of the one error raised.
+- pydicom logs every failing decoder plugin with a traceback; those logs are held back while decoding
+  (`medsynth.io.library_logs`), since their text is part of the one error raised.
 - Native pixel data longer than Rows x Columns x frames is decoded as the header says, with an
   `InputWarning` naming the file (`warn_excess_pixel_data`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
 import warnings
 from collections.abc import Iterator
@@ -24,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from medsynth.errors import InputWarning, MissingDecoderError, UnreadableFileError
+from medsynth.io.library_logs import held_back
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -159,31 +158,18 @@ def warn_excess_pixel_data(path: Path, ds: Dataset, frames: int) -> None:
 def _quietly(frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
     """`frames`, with pydicom's logger silent while each frame is decoded (not while the caller holds it)."""
     while True:
-        with pydicom_logs_held_back():
+        with held_back("pydicom"):
             frame = next(frames, None)
         if frame is None:
             return
         yield frame
 
 
-@contextlib.contextmanager
-def pydicom_logs_held_back() -> Iterator[None]:
-    """Hold back pydicom's log records: what they say goes into our own error or warning."""
-    # A level on the package's logger also holds back its modules' loggers, which inherit it.
-    logger = logging.getLogger("pydicom")
-    was = logger.level
-    logger.setLevel(logging.CRITICAL + 1)
-    try:
-        yield
-    finally:
-        logger.setLevel(was)
-
-
 def _whole_dataset(path: Path) -> Dataset:
     import pydicom
 
     try:
-        with pydicom_logs_held_back():
+        with held_back("pydicom"):
             ds = pydicom.dcmread(path, force=True)
     except MemoryError:
         raise

@@ -29,6 +29,7 @@ import numpy as np
 from medsynth.atomic import atomic_path
 from medsynth.errors import InputError, InputWarning, UnreadableFileError
 from medsynth.io.image import MedImage, SyntheticProvenance
+from medsynth.io.library_logs import held_back
 from medsynth.io.orientation import (
     RAS_TO_LPS,
     Geometry,
@@ -95,7 +96,8 @@ def read_nifti(path: Path, *, as_label: bool | None = None) -> MedImage:
     import nibabel as nib
 
     try:
-        img = nib.load(path, mmap="r")
+        with held_back("nibabel.global") as repairs:
+            img = nib.load(path, mmap="r")
     except Exception as exc:
         raise UnreadableFileError(
             f"{path}: cannot be read as NIfTI ({exc}). Check that the file was copied completely, or "
@@ -115,7 +117,9 @@ def read_nifti(path: Path, *, as_label: bool | None = None) -> MedImage:
         _check_finite(data, path)
 
     space_unit, time_unit = header.get_xyzt_units()
+    notes = [_repaired(path, repairs)] if repairs else []
     affine_ras, affine_note = _world_affine(header, img.shape, path)
+    notes += [affine_note] if affine_note else []
     affine_lps = _affine_lps(affine_ras, space_unit)
     label = as_label if as_label is not None else (data.dtype.kind in "iu" and looks_like_label_name(path))
     if label and data.dtype.kind == "f":
@@ -133,8 +137,8 @@ def read_nifti(path: Path, *, as_label: bool | None = None) -> MedImage:
     }
     if scaled:
         metadata["scl_slope"], metadata["scl_inter"] = float(slope), float(inter)
-    if affine_note:
-        metadata["notes"] = [affine_note]
+    if notes:
+        metadata["notes"] = notes
     if layout.geometry.plane:
         metadata["plane"] = layout.geometry.plane
     time_spacing = None
@@ -277,14 +281,14 @@ def _world_affine(header: Any, shape: tuple[int, ...], path: Path) -> tuple[np.n
     unusable = [name for name, affine in candidates if not _usable(affine)]
     chosen = next(((name, affine) for name, affine in candidates if _usable(affine)), None)
     if chosen is None:
+        # nibabel has set zero voxel sizes to 1 on loading (`_repaired` says so).
         base = header.get_base_affine()
-        zooms = [float(header["pixdim"][1 + i]) for i in range(min(len(shape), 3)) if shape[i] > 1]
-        if not all(np.isfinite(z) and z > 0 for z in zooms):
+        if not _usable(base):
             unusable.append("pixdim")
         chosen = ("pixdim", base if _usable(base) else np.eye(4))
     if not unusable:
         return chosen[1], ""
-    used = {"qform": "the qform", "pixdim": "a diagonal from pixdim (zero sizes as 1 mm)"}[chosen[0]]
+    used = {"qform": "the qform", "pixdim": "a diagonal from pixdim" if _usable(chosen[1]) else "1 mm voxels"}[chosen[0]]
     note = (
         f"{path}: its {' and '.join(unusable)} {'is' if len(unusable) == 1 else 'are'} zero, singular or not finite, "
         f"so {used} is used instead, as nibabel and ITK do. Fix the header and save the file again (e.g. with "
@@ -292,6 +296,16 @@ def _world_affine(header: Any, shape: tuple[int, ...], path: Path) -> tuple[np.n
     )
     warnings.warn(note, InputWarning, stacklevel=3)
     return chosen[1], note
+
+
+def _repaired(path: Path, repairs: list[str]) -> str:
+    """Warn about the header fields nibabel repaired while loading `path`; returns the warning."""
+    note = (
+        f"{path}: its header was repaired on reading ({'; '.join(repairs)}), as nibabel does. Fix the header "
+        "and save the file again."
+    )
+    warnings.warn(note, InputWarning, stacklevel=3)
+    return note
 
 
 def _with_slice_normal(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
