@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medsynth.errors import InputWarning, MissingDecoderError, UnreadableFileError
+from medsynth.errors import InputError, InputWarning, MissingDecoderError, UnreadableFileError
 from medsynth.io.library_logs import held_back
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ _DEFER_BYTES = 1024
 """Values larger than this are skipped, not read, when only the pixel data's length is wanted."""
 
 
-def transfer_syntax(ds: Dataset) -> UID:
+def _transfer_syntax(ds: Dataset) -> UID:
     """The data set's transfer syntax; implicit VR little endian (DICOM's default) when no meta header says."""
     from pydicom.uid import UID, ImplicitVRLittleEndian
 
@@ -73,7 +73,7 @@ def require_decoder(ds: Dataset, path: Path) -> None:
     """Raise `MissingDecoderError` when the pixel data's compression has no installed decoder."""
     from pydicom.pixels import get_decoder
 
-    uid = transfer_syntax(ds)
+    uid = _transfer_syntax(ds)
     try:
         decoder = get_decoder(uid)
     except NotImplementedError:
@@ -131,7 +131,7 @@ def warn_excess_pixel_data(path: Path, ds: Dataset, frames: int) -> None:
     """Warn when native pixel data holds more bytes than Rows x Columns x `frames` need (pydicom drops them)."""
     import pydicom
 
-    uid = transfer_syntax(ds)
+    uid = _transfer_syntax(ds)
     if uid.is_compressed or uid.is_deflated:
         return
     try:
@@ -182,7 +182,7 @@ def _whole_dataset(path: Path) -> Dataset:
     return ds
 
 
-def _undecodable(path: Path, exc: Exception, ds: Dataset | None) -> UnreadableFileError:
+def _undecodable(path: Path, exc: Exception, ds: Dataset | None) -> InputError:
     """The error for pixel data that could not be decoded: no pixel data, a missing decoder, or a damaged file."""
     from pydicom.pixels import get_decoder
 
@@ -193,7 +193,7 @@ def _undecodable(path: Path, exc: Exception, ds: Dataset | None) -> UnreadableFi
         )
     detail = _plugin_errors(exc)
     if ds is not None and detail:
-        uid = transfer_syntax(ds)
+        uid = _transfer_syntax(ds)
         missing = get_decoder(uid).missing_dependencies
         if missing:
             bits = ds.get("BitsStored") or ds.get("BitsAllocated")

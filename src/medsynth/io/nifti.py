@@ -189,7 +189,9 @@ def write_nifti(image: MedImage, path: str | os.PathLike[str]) -> Path:
     data = _label_array(image.array, path) if image.is_label else _nifti_dtype(image.array)
     if data.dtype.kind == "f":
         _check_finite(data, path)
-    img = _on_source_grid(image, data) or _in_medimage_layout(image, data)
+    img = _on_source_grid(image, data)
+    if img is None:
+        img = _in_medimage_layout(image, data)
     header = img.header
     if image.has_time:
         zooms = header.get_zooms()
