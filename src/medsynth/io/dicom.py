@@ -28,6 +28,7 @@ import numpy as np
 from medsynth.errors import InputError, InputWarning, UnreadableFileError
 from medsynth.io.dicom_pixels import (
     iter_frames,
+    pixel_data_length,
     require_decoder,
     set_transfer_syntax_from_encoding,
     warn_excess_pixel_data,
@@ -134,7 +135,7 @@ def read_dicom_folder(folder: Path, *, keep_rgb: bool = False) -> list[MedImage]
 
 
 def read_header(path: Path) -> Dataset:
-    """The header of a DICOM file, without pixel data.
+    """The header of a DICOM file, without pixel data (whose length, when native, is in ``medsynth_pixel_data_length``).
 
     Raises:
         UnreadableFileError: not DICOM, or a header that cannot be parsed.
@@ -143,8 +144,10 @@ def read_header(path: Path) -> Dataset:
     from pydicom.errors import InvalidDicomError
 
     try:
-        with held_back("pydicom"):
-            return pydicom.dcmread(path, stop_before_pixels=True)
+        with open(path, "rb") as f, held_back("pydicom"):
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            ds.medsynth_pixel_data_length = pixel_data_length(f, ds)
+        return ds
     except InvalidDicomError:
         ds = _forced_header(path)
         if ds is None:
@@ -190,6 +193,8 @@ def _folder_header(path: Path) -> Dataset | None:
 
 def frame_count(ds: Dataset, path: Path) -> int:
     """Number of Frames, 1 when absent; `InputError` for a value that is not a whole number."""
+    if "NumberOfFrames" not in ds:
+        return 1
     # pydicom warns and logs about a malformed value as it converts it; our error says more.
     with held_back("pydicom"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -262,6 +267,8 @@ class _Record:
     """Acquisition order among slices at the same position: temporal index, trigger time, instance."""
     unusable_orientation: str = ""
     """Image Orientation (Patient) as stored when it was present but unusable (zero or parallel vectors)."""
+    pixel_data_length: int | None = None
+    """Bytes of native pixel data in the file, when known from its header read."""
 
 
 def _number(value: Any, default: float) -> float:
@@ -398,6 +405,7 @@ def _record(path: Path, ds: Dataset) -> _Record:
         position=_vector(ds.get("ImagePositionPatient"), 3),
         orientation=orientation,
         unusable_orientation=unusable,
+        pixel_data_length=getattr(ds, "medsynth_pixel_data_length", None),
         pixel_spacing=_spacing_pair(ds.get("PixelSpacing")),
         values=_value_map(ds),
         order_key=(
@@ -522,7 +530,7 @@ def _read_stack(records: list[_Record], ds: Dataset, keep_rgb: bool, *, name: st
     for t, row in enumerate(order.grid):
         for z, index in enumerate(row):
             record = records[index]
-            warn_excess_pixel_data(record.source, ds, 1)
+            warn_excess_pixel_data(record.source, ds, 1, record.pixel_data_length)
             frame = next(iter_frames(record.source, as_rgb=as_rgb, count=1))
             if frame.shape[:2] != (rows, cols):
                 raise InputError(
@@ -568,7 +576,7 @@ def _read_multiframe(path: Path, ds: Dataset, keep_rgb: bool, *, name: str) -> M
     out = np.empty((n_outer * n_inner, rows, cols) + ((3,) if colour and keep_rgb else ()), dtype=dtype)
     slot = {index: t * n_inner + z for t, row in enumerate(order.grid) for z, index in enumerate(row)}
     photometric = str(ds.get("PhotometricInterpretation", ""))
-    warn_excess_pixel_data(path, ds, count)
+    warn_excess_pixel_data(path, ds, count, getattr(ds, "medsynth_pixel_data_length", None))
     for i, frame in enumerate(iter_frames(path, as_rgb=as_rgb, count=count)):
         _fill(out[slot[i]], frame, records[i].values, photometric, keep_rgb)
     first = records[order.grid[0][0]]

@@ -14,10 +14,11 @@
 from __future__ import annotations
 
 import math
+import struct
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
@@ -37,8 +38,6 @@ _PYLIBJPEG_PACKAGES = (
 _PLUGIN_PACKAGES = {"gdcm": "python-gdcm", "pillow": "pillow"}
 """The pip package of each pydicom decoder plugin (pylibjpeg's depend on the compression)."""
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-_DEFER_BYTES = 1024
-"""Values larger than this are skipped, not read, when only the pixel data's length is wanted."""
 
 
 def _transfer_syntax(ds: Dataset) -> UID:
@@ -127,25 +126,31 @@ def _decoded(source: Path | Dataset, as_rgb: bool, count: int) -> Iterator[np.nd
         yield from iter_pixels(source, as_rgb=as_rgb)
 
 
-def warn_excess_pixel_data(path: Path, ds: Dataset, frames: int) -> None:
-    """Warn when native pixel data holds more bytes than Rows x Columns x `frames` need (pydicom drops them)."""
-    import pydicom
+def pixel_data_length(f: BinaryIO, ds: Dataset) -> int | None:
+    """The length of native pixel data, read from `f` positioned where a header read stopped; None if unknown.
 
+    A header read with ``stop_before_pixels`` stops at the start of the Pixel Data element, so its
+    length field costs a few bytes instead of a second parse of the file.
+    """
     uid = _transfer_syntax(ds)
     if uid.is_compressed or uid.is_deflated:
-        return
-    try:
-        element = pydicom.dcmread(path, defer_size=_DEFER_BYTES, force=True).get_item("PixelData", keep_deferred=True)
-    except Exception:
-        return  # decoding reports what is wrong with the file
-    if element is None:
-        return
-    # A deferred element knows its length without its value; a small one was read whole.
-    length = element.length if hasattr(element, "length") else len(element.value or b"")
+        return None
+    element = f.read(8 if uid.is_implicit_VR else 12)
+    order = "<" if uid.is_little_endian else ">"
+    if len(element) < 8 or struct.unpack(f"{order}HH", element[:4]) != (0x7FE0, 0x0010):
+        return None
+    return struct.unpack(f"{order}L", element[4:8] if uid.is_implicit_VR else element[8:12])[0]
+
+
+def warn_excess_pixel_data(path: Path, ds: Dataset, frames: int, length: int | None) -> None:
+    """Warn when native pixel data of `length` bytes is longer than Rows x Columns x `frames` need.
+
+    pydicom decodes what the header describes and drops the rest without a word.
+    """
     rows, cols = int(ds.Rows), int(ds.Columns)
     samples, bits = int(ds.get("SamplesPerPixel") or 1), int(ds.get("BitsAllocated") or 16)
     expected = math.ceil(rows * cols * samples * frames * bits / 8)
-    if length > expected + expected % 2:
+    if length is not None and length > expected + expected % 2:
         warnings.warn(
             f"{path}: holds {length} bytes of pixel data, more than its {rows} rows x {cols} columns x {frames} "
             f"frame(s) of {bits} bits need ({expected} bytes); only those are read and the rest is ignored. Rows, "
