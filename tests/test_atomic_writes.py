@@ -24,7 +24,12 @@ TINY = ["--set", "batch_size=4", "--set", "g_channels=8", "--set", "d_channels=8
 
 
 def _temporaries(folder: Path) -> list[Path]:
-    return sorted(folder.glob(f".*{TEMP_SUFFIX}"))
+    return sorted(folder.rglob(f".*{TEMP_SUFFIX}"))
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints anywhere under `out` (a run may keep them in a folder of its own)."""
+    return sorted(out.rglob("checkpoint-*.safetensors"))
 
 
 def test_a_temporary_is_hidden_and_ends_in_no_image_suffix(tmp_path):
@@ -46,7 +51,7 @@ def _start_training(out: Path) -> subprocess.Popen:
 def _wait_for_a_write(process: subprocess.Popen, out: Path) -> None:
     """Return as soon as a checkpoint is being written (its temporary exists) after a first one was complete."""
     deadline = time.monotonic() + 300
-    while not (out.is_dir() and list(out.glob("*.safetensors")) and _temporaries(out)):
+    while not (out.is_dir() and _checkpoints(out) and _temporaries(out)):
         assert process.poll() is None, f"training ended before its first checkpoint:\n{process.stdout.read()}"
         assert time.monotonic() < deadline, "no checkpoint write within 5 minutes"
         time.sleep(0.002)
@@ -70,18 +75,20 @@ def test_a_signal_during_a_checkpoint_write_never_leaves_a_corrupt_checkpoint(tm
         assert _temporaries(out) == []
     else:
         assert process.returncode == -signal.SIGKILL
-    checkpoints = sorted(out.glob("*.safetensors"))
+    checkpoints = _checkpoints(out)
     assert checkpoints, "no complete checkpoint"
     for path in checkpoints:
         load_checkpoint(path)  # complete, hash verified
-    assert all(p in checkpoints or p in _temporaries(out) for p in out.iterdir())
+    assert not [p for p in out.rglob("*") if p.name.endswith(".safetensors") and p not in checkpoints]
+    assert not [p for p in out.rglob(".*") if not p.name.endswith(TEMP_SUFFIX)]
 
     # The next run writing into the folder clears what a killed one left there, and nothing else.
-    next_run = f"from medsynth.atomic import write_text; write_text({str(out / 'notes.txt')!r}, 'next run')"
+    folder = checkpoints[0].parent
+    next_run = f"from medsynth.atomic import write_text; write_text({str(folder / 'notes.txt')!r}, 'next run')"
     subprocess.run([sys.executable, "-c", next_run], check=True, timeout=120)
     assert _temporaries(out) == []
-    assert sorted(out.glob("*.safetensors")) == checkpoints
-    assert (out / "notes.txt").read_text() == "next run"
+    assert _checkpoints(out) == checkpoints
+    assert (folder / "notes.txt").read_text() == "next run"
 
 
 def test_only_our_own_temporaries_of_dead_processes_are_removed(tmp_path):
