@@ -140,8 +140,13 @@ def _layer_geometry(image: MedImage) -> tuple[list[float], list[float], np.ndarr
 
 
 def _describe(image: MedImage) -> dict[str, Any]:
-    """What the layer cannot hold by itself, kept in its metadata (plain, copyable values only)."""
-    source = {k: v for k, v in image.metadata.items() if isinstance(v, (str, int, float, bool, tuple, list))}
+    """What the layer cannot hold by itself, kept in its metadata (plain, copyable values only).
+
+    This includes the file grid of an image read from NIfTI (``source_grid``), so that the image, or
+    labels painted over it, are written back on that grid.
+    """
+    plain = (str, int, float, bool, tuple, list, dict)
+    source = {k: v for k, v in image.metadata.items() if isinstance(v, plain)}
     return {
         "axes": image.axes,
         "modality": image.modality,

@@ -219,3 +219,28 @@ def test_train_singan_with_the_cli_then_fuse_its_lesions_refusing_another_modali
     refused = tmp_path / "refused"
     assert main(["lesions", "--background", mr_path, "--lesion-model", str(checkpoint), "--out", str(refused)]) == 2
     assert "modality CT vs MR" in capsys.readouterr().err and not refused.exists()
+
+
+@pytest.mark.slow
+def test_lesions_cli_writes_its_images_and_masks_on_the_background_files_grid(lesion_model, tmp_path):
+    # The CT slice as a RAS-ordered file (sform code 2, qform code 1), the voxel order medsynth does not use.
+    stored = nib.load(write_nifti(load_sample("ct_slice"), tmp_path / "ct_lps.nii.gz"))
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flip[:2, 3] = np.array(stored.shape[:2]) - 1
+    affine = stored.affine @ flip
+    background = nib.Nifti1Image(np.asanyarray(stored.dataobj)[::-1, ::-1], affine, header=stored.header)
+    background.set_sform(affine, code=2)
+    background.set_qform(affine, code=1)
+    path = tmp_path / "ct_ras.nii.gz"
+    nib.save(background, path)
+
+    out = tmp_path / "out"
+    assert _main(["lesions", "--background", str(path), "--lesion-model", str(lesion_model), "--out", str(out)]) == 0
+    image, mask = (nib.load(out / f"synthetic_0000{suffix}.nii.gz") for suffix in ("", "_mask"))
+    for written in (image, mask):
+        assert written.shape == background.shape
+        np.testing.assert_allclose(written.affine, background.affine, atol=1e-6)
+        assert (int(written.header["sform_code"]), int(written.header["qform_code"])) == (2, 1)
+    # Voxel for voxel on the background: the same values away from the lesion and its blended seam.
+    values, original, labels = (np.asanyarray(img.dataobj) for img in (image, background, mask))
+    assert labels.any() and np.mean(values == original) > 0.9

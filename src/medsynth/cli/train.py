@@ -161,12 +161,14 @@ def needing_targets() -> list[str]:
 
 
 def run_generate(args) -> int:
+    from medsynth.atomic import staged_folder
     from medsynth.io import write_dicom, write_nifti
+    from medsynth.io.output import output_format
     from medsynth.training.checkpoint import load_checkpoint
     from medsynth.training.recipe import get_recipe
 
     out: Path = args.out
-    is_nifti = out.name.endswith((".nii", ".nii.gz"))
+    is_nifti = output_format(out) == "nifti"
     if is_nifti and out.exists():
         raise InputError(f"{out} exists; choose a new file name (files are never overwritten)")
     checkpoint = load_checkpoint(args.checkpoint)
@@ -181,8 +183,9 @@ def run_generate(args) -> int:
     else:
         # Independent samples are not the slices of one volume: each becomes its own file
         # (a 2D image, or a multi-frame cine for sequences).
-        for k in range(args.num):
-            write_dicom(sample_image(image, k), out)
+        with staged_folder(out) as stage:
+            for k in range(args.num):
+                write_dicom(sample_image(image, k), stage)
     log.info("wrote %d synthetic %s to %s", args.num, "sequence(s)" if image.has_time else "image(s)", out)
     return 0
 

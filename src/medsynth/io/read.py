@@ -11,6 +11,7 @@ What a path holds is decided by `medsynth.io.recognise`, the rule the napari rea
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def read(path: str | os.PathLike[str], *, as_label: bool | None = None, keep_rgb
     """
     path = Path(path).expanduser()
     if not path.exists():
-        raise UnreadableFileError(f"{path}: does not exist. Check the path (and that the drive is mounted).")
+        raise UnreadableFileError(_not_found_message(path))
     if not os.access(path, os.R_OK):
         raise UnreadableFileError(f"{path}: cannot be read (permission denied). Fix its permissions or copy it.")
     kind = recognise(path)
@@ -61,6 +62,21 @@ def read(path: str | os.PathLike[str], *, as_label: bool | None = None, keep_rgb
         f"{path}: unknown file type {path.suffix!r}. medsynth reads {SUPPORTED}; convert the file to "
         "NIfTI or DICOM first."
     )
+
+
+def _not_found_message(path: Path) -> str:
+    """Why `path` cannot be found: a symbolic link loop, a broken link, or nothing there."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return (
+                f"{path}: is a symbolic link loop (following its links leads back to them). Point the link at the "
+                "real file or folder, or open that instead."
+            )
+    if path.is_symlink():
+        return f"{path}: is a broken symbolic link to {os.readlink(path)}, which does not exist. Fix the link."
+    return f"{path}: does not exist. Check the path (and that the drive is mounted)."
 
 
 def read_image(path: str | os.PathLike[str], **kwargs: object) -> MedImage:
