@@ -105,7 +105,7 @@ def train_and_measure(out: Path, runs: Path, steps: int) -> None:
     for name, box in metrics.metric_boxes.items():
         box.setChecked(name in ("psnr", "swd", "sf"))
     metrics.start()
-    wait_until(lambda: metrics.worker is None, "the metrics")
+    wait_until(lambda: metrics.run.worker is None, "the metrics")
     shoot(viewer, out / "metrics.png")
     viewer.close()
 

@@ -1,9 +1,10 @@
 """The Metrics dock widget: compare synthetic images with real ones (PSNR, SSIM, SWD, FID, ...).
 
 The widget only gathers inputs and shows results: `measure` (a plain generator over
-`medsynth.metrics.evaluate`) runs in a napari thread worker and yields progress; the results reach
-the table and the temporal plots in a GUI-thread slot. Items follow `medsynth evaluate`: time frames
-are items, a 2D image is one item, a 3D volume one item unless "3D volumes slice by slice" is on.
+`medsynth.metrics.evaluate`) runs in the plugin's background runner (`napari_medsynth.workers`) and
+yields progress; its results reach the table and the temporal plots on the GUI thread. Items follow
+`medsynth evaluate`: time frames are items, a 2D image is one item, a 3D volume one item unless "3D
+volumes slice by slice" is on.
 Layers are read, never modified: the worker makes float32 copies of their data.
 
 Each metric is computed on its own: one that cannot run (MS-SSIM on a small image, FID of one image,
@@ -22,7 +23,6 @@ from pathlib import Path
 import napari
 import numpy as np
 from napari.layers import Image, Labels, Layer
-from napari.qt.threading import GeneratorWorker
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -41,9 +41,9 @@ from medsynth.metrics.items import image_items, load_items
 from medsynth.errors import InputError
 from medsynth.io.image import MedImage
 from medsynth.metrics.evaluate import METRICS, MetricResult, available_metrics, evaluate
-from napari_medsynth.layers import from_layer
+from napari_medsynth.layers import layer_image
 from napari_medsynth.notify import report_error
-from napari_medsynth.workers import Failed
+from napari_medsynth.workers import BackgroundRun, EventWorker, Failed, RunState, until_stopped
 from napari_medsynth.widgets.dock import advanced_group, reset_button, scrolled_content, wrap
 from napari_medsynth.widgets.plot import LinePlot
 from napari_medsynth.widgets.results_table import ResultsPanel
@@ -61,11 +61,6 @@ RESAMPLE_METHODS = {
 }
 """How distribution metrics bring images of different sizes to one side, as the "Mixed sizes" options read."""
 DEFAULT_RESAMPLE = "pad"
-
-
-def layer_image(layer: Layer) -> MedImage:
-    """A layer as a `MedImage` sharing its data (no copy), its axes taken from the layer's metadata."""
-    return from_layer(layer.data, {"metadata": layer.metadata, "name": layer.name, "rgb": getattr(layer, "rgb", False)})
 
 
 def as_batch(source: Source, *, slices: bool, what: str) -> np.ndarray:
@@ -154,22 +149,13 @@ def failed(name: str, exc: Exception) -> MetricResult:
     return MetricResult(name, float("nan"), float("nan"), 0, [], f"failed: {exc}", {"error": f"{type(exc).__name__}: {exc}"})
 
 
-def _measure_or_fail(**kwargs) -> Generator[Progress | Failed, None, list[MetricResult] | None]:
-    """`measure`, with an error yielded as `Failed` so that it reaches the GUI thread as a notification."""
-    try:
-        return (yield from measure(**kwargs))
-    except Exception as exc:  # noqa: BLE001 - every failure must reach the user as a notification
-        yield Failed(exc)
-        return None
-
-
 class MetricsWidget(QWidget):
     """Pick real and synthetic images (layers or files), an optional mask and metrics; run; see the table."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.worker: GeneratorWorker | None = None
+        self.run = BackgroundRun(self)
         self.real = SourcePicker(napari_viewer, (Image,))
         self.fake = SourcePicker(napari_viewer, (Image,))
         self.mask = SourcePicker(napari_viewer, (Labels, Image), allow_path=False, allow_none=True)
@@ -202,6 +188,7 @@ class MetricsWidget(QWidget):
         self.real.changed.connect(self._suggest_temporal)
         self._layout()
         self.reset_defaults()
+        self.run.state_changed.connect(self._show_state)
 
     def _metric_boxes(self) -> dict[str, QCheckBox]:
         boxes = {}
@@ -278,23 +265,17 @@ class MetricsWidget(QWidget):
             "resample": self.resample.currentData(),
         }
 
-    def start(self) -> GeneratorWorker | None:
+    def start(self) -> EventWorker | None:
         """Run the chosen metrics in a worker; errors in the inputs become notifications."""
-        if self.worker is not None:
-            return self.worker
+        if self.run.worker is not None:
+            return self.run.worker
         try:
             kwargs = self.arguments()
         except ValueError as exc:  # InputError, and layers that are no medical image (5D, ...)
             report_error(exc)
             return None
         self.results.set_results([])
-        self.worker = GeneratorWorker(_measure_or_fail, **kwargs)
-        self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(self.show_results)
-        self.worker.finished.connect(self._on_finished)
-        self.run_button.setEnabled(False)
-        self.worker.start()
-        return self.worker
+        return self.run.start(lambda control: until_stopped(measure(**kwargs), control), self._on_progress, self.show_results)
 
     def _on_progress(self, step: Progress | Failed) -> None:
         if isinstance(step, Failed):
@@ -318,9 +299,8 @@ class MetricsWidget(QWidget):
             plot.redraw()
             plot.setVisible(bool(curves))
 
-    def _on_finished(self) -> None:
-        self.worker = None
-        self.run_button.setEnabled(True)
+    def _show_state(self, state: RunState) -> None:
+        self.run_button.setEnabled(state is RunState.IDLE)
 
     def event(self, event: QEvent) -> bool:
         # napari's close button only takes the widget out of its dock (no close event, no deletion).
@@ -336,10 +316,6 @@ class MetricsWidget(QWidget):
         super().closeEvent(event)
 
     def _quit_worker(self) -> None:
-        if self.worker is not None:
-            # Results of a worker that outlives its widget go nowhere.
-            self.worker.yielded.disconnect(self._on_progress)
-            self.worker.returned.disconnect(self.show_results)
-            self.worker.finished.disconnect(self._on_finished)
-            self.worker.quit()
-            self.worker = None
+        # Ask the computation to end after the current metric, without waiting: results of a worker
+        # that outlives its widget go nowhere.
+        self.run.shutdown(0.0)

@@ -4,10 +4,12 @@ The widget is thin. Widget values become a `TrainConfig` in `_config()` only; th
 that config and the layers' arrays, never the widgets. Training runs in a child process
 (`medsynth.training.process.train_in_process`), so its Python code never holds the viewer's GIL;
 the layers' data reaches the child once, at Start (memory maps are reopened there, large arrays
-shared: `medsynth.training.shared_arrays`). A thread worker relays the child's events to
-`_on_event` on the GUI thread, the only place that touches layers, the plot and the progress bar.
-Whether training is idle, running, paused or stopping lives in `TrainingRun`, which the buttons
-observe. Closing the widget or the viewer stops training and waits for its checkpoint.
+shared: `medsynth.training.shared_arrays`). The plugin's background runner
+(`napari_medsynth.workers.BackgroundRun`) relays the child's events to `_on_event` on the GUI thread,
+the only place that touches layers, the plot and the progress bar, and knows whether training is
+idle, running, paused or stopping, which the buttons observe. Generation from a checkpoint has a
+runner of its own, so it may run while training goes on. Closing the widget or the viewer stops
+training and waits for its checkpoint.
 
 Recipes of the data kinds in `TARGET_DATA_KINDS` train on an image with its target map: the widget
 then shows a Labels-layer picker and hands the trainer an ``(image, target)`` pair.
@@ -21,7 +23,6 @@ the other run options, normalisation and the pretrained weights found under "Adv
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -32,26 +33,24 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Select, SpinBox
 from magicgui.widgets.bases import ValueWidget
 from napari.layers import Image, Labels, Layer
-from napari.qt.threading import GeneratorWorker
 from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QFileDialog, QLabel, QProgressBar, QWidget
-from superqt.utils import FunctionWorker
 
 import medsynth
+from medsynth.data.normalization import NORMALIZATION_FIELDS, NormalizationOptions
 from medsynth.errors import InputError, MedsynthError
 from medsynth.io.image import MedImage, SyntheticProvenance
-from medsynth.settings import setting
-from medsynth.training.config import NORMALIZATIONS, RunOptions, TrainConfig
+from medsynth.training.config import RunOptions, TrainConfig
 from medsynth.training.events import CheckpointSaved, Finished, Paused, Progress, Resumed, Samples, Started
 from medsynth.training.process import train_in_process
 from medsynth.weights import weights_report
 from napari_medsynth.axes import samples_first
-from napari_medsynth.layers import SYNTHETIC_SUFFIX, from_layer, to_layer_data
+from napari_medsynth.layers import SYNTHETIC_SUFFIX, layer_image, to_layer_data
 from napari_medsynth.notify import report_error
 from napari_medsynth.placement import place_beside, show_new
 from napari_medsynth.widgets.dock import advanced_group, reset_button, scrolled_content, wrap
 from napari_medsynth.widgets.settings_form import SettingsForm
-from napari_medsynth.workers import Failed, RunState, TrainingRun, warm_up_torch
+from napari_medsynth.workers import TRAIN_THREADS, BackgroundRun, EventWorker, Failed, RunState, call, warm_up_torch
 
 if TYPE_CHECKING:
     import napari
@@ -76,35 +75,6 @@ and the progress bar (step and ETA): a matplotlib redraw costs the GUI thread 60
 PREVIEW_REFRESH_MS = 3000
 """At most one preview update per this time (the latest samples win): each update costs the GUI thread
 30 to 100 ms of layer refresh and repaint, and fast training sends samples several times a second."""
-TRAIN_THREADS = max(1, (os.cpu_count() or 2) - 1)
-"""Torch threads of the training process: one core stays with the viewer. On a busy 2-core machine one
-thread also trained about ten times faster than two (docs/benchmarks.md, "Responsiveness")."""
-
-
-def _config_default(name: str) -> Any:
-    return TrainConfig.__dataclass_fields__[name].default
-
-
-@dataclass
-class NormalizationOptions:
-    """How intensities map to the networks' [-1, 1]; `TrainWidget._config` turns them into `TrainConfig` fields."""
-
-    normalization: str = setting(
-        _config_default("normalization"),
-        "Clip intensities at percentiles of the data, or at a fixed window in data units (CT in HU)",
-        choices=NORMALIZATIONS,
-    )
-    percentile_low: float = setting(_config_default("percentiles")[0], "Lower clipping percentile", min=0, max=100)
-    percentile_high: float = setting(_config_default("percentiles")[1], "Upper clipping percentile", min=0, max=100)
-    window_center: float = setting(40.0, "Window centre in data units (40 HU: soft tissue)")
-    window_width: float = setting(400.0, "Window width in data units (400 HU: soft tissue)", min=1e-6)
-
-
-NORMALIZATION_FIELDS = {
-    "percentile": ("percentile_low", "percentile_high"),
-    "window": ("window_center", "window_width"),
-}
-"""The fields each normalisation uses; the others are hidden."""
 
 
 def available_devices() -> list[str]:
@@ -113,14 +83,6 @@ def available_devices() -> list[str]:
 
     devices = ["auto", "cpu"] + [f"cuda:{k}" for k in range(torch.cuda.device_count())]
     return devices + (["mps"] if torch.backends.mps.is_available() else [])
-
-
-def layer_image(layer: Image | Labels) -> MedImage:
-    """A layer as a MedImage whose array is the layer's own (numpy, memmap or dask), not a copy."""
-    data, attributes, _ = layer.as_layer_data_tuple()
-    if layer.multiscale:
-        data = data[0]
-    return from_layer(data, attributes, is_label=True if isinstance(layer, Labels) else None)
 
 
 def preview_image(event: Samples, recipe: str, source: MedImage) -> MedImage:
@@ -174,9 +136,9 @@ class CoreInfo:
 def load_core() -> Iterator[CoreInfo]:
     """Import torch, the recipes and matplotlib and yield what the forms need; then warm torch up.
 
-    Runs in a thread worker: importing torch and the recipes costs seconds of CPU, which on the GUI
-    thread froze the viewer when the dock opened. `warm_up_torch` comes after the forms are shown,
-    since only generation (not training, which runs in its own process) needs it.
+    Runs in the widget's `loading` runner: importing torch and the recipes costs seconds of CPU,
+    which on the GUI thread froze the viewer when the dock opened. `warm_up_torch` comes after the
+    forms are shown, since only generation (not training, which runs in its own process) needs it.
     """
     from medsynth.training.recipe import list_recipes
     from napari_medsynth.widgets import plot  # noqa: F401 - matplotlib's import, paid here
@@ -187,7 +149,7 @@ def load_core() -> Iterator[CoreInfo]:
 
 def weights_summary() -> str:
     """What `medsynth info` reports about pretrained weights, one line per file."""
-    return "\\n".join(f"{name}: {path if path else 'not found'}" for name, path in weights_report())
+    return "\n".join(f"{name}: {path if path else 'not found'}" for name, path in weights_report())
 
 
 class TrainWidget(QWidget):
@@ -196,7 +158,8 @@ class TrainWidget(QWidget):
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.run = TrainingRun()
+        self.run = BackgroundRun(self)
+        self.generation = BackgroundRun(self)
         self.preview_layer: Image | None = None
         self.checkpoint_path: Path | None = None
         self.loss_plot: LinePlot | None = None
@@ -235,7 +198,7 @@ class TrainWidget(QWidget):
         )
         self.normalization = SettingsForm(NormalizationOptions, label="Normalisation")
         self.advanced = Container(widgets=[self.recipe_settings, self.more_options, self.normalization])
-        self.weights = QLabel(f"Pretrained weights (as `medsynth info` finds them):\\n{weights_summary()}")
+        self.weights = QLabel(f"Pretrained weights (as `medsynth info` finds them):\n{weights_summary()}")
         self.weights.setWordWrap(True)
 
         self.start_button = PushButton(text="Start")
@@ -306,12 +269,13 @@ class TrainWidget(QWidget):
         self.load_button.clicked.connect(self._ask_load_checkpoint)
         self.generate_button.clicked.connect(self.generate)
         self.run.state_changed.connect(self._show_state)
+        self.generation.state_changed.connect(self._show_generation_state)
         self.generate_button.enabled = False
         self._show_target_picker()
         self._show_normalization(self.normalization["normalization"].value)
         self._show_state(self.run.state)
 
-        self._loader: GeneratorWorker | None = None
+        self.loading = BackgroundRun(self)
         self._load_started = False
         QTimer.singleShot(LOAD_AFTER_MS, self._start_loading)  # in case the dock is not shown (a hidden window)
 
@@ -324,20 +288,20 @@ class TrainWidget(QWidget):
         if self._load_started:
             return
         self._load_started = True
-        self._loader = GeneratorWorker(load_core)
-        self._loader.yielded.connect(self._on_core_loaded)
-        self._loader.errored.connect(report_error)
-        self._loader.finished.connect(self._on_loader_finished)
-        self._loader.start()
+        self.loading.start(lambda _control: load_core(), self._on_core_loaded)
 
     @property
     def ready(self) -> bool:
         """Whether the recipes are loaded (the forms shown and Start usable)."""
         return bool(self._recipes)
 
-    def _on_core_loaded(self, core: CoreInfo) -> None:
+    def _on_core_loaded(self, core: CoreInfo | Failed) -> None:
         """Show the recipe list, the default recipe's form, the devices and the loss plot (GUI thread)."""
         from napari_medsynth.widgets.plot import LinePlot
+
+        if isinstance(core, Failed):
+            report_error(core.error)
+            return
 
         self.loss_plot = LinePlot(title="Losses", ylabel="loss")
         self.loss_plot.hide()  # an empty plot says nothing: it shows from the first run on
@@ -348,9 +312,6 @@ class TrainWidget(QWidget):
         self.recipe.value = DEFAULT_RECIPE
         self._show_recipe(DEFAULT_RECIPE)
         self._show_state(self.run.state)
-
-    def _on_loader_finished(self) -> None:
-        self._loader = None
 
     def option(self, name: str) -> ValueWidget:
         """The field of run option `name`, basic or advanced."""
@@ -427,19 +388,15 @@ class TrainWidget(QWidget):
         """The run's frozen configuration from the widgets (SettingsError naming each bad value)."""
         if str(self.out_dir.value) in ("", "."):
             raise InputError("no output folder chosen: choose the folder where checkpoints are written")
-        normalization = self.normalization.values()
-        window = (normalization["window_center"], normalization["window_width"])
         return TrainConfig(
             recipe=self.recipe.value,
             out_dir=Path(self.out_dir.value),
             settings=self.settings.values(),
             device=self.device.value,
             resume=resume,
-            normalization=normalization["normalization"],
-            percentiles=(normalization["percentile_low"], normalization["percentile_high"]),
-            window=window if normalization["normalization"] == "window" else None,
             **self.options.values(),
             **self.more_options.values(),
+            **self.normalization.values(),
         )
 
     def _training_data(self) -> list[MedImage] | list[tuple[MedImage, MedImage]]:
@@ -627,7 +584,7 @@ class TrainWidget(QWidget):
     def _set_checkpoint(self, path: Path) -> None:
         self.checkpoint_path = Path(path)
         self.checkpoint_label.value = f"checkpoint: {self.checkpoint_path.name}"
-        self.generate_button.enabled = True
+        self.generate_button.enabled = self.generation.state is RunState.IDLE
         self.continue_button.enabled = self.run.state is RunState.IDLE
 
     def load_checkpoint(self, path: Path | str) -> Checkpoint | None:
@@ -661,23 +618,26 @@ class TrainWidget(QWidget):
             report_error(exc)
             return None
 
-    def generate(self) -> FunctionWorker | None:
+    def generate(self) -> EventWorker | None:
         """Generate images from the latest checkpoint in a worker; they appear as a new layer beside the source."""
         from medsynth.training.generate import generate
 
         if self.checkpoint_path is None:
             report_error(InputError("no checkpoint yet: train or load a checkpoint before generating"))
             return None
-        worker = FunctionWorker(generate, self.checkpoint_path, self.num_samples.value, self.generate_seed.value, self.device.value)
-        worker.returned.connect(self._add_generated)
-        worker.errored.connect(report_error)
-        worker.finished.connect(lambda: setattr(self.generate_button, "enabled", True))
-        self.generate_button.enabled = False
-        worker.start()
-        return worker
+        work = call(generate, self.checkpoint_path, self.num_samples.value, self.generate_seed.value, self.device.value)
+        return self.generation.start(work, self._on_generation_event, self._add_generated)
 
-    def _add_generated(self, image: MedImage) -> None:
-        show_new(self.viewer, self._add_beside(to_layer_data(image)))
+    def _on_generation_event(self, event: Any) -> None:
+        if isinstance(event, Failed):
+            report_error(event.error)
+
+    def _add_generated(self, image: MedImage | None) -> None:
+        if image is not None:
+            show_new(self.viewer, self._add_beside(to_layer_data(image)))
+
+    def _show_generation_state(self, state: RunState) -> None:
+        self.generate_button.enabled = state is RunState.IDLE and self.checkpoint_path is not None
 
     def _ask_save_checkpoint(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save checkpoint", str(self.out_dir.value), "Checkpoints (*.safetensors)")
@@ -705,12 +665,8 @@ class TrainWidget(QWidget):
         """Stop training and wait for its final checkpoint (closing the widget or the viewer)."""
         self._pending_samples = None  # no new layer in a viewer that is closing
         self._load_started = True  # nor a load that has not started yet
-        if self._loader is not None:  # still loading: nothing is left to show its result to, nor to warm up for
-            self._loader.yielded.disconnect(self._on_core_loaded)
-            self._loader.errored.disconnect(report_error)
-            self._loader.finished.disconnect(self._on_loader_finished)
-            self._loader.quit()
-            self._loader = None
+        self.loading.shutdown(0.0)  # still loading: nothing is left to show its result to
+        self.generation.shutdown(0.0)  # its images would go to a viewer that is closing
         if self.run.worker is not None and not self.run.shutdown(SHUTDOWN_TIMEOUT_S):
             report_error(RuntimeError(f"training did not stop within {SHUTDOWN_TIMEOUT_S:.0f} s; its last checkpoint may be older"))
 
