@@ -30,7 +30,7 @@ from medsynth.settings import parse
 from napari_medsynth.layers import to_layer_data
 from napari_medsynth.notify import report_error
 from napari_medsynth.widgets.lesions.background import BackgroundSection
-from napari_medsynth.widgets.lesions.common import DockLayers, Section, Target, chosen_item, reported, row
+from napari_medsynth.widgets.lesions.common import DockLayers, Section, Target, chosen_item, over, reported, row
 from napari_medsynth.widgets.lesions.danger import DangerSection
 from napari_medsynth.widgets.lesions.model import LesionModelSection
 from napari_medsynth.widgets.lesions.prior import PriorSection
@@ -152,19 +152,29 @@ class PlacementSection(Section):
         if session is not self.session:
             self.session, self.session_target = session, target
             self.dock_layers.result = self.dock_layers.labels = None
-        self.dock_layers.result = self._update_layer(self.dock_layers.result, session.fused.image)
-        self.dock_layers.labels = self._update_layer(self.dock_layers.labels, session.fused.labels)
+        background = target[0]
+        above_background = self.viewer.layers.index(background) + 1 if background in self.viewer.layers else None
+        self._update_layer("result", session.fused.image, background, above_background)
+        self._update_layer("labels", session.fused.labels, background)
         ids = [p.label_id for p in session.scene]
         self.status.value = f"{len(ids)} lesions (ids {', '.join(map(str, ids)) or 'none'})"
 
-    def _update_layer(self, layer: Layer | None, image: MedImage) -> Layer:
+    def _update_layer(self, role: str, image: MedImage, background: Layer, index: int | None = None) -> Layer:
+        """Show `image` in the dock's `role` layer (``"result"`` or ``"labels"``), made at `index` if it is gone.
+
+        A new layer lies exactly over `background`, wherever that was placed in the world. The fused
+        image goes right above the background (`index`), under the danger zone and the location prior,
+        which stay visible; the lesion labels go on top, to edit. The active layer stays active, so the
+        next click still places a lesion.
+        """
+        layer = getattr(self.dock_layers, role)
         data, kwargs, layer_type = to_layer_data(image)
         if self.shown(layer, data.shape):
             layer.data = data
             layer.metadata = kwargs["metadata"]
             return layer
-        add = self.viewer.add_labels if layer_type == "labels" else self.viewer.add_image
-        return add(data, **kwargs)
+        layer = Layer.create(data, {**kwargs, **over(background, data.ndim)}, layer_type)
+        return self.add_own(role, layer, index)
 
     # -- placing by clicking -----------------------------------------------------------------------
 
