@@ -14,8 +14,7 @@ from napari_medsynth.widgets.dock import MAX_MIN_HEIGHT_PX
 
 pytestmark = pytest.mark.gui
 
-DOCKS = ("Train", "Generate", "Metrics", "Reader study")
-"""The Lesions dock is being split into smaller docks (issue 15) and is checked there."""
+DOCKS = ("Train", "Generate", "Lesions", "Metrics", "Reader study")
 
 
 @pytest.mark.parametrize("name", DOCKS)
