@@ -455,7 +455,7 @@ def test_results_leave_the_overlays_visible_and_the_next_click_placing(make_napa
     order = list(viewer.layers)
     assert order.index(result) == order.index(background) + 1
     assert order.index(result) < min(order.index(danger), order.index(heatmap), order.index(candidates))
-    assert order[-1] is labels and danger.opacity < 1 and heatmap.blending == "additive"
+    assert order[-1] is labels and labels.contour > 0 and danger.opacity < 1 and heatmap.blending == "additive"
     for layer in (result, labels, danger, heatmap):
         np.testing.assert_allclose(layer.translate, background.translate)
         np.testing.assert_allclose(layer.scale, background.scale)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, Label, PushButton
-from napari.layers import Layer, Points, Shapes
+from napari.layers import Labels, Layer, Points, Shapes
 from napari.layers.base import ActionType
 from qtpy.QtWidgets import QFileDialog
 
@@ -35,6 +35,9 @@ from napari_medsynth.widgets.lesions.danger import DangerSection
 from napari_medsynth.widgets.lesions.model import LesionModelSection
 from napari_medsynth.widgets.lesions.prior import PriorSection
 from napari_medsynth.widgets.settings_form import SettingsForm
+
+LABEL_CONTOUR_PX = 1
+"""Outline width of the lesion labels layer (napari's ``contour``; 0 fills the labels)."""
 
 
 class PlacementSection(Section):
@@ -164,8 +167,8 @@ class PlacementSection(Section):
 
         A new layer lies exactly over `background`, wherever that was placed in the world. The fused
         image goes right above the background (`index`), under the danger zone and the location prior,
-        which stay visible; the lesion labels go on top, to edit. The active layer stays active, so the
-        next click still places a lesion.
+        which stay visible; the lesion labels go on top, to edit, drawn as outlines. The active layer
+        stays active, so the next click still places a lesion.
         """
         layer = getattr(self.dock_layers, role)
         data, kwargs, layer_type = to_layer_data(image)
@@ -174,6 +177,8 @@ class PlacementSection(Section):
             layer.metadata = kwargs["metadata"]
             return layer
         layer = Layer.create(data, {**kwargs, **over(background, data.ndim)}, layer_type)
+        if isinstance(layer, Labels):
+            layer.contour = LABEL_CONTOUR_PX  # outlines: the fused lesions stay visible under their labels
         return self.add_own(role, layer, index)
 
     # -- placing by clicking -----------------------------------------------------------------------
