@@ -7,10 +7,13 @@
 3. ``generate.png``: the real ultrasound cine and two synthetic sequences of a (briefly trained)
    hrgan-dtcr model beside it, on one time slider.
 4. ``samples.png``: every sample dataset opened together, side by side.
+5. ``lesions.png``: the CT slice with two SinGAN lesions clicked in: the fused result under the danger zone
+   (red: forbidden) and the location prior's heatmap and candidates, the clicked Points layer still active.
 
 Run under a virtual display (minutes: it trains for real)::
 
-    xvfb-run -a -s "-screen 0 1600x1100x24" .venv/bin/python scripts/screenshots.py [--out docs/images] [--steps 1500]
+    xvfb-run -a -s "-screen 0 1600x1100x24" .venv/bin/python scripts/screenshots.py [--out docs/images] [--steps 1500] \
+        [--only lesions ...]
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 WINDOW = (1600, 1050)
+SHOTS = ("train", "generate", "samples", "lesions")
 WAIT_S = 3600
 
 
@@ -30,12 +34,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/images"))
     parser.add_argument("--steps", type=int, default=1500, help="dcgan training steps for the Train screenshot")
     parser.add_argument("--hrgan-steps", type=int, default=60, help="hrgan-dtcr steps for the Generate screenshot")
+    parser.add_argument("--only", nargs="+", choices=SHOTS, default=SHOTS, help="the screenshots to make")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     runs = Path(tempfile.mkdtemp(prefix="medsynth-screenshots-"))
-    train_and_measure(args.out, runs, args.steps)
-    generate_sequences(args.out, runs, args.hrgan_steps)
-    samples(args.out)
+    if "train" in args.only:  # train.png and metrics.png: Metrics measures what Train generated
+        train_and_measure(args.out, runs, args.steps)
+    if "generate" in args.only:
+        generate_sequences(args.out, runs, args.hrgan_steps)
+    if "samples" in args.only:
+        samples(args.out)
+    if "lesions" in args.only:
+        lesions(args.out, runs)
 
 
 def viewer_with(*samples: str):
@@ -67,9 +77,13 @@ def wait_until(condition: Callable[[], bool], what: str, poll_ms: int = 200) -> 
 
 
 def shoot(viewer, path: Path) -> None:
+    """The whole window as a PNG of 256 colours: legible at full size, and a third of the bytes."""
+    from PIL import Image
+
     start = time.monotonic()
     wait_until(lambda: time.monotonic() - start > 1.0, "the window to settle")
     viewer.screenshot(str(path), canvas_only=False)
+    Image.open(path).convert("RGB").quantize(colors=256).save(path, optimize=True)
     print(f"wrote {path}")
 
 
@@ -141,6 +155,38 @@ def samples(out: Path) -> None:
 
     viewer = viewer_with(*sorted(SAMPLES))
     shoot(viewer, out / "samples.png")
+    viewer.close()
+
+
+def lesions(out: Path, runs: Path) -> None:
+    """A SinGAN trained on a nodule-sized crop of the CT slice, loaded into the Lesions dock; two lesions clicked in."""
+    import numpy as np
+
+    from medsynth.data.samples import load_sample
+    from medsynth.lesions.crop import lesion_crop
+    from medsynth.lesions.singan_training import SinGANSettings, save_singan, train_to_end
+
+    values, mask = lesion_crop(load_sample("ct_slice").array, (44, 44, 64, 64))
+    settings = SinGANSettings(min_size=16, iterations=100, width=16, layers=4)
+    model = save_singan(train_to_end(values, mask, settings), runs / "lesion.safetensors")
+    viewer = viewer_with("ct_slice")
+    background = viewer.layers["ct_slice"]
+    earlier = np.zeros(background.data.shape, dtype=np.uint8)
+    earlier[95:105, 55:65], earlier[60:70, 85:95] = 1, 2
+    viewer.add_labels(earlier, name="earlier lesions", scale=background.scale, translate=background.translate, visible=False)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medsynth", "Lesions")
+    widget.background.layer.value = background
+    widget.model.load(model)
+    widget.danger.rules_button.native.click()
+    widget.prior.label_layers.value = [viewer.layers["earlier lesions"]]
+    widget.prior.show_button.native.click()
+    points = viewer.add_points(name="clicks", ndim=2, size=3, face_color="yellow")
+    points.mode = "add"
+    widget.placement.hand_layer.value = points
+    for yx in [(99, 60), (82, 105)]:
+        points.add(background.data_to_world(np.asarray(yx, dtype=float)))
+    viewer.reset_view()
+    shoot(viewer, out / "lesions.png")
     viewer.close()
 
 
