@@ -10,6 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from qtpy.QtWidgets import QPushButton
 from scipy import ndimage
 
 from medsynth.data.samples import load_sample
@@ -464,6 +465,12 @@ def test_results_leave_the_overlays_visible_and_the_next_click_placing(make_napa
     prior_choices = widget.prior.label_layers.choices
     assert earlier in prior_choices and labels not in prior_choices and danger not in prior_choices
     assert danger not in widget.model.crop_layer.choices and heatmap not in widget.background.layer.choices
+
+    # The SinGAN's settings are folded under Advanced settings, with their Reset defaults.
+    widget.model.settings.set_values({"iterations": 5})
+    [reset] = [button for button in widget.model.findChildren(QPushButton) if button.text() == "Reset defaults"]
+    reset.click()
+    assert widget.model.settings.values()["iterations"] == SinGANSettings().iterations
 
 
 @pytest.mark.slow

@@ -16,11 +16,13 @@ from qtpy.QtWidgets import QFileDialog, QVBoxLayout, QWidget
 
 from medsynth.errors import InputError, MedsynthError
 from napari_medsynth.notify import report_error
-from napari_medsynth.widgets.dock import advanced_group
+from napari_medsynth.widgets.dock import advanced_group, reset_button
 
 if TYPE_CHECKING:
     import napari
     from napari.layers import Image, Labels, Layer, Points
+
+    from napari_medsynth.widgets.settings_form import SettingsForm
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -76,14 +78,21 @@ class Section(QWidget):
         self.viewer = viewer
         self.dock_layers = layers
 
-    def show_controls(self, title: str, *widgets: Any, advanced: tuple[Any, ...] = ()) -> None:
-        """Show `widgets` (magicgui) under `title`, then the `advanced` ones in a folded "Advanced settings" group."""
+    def show_controls(self, title: str, *widgets: Any, advanced: tuple[SettingsForm, ...] = ()) -> None:
+        """Show `widgets` (magicgui) under `title`, then the `advanced` forms folded under "Advanced settings"
+        with a "Reset defaults" button."""
         self.controls = Container(widgets=[Label(value=f"<b>{title}</b>"), *widgets])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.controls.native)
         if advanced:
-            layout.addWidget(advanced_group("Advanced settings", *(widget.native for widget in advanced)))
+
+            def reset() -> None:
+                for form in advanced:
+                    form.reset()
+
+            natives = [form.native for form in advanced]
+            layout.addWidget(advanced_group("Advanced settings", *natives, reset_button(reset)))
 
     def reset_choices(self, *_: Any) -> None:
         """Refresh the layer lists (napari calls this when layers are added, removed or renamed)."""
