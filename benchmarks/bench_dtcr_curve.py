@@ -170,13 +170,17 @@ def common_steps(runs: Runs) -> list[int]:
     return sorted(set.intersection(*({row["step"] for row in rows} for rows in runs.values())))
 
 
-def grown(step: int, args: argparse.Namespace) -> bool:
-    """Whether the last stage has faded in by `step` (`hrgan_settings`: two stages, fades as long as stages)."""
-    return growth_schedule(step, 2, args.stage_steps, args.stage_steps) == (1, 1.0)
+def grown(step: int, settings: dict[str, Any]) -> bool:
+    """Whether the generator of these recipe settings has faded in its last stage by `step`."""
+    n_stages = (settings["resolution"] // settings["base_resolution"]).bit_length()
+    return growth_schedule(step, n_stages, settings["stage_steps"], settings["fade_steps"]) == (n_stages - 1, 1.0)
 
 
-def report(runs: Runs, floor: dict[str, float], args: argparse.Namespace) -> None:
-    """Markdown: every checkpoint of every run, then the on/off ratios at equal steps and the verdict."""
+def report(runs: Runs, floor: dict[str, float], settings: dict[str, Any]) -> None:
+    """Markdown: every checkpoint of every run, then the on/off ratios at equal steps and the verdict.
+
+    `settings` are the runs' recipe settings (the growth schedule decides which checkpoints the verdict uses).
+    """
     first = next(iter(runs.values()))[0]
     real_warp, real_diff = first["warp_error_real"], first["mean_abs_diff_real"]
     print(
@@ -213,7 +217,7 @@ def report(runs: Runs, floor: dict[str, float], args: argparse.Namespace) -> Non
         ratios = {key: seed_mean(runs, "on", step, key) / seed_mean(runs, "off", step, key) for key in RATIO_KEYS}
         print(f"| {step} | {off_level:.2f} | {on_level:.2f} | " + " | ".join(f"{r:.2f}" for r in ratios.values()) + " |")
         # Before the last stage has grown in, the sequences are mostly the fresh networks' noise.
-        if off_level >= FLICKER_LEVEL and grown(step, args):
+        if off_level >= FLICKER_LEVEL and grown(step, settings):
             flickering.append(ratios)
     print("\n" + verdict(flickering))
 
@@ -242,12 +246,13 @@ def evaluate(args: argparse.Namespace, cine) -> None:
         raise SystemExit(f"no checkpoints logged in {', '.join(missing)}; train those runs first (drop --evaluate-only)")
     any_folder = next(iter(folders.values()))
     reference = checkpoint_file(any_folder, checkpoints(any_folder)[0])
-    real = real_clips(cine, reference, args.resolution)
-    normalization = load_checkpoint(reference).normalization
-    data_range = normalization.high - normalization.low
+    trained = load_checkpoint(reference)
+    real = real_clips(cine, reference, trained.settings["resolution"])
+    data_range = trained.normalization.high - trained.normalization.low
     half = len(real) // 2
     floor = sequence_metrics(real[:half], real[half:], data_range)
-    report({key: evaluate_run(folder, real, data_range, floor, args) for key, folder in folders.items()}, floor, args)
+    runs = {key: evaluate_run(folder, real, data_range, floor, args) for key, folder in folders.items()}
+    report(runs, floor, trained.settings)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

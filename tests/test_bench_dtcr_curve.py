@@ -50,14 +50,25 @@ def test_ablation_curve_trains_both_arms_resumes_and_evaluates_every_checkpoint(
         assert sum(line.startswith(f"| {step} | ") for line in report.splitlines()) == 3  # 2 runs + on/off ratios
     assert "Verdict" in report
 
-    # A higher budget resumes the run from its last checkpoint and evaluates only the new checkpoint.
+    # A higher budget resumes the run from its last checkpoint; evaluation (its settings read from the
+    # checkpoints) adds only the new checkpoint and compares the arms at the steps both have.
     before = json.loads((off / "evaluation.json").read_text())
-    curve.main(["--workdir", str(tmp_path), "--steps", "6", "--arms", "off", *TINY])
+    curve.main(["--workdir", str(tmp_path), "--steps", "6", "--arms", "off", "--train-only", *TINY])
     assert [r["step"] for r in logged(off, "start")] == [0, 4]
     checkpoints = logged(off, "checkpoint")
     assert [r["step"] for r in checkpoints] == [2, 4, 6] and checkpoints[2]["cpu_s"] > checkpoints[1]["cpu_s"]
+    capsys.readouterr()
+    curve.main(["--workdir", str(tmp_path), "--evaluate-only", "--seeds", "0", "--sequences", "2"])
     after = json.loads((off / "evaluation.json").read_text())
     assert {k: after[k] for k in before} == before and len(after) == 3
+    report = capsys.readouterr().out
+    assert "| 6 | off | 0 |" in report and not any(line.startswith("| 6 | ") and "| on |" in line for line in report.splitlines())
+
+
+def test_verdict_uses_grown_checkpoints_only(curve):
+    settings = {"resolution": 64, "base_resolution": 16, "stage_steps": 10, "fade_steps": 5}  # 16 -> 32 -> 64
+    # stage 0: steps 0-9; 32 px fades in over 10-14, trains 15-24; 64 px fades in over 25-29
+    assert [step for step in range(0, 50, 5) if curve.grown(step, settings)] == [30, 35, 40, 45]
 
 
 def test_verdict_needs_a_flickering_baseline(curve):
