@@ -1,8 +1,8 @@
 """DTCR ablation as a curve over training: hrgan-dtcr with DTCR on and off, same seeds, every checkpoint evaluated.
 
-Each arm (``on``: linear lambda 0.1 -> 0.5; ``off``: ``dtcr_schedule=off``) trains on the real
-120-frame ultrasound cine (pydicom-data) for every seed, with the networks of `bench_hrgan.py`
-(`hrgan_settings`: widths 16, batch 4, 8 frames, base resolution half the final one), until
+Each arm (``on``: lambda rising linearly, by default 0.1 -> 0.5; ``off``: ``dtcr_schedule=off``)
+trains on the real 120-frame ultrasound cine (pydicom-data) for every seed, with the networks of
+`bench_hrgan.py` (`hrgan_settings`: widths 16, batch 4, 8 frames, base resolution half the final one), until
 `--steps` or `--cpu-seconds` of process CPU time, whichever comes first, writing a checkpoint every
 `--checkpoint-every` steps. ``log.jsonl`` in each run folder records every checkpoint with the step,
 the process CPU and wall seconds so far and the load average, and the loss terms every
@@ -37,19 +37,25 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from bench_hrgan import hrgan_settings, hyperscore_inputs, real_clips, sequence_metrics
 from medsynth.data.samples import load_sample
+from medsynth.losses.dtcr import FeatureFn, dtcr_loss, linear_weight, vgg_features
+from medsynth.models.vgg import load_vgg
 from medsynth.training.checkpoint import load_checkpoint
 from medsynth.training.config import TrainConfig
 from medsynth.training.control import TrainControl
 from medsynth.training.events import CheckpointSaved, Finished, Progress
-from medsynth.training.recipes.hrgan_dtcr import growth_schedule
+from medsynth.training.generate import load_recipe
+from medsynth.training.recipes.hrgan_dtcr import DTCR_PATCH, growth_schedule, real_at_stage
 from medsynth.training.sequences import generate_sequences
 from medsynth.training.trainer import train
 
 ARMS = ("on", "off")
 SAMPLE_SEED = 1
+SIGNAL_SEQUENCES = 8
+"""Generated sequences on which `training_signals` weighs the DTCR gradient against the adversarial one."""
 """Latents of the evaluated sequences, the same for every checkpoint: the curve shows training, not sampling."""
 FLICKER_LEVEL = 0.9
 """The no-DTCR model moves like the real cine once its mean frame difference is this fraction of the real one."""
@@ -97,6 +103,7 @@ def checkpoint_file(folder: Path, record: dict[str, Any]) -> Path:
 def arm_settings(arm: str, args: argparse.Namespace) -> dict[str, Any]:
     settings = hrgan_settings(args.resolution, arm == "on", args.stage_steps, args.ramp_steps)
     settings["dtcr_features"] = args.features
+    settings["dtcr_weight_start"], settings["dtcr_weight_end"] = args.dtcr_weights
     return settings
 
 
@@ -139,21 +146,73 @@ def train_arm(arm: str, seed: int, args: argparse.Namespace, cine) -> dict[str, 
     return checkpoints(folder)[-1]
 
 
+def dtcr_features(settings, discriminator: torch.nn.Module, device: torch.device) -> FeatureFn:
+    """The DTCR feature network of these recipe settings, also for a run trained without DTCR."""
+    if settings.dtcr_features == "discriminator":
+        return discriminator.frame_features
+    return vgg_features(load_vgg(int(settings.dtcr_features[3:]), settings.vgg_weights or None).to(device))
+
+
+def gradient_norm(loss: torch.Tensor, parameters: list[torch.Tensor]) -> float:
+    grads = torch.autograd.grad(loss, parameters, retain_graph=True, allow_unused=True)
+    return float(torch.sqrt(sum(g.pow(2).sum() for g in grads if g is not None)))
+
+
+def training_signals(path: Path, real: torch.Tensor, device: str) -> dict[str, float]:
+    """What drives the generator of a checkpoint, given the real clips ``(N, 1, T, R, R)`` in [-1, 1].
+
+    - ``d_logit_gap``: the discriminator's mean logit on real clips minus that on generated ones (0: it
+      cannot tell them apart, so its gradient carries little about the data);
+    - ``dtcr_grad_share``: the norm of the generator's gradient from lambda * DTCR over that from the
+      adversarial loss, on `SIGNAL_SEQUENCES` generated sequences, lambda being the linear schedule's
+      at the checkpoint's step (for a run without DTCR: what the term would add).
+    """
+    checkpoint = load_checkpoint(path)
+    recipe = load_recipe(checkpoint, device)
+    settings = recipe.settings
+    generator, discriminator = recipe.models["generator"], recipe.models["discriminator"]
+    stage, alpha = recipe.schedule(checkpoint.step)
+    torch.manual_seed(SAMPLE_SEED)  # the DTCR patches' places
+    n = SIGNAL_SEQUENCES
+    fake = generator(*recipe.latents(n, settings.frames), recipe.modality_tensor(n), stage, alpha)
+    fake_logits, _ = discriminator(fake, stage, alpha)
+    adversarial = F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+    weight = linear_weight(
+        checkpoint.step, settings.dtcr_weight_start, settings.dtcr_weight_end, settings.dtcr_ramp_steps
+    )
+    features = dtcr_features(settings, discriminator, recipe.device)
+    dtcr = weight * dtcr_loss(fake, features, DTCR_PATCH)
+    parameters = list(generator.parameters())
+    with torch.no_grad():
+        real_logits, _ = discriminator(
+            real_at_stage(real.to(recipe.device), generator.resolutions[stage], alpha), stage, alpha
+        )
+    return {
+        "d_logit_gap": float(real_logits.mean() - fake_logits.detach().mean()),
+        "dtcr_grad_share": gradient_norm(dtcr, parameters) / gradient_norm(adversarial, parameters),
+    }
+
+
 def evaluate_run(
-    folder: Path, real: np.ndarray, data_range: float, floor: dict[str, float], args: argparse.Namespace
+    folder: Path, real: np.ndarray, normalised: torch.Tensor, data_range: float, floor: dict[str, float], args
 ) -> list[dict[str, Any]]:
-    """Every checkpoint record of a run with its metrics; metrics are cached in ``folder/evaluation.json``."""
+    """Every checkpoint record of a run with its metrics; metrics are cached in ``folder/evaluation.json``.
+
+    `real` are the cine's clips ``(N, T, S, S)`` in data units, `normalised` the same as the
+    discriminator sees them, ``(N, 1, T, S, S)`` in [-1, 1].
+    """
     cache_path = folder / "evaluation.json"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     rows = []
     for record in checkpoints(folder):
         key = f"{Path(record['checkpoint']).name} n={args.sequences}"
+        path = checkpoint_file(folder, record)
         if key not in cache:
-            fake = generate_sequences(
-                checkpoint_file(folder, record), args.sequences, seed=SAMPLE_SEED, device=args.device
-            ).array.transpose(1, 0, 2, 3)  # (T, N, S, S) -> (N, T, S, S)
-            metrics = sequence_metrics(real, fake, data_range)
+            fake = generate_sequences(path, args.sequences, seed=SAMPLE_SEED, device=args.device).array
+            metrics = sequence_metrics(real, fake.transpose(1, 0, 2, 3), data_range)  # (T, N, ...) -> (N, T, ...)
             cache[key] = {**metrics, **hyperscore_inputs(metrics, floor)}
+        if "dtcr_grad_share" not in cache[key]:
+            cache[key].update(training_signals(path, normalised, args.device))
             partial = cache_path.with_suffix(".tmp")
             partial.write_text(json.dumps(cache, indent=1))
             partial.replace(cache_path)
@@ -162,7 +221,8 @@ def evaluate_run(
 
 
 def seed_mean(runs: Runs, arm: str, step: int, key: str) -> float:
-    return float(np.mean([row[key] for (a, _), rows in runs.items() if a == arm for row in rows if row["step"] == step]))
+    values = [row[key] for (a, _), rows in runs.items() if a == arm for row in rows if row["step"] == step]
+    return float(np.mean(values))
 
 
 def common_steps(runs: Runs) -> list[int]:
@@ -190,15 +250,16 @@ def report(runs: Runs, floor: dict[str, float], settings: dict[str, Any]) -> Non
     )
     print(
         "| step | arm | seed | CPU s | warping error / real | frame diff / real | frame-diff W1 | flow W1 | SWD "
-        "| s_swd | s_diff | s_flow | V |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| s_swd | s_diff | s_flow | V | D logit gap | DTCR grad share |\n" + "|---" * 15 + "|"
     )
     rows = [(row, arm, seed) for (arm, seed), arm_rows in runs.items() for row in arm_rows]
     for row, arm, seed in sorted(rows, key=lambda r: (r[0]["step"], r[1], r[2])):
         print(
             f"| {row['step']} | {arm} | {seed} | {row['cpu_s']:.0f} | {row['warp_error_fake'] / real_warp:.2f} "
             f"| {row['mean_abs_diff_fake'] / real_diff:.2f} | {row['diff_wasserstein']:.4f} "
-            f"| {row['flow_wasserstein']:.4f} | {row['swd']:.1f} | {row['s_swd']:.3f} | {row['s_diff_wasserstein']:.3f} "
-            f"| {row['s_flow_wasserstein']:.3f} | {row['V']:.3f} |"
+            f"| {row['flow_wasserstein']:.4f} | {row['swd']:.1f} | {row['s_swd']:.3f} "
+            f"| {row['s_diff_wasserstein']:.3f} | {row['s_flow_wasserstein']:.3f} | {row['V']:.3f} "
+            f"| {row['d_logit_gap']:.3f} | {row['dtcr_grad_share']:.1e} |"
         )
     if {arm for arm, _ in runs} != set(ARMS):
         return
@@ -215,7 +276,7 @@ def report(runs: Runs, floor: dict[str, float], settings: dict[str, Any]) -> Non
         off_level = seed_mean(runs, "off", step, "mean_abs_diff_fake") / real_diff
         on_level = seed_mean(runs, "on", step, "mean_abs_diff_fake") / real_diff
         ratios = {key: seed_mean(runs, "on", step, key) / seed_mean(runs, "off", step, key) for key in RATIO_KEYS}
-        print(f"| {step} | {off_level:.2f} | {on_level:.2f} | " + " | ".join(f"{r:.2f}" for r in ratios.values()) + " |")
+        print(f"| {step} | {off_level:.2f} | {on_level:.2f} | " + " | ".join(f"{r:.2f}" for r in ratios.values()), "|")
         # Before the last stage has grown in, the sequences are mostly the fresh networks' noise.
         if off_level >= FLICKER_LEVEL and grown(step, settings):
             flickering.append(ratios)
@@ -243,15 +304,18 @@ def evaluate(args: argparse.Namespace, cine) -> None:
     folders = {(arm, seed): run_dir(args.workdir, arm, seed) for seed in args.seeds for arm in args.arms}
     missing = [str(folder) for folder in folders.values() if not checkpoints(folder)]
     if missing:
-        raise SystemExit(f"no checkpoints logged in {', '.join(missing)}; train those runs first (drop --evaluate-only)")
+        raise SystemExit(
+            f"no checkpoints logged in {', '.join(missing)}; train those runs first (drop --evaluate-only)"
+        )
     any_folder = next(iter(folders.values()))
     reference = checkpoint_file(any_folder, checkpoints(any_folder)[0])
     trained = load_checkpoint(reference)
     real = real_clips(cine, reference, trained.settings["resolution"])
+    normalised = torch.from_numpy(trained.normalization.apply(real)[:, None])
     data_range = trained.normalization.high - trained.normalization.low
     half = len(real) // 2
     floor = sequence_metrics(real[:half], real[half:], data_range)
-    runs = {key: evaluate_run(folder, real, data_range, floor, args) for key, folder in folders.items()}
+    runs = {key: evaluate_run(folder, real, normalised, data_range, floor, args) for key, folder in folders.items()}
     report(runs, floor, trained.settings)
 
 
@@ -267,7 +331,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--checkpoint-every", type=int, default=250, help="steps between evaluated checkpoints")
     add("--log-every", type=int, default=25, help="steps between loss records in log.jsonl")
     add("--stage-steps", type=int, default=250, help="hrgan stage_steps and fade_steps")
-    add("--ramp-steps", type=int, default=2000, help="steps of the DTCR lambda ramp 0.1 -> 0.5")
+    add("--ramp-steps", type=int, default=2000, help="steps of the DTCR lambda ramp")
+    add("--dtcr-weights", default="0.1,0.5", help="DTCR lambda at the start and the end of the ramp (the paper's)")
     add("--features", default="discriminator", choices=("discriminator", "vgg16", "vgg19"),
         help="DTCR features (vgg16 and vgg19 need the weight file, see docs/hrgan-dtcr.md)")  # fmt: skip
     add("--device", default="cpu", help="training and generation device: cpu, cuda, auto, ...")
@@ -278,6 +343,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.arms = args.arms.split(",")
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.dtcr_weights = [float(w) for w in args.dtcr_weights.split(",")]
+    if len(args.dtcr_weights) != 2:
+        parser.error(f"--dtcr-weights {','.join(map(str, args.dtcr_weights))}: give START,END, e.g. 0.1,0.5")
     if not set(args.arms) <= set(ARMS):
         parser.error(f"--arms {','.join(args.arms)}: choose among {', '.join(ARMS)}")
     if args.sequences < 2:

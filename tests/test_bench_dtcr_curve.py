@@ -41,6 +41,7 @@ def test_ablation_curve_trains_both_arms_resumes_and_evaluates_every_checkpoint(
             assert metrics["warp_error_real"] > 0 and metrics["mean_abs_diff_fake"] > 0
             assert all(math.isfinite(v) for v in metrics.values())
             assert 0 < metrics["V"] <= 1
+            assert metrics["dtcr_grad_share"] > 0  # also for "off": what lambda * DTCR would add to the gradient
     # The arms differ only in DTCR: the "on" run's generator loss holds a weighted DTCR term, "off" none.
     on_losses = [r["losses"] for r in logged(on, "progress")]
     off_losses = [r["losses"] for r in logged(off, "progress")]
