@@ -16,7 +16,7 @@ distributions), SWD of all frames, and the HyperScore inputs. Results are cached
 ``evaluation.json``. The Markdown report has one row per checkpoint and run, the on/off ratios at
 equal steps (means over the seeds) and the verdict on the claim.
 
-One line, every run in turn, then the evaluation (docs/hrgan-dtcr.md, "Reproducing the ablation")::
+One line, every run in turn, then the evaluation (docs/hrgan-dtcr.md, "Reproducing the DTCR ablation")::
 
     python benchmarks/bench_dtcr_curve.py --workdir runs/dtcr128 --resolution 128 --steps 20000 \\
         --checkpoint-every 1000 --stage-steps 1000 --ramp-steps 10000 --seeds 0,1 --device cuda --features vgg16
@@ -54,9 +54,9 @@ from medsynth.training.trainer import train
 
 ARMS = ("on", "off")
 SAMPLE_SEED = 1
+"""Latents of the evaluated sequences, the same for every checkpoint: the curve shows training, not sampling."""
 SIGNAL_SEQUENCES = 8
 """Generated sequences on which `training_signals` weighs the DTCR gradient against the adversarial one."""
-"""Latents of the evaluated sequences, the same for every checkpoint: the curve shows training, not sampling."""
 FLICKER_LEVEL = 0.9
 """The no-DTCR model moves like the real cine once its mean frame difference is this fraction of the real one."""
 CLAIM_RATIO = 0.7
