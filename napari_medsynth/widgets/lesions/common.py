@@ -47,11 +47,13 @@ def selection_kept(viewer: napari.Viewer) -> Iterator[None]:
     """Keep the selected and the active layer: napari makes a new layer active, and the annotator's
     next click would then go to it instead of to the layer they were placing with."""
     selected, active = set(viewer.layers.selection), viewer.layers.selection.active
-    yield
-    viewer.layers.selection.clear()
-    viewer.layers.selection.update(layer for layer in selected if layer in viewer.layers)
-    if active in viewer.layers:
-        viewer.layers.selection.active = active
+    try:
+        yield
+    finally:
+        viewer.layers.selection.clear()
+        viewer.layers.selection.update(layer for layer in selected if layer in viewer.layers)
+        if active in viewer.layers:
+            viewer.layers.selection.active = active
 
 
 def reported(method: Callable[P, T]) -> Callable[P, T | None]:

@@ -147,7 +147,7 @@ class LesionModelSection(Section):
             report_error(event.error)
 
     def _on_trained(self, generator: LesionGenerator | None) -> None:
-        """The status ends with the model training left, ready to place: never with a progress line."""
+        """The status ends with the model training made (scales, step, how it ended), not with a progress line."""
         if generator is None:
             return
         scales, total = generator.scales, len(generator.model.shapes)
