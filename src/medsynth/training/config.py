@@ -68,7 +68,7 @@ class TrainConfig:
     window: tuple[float, float] | None = None
     """(center, width) in data units, e.g. (40, 400) HU for soft tissue; required for ``"window"``."""
     augment: bool | None = None
-    """Flips and small affine transforms; None: on when the data has fewer than `SMALL_DATA` items."""
+    """Augment (each recipe's own, see `Recipe.augment`); None: on when the data has fewer than `SMALL_DATA` items."""
     min_foreground: float = 0.05
     """Slices with a smaller fraction of foreground pixels are skipped (see `medsynth.data.datasets`)."""
     preview_samples: int = 8
