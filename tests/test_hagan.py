@@ -268,6 +268,14 @@ def test_unet_discriminator_gives_image_and_pixel_logits_and_encoder_features():
     assert sum(p.numel() for p in encoder_only.parameters()) < sum(p.numel() for p in UNetDiscriminator(64, 4).parameters())
 
 
+@pytest.mark.parametrize("resolution", [64, 128, 256])
+def test_every_offered_resolution_builds_and_samples(resolution):
+    recipe = tiny_recipe(resolution=resolution)
+    assert recipe.sample(2, torch.Generator().manual_seed(0)).shape == (2, 1, resolution, resolution)
+    out = recipe.models["discriminator"](torch.zeros(1, 1, resolution, resolution))
+    assert out.pixels.shape == (1, 1, resolution, resolution) and len(out.features) == len(recipe.models["generator"].stages)
+
+
 def test_reverse_skip_starts_as_identity_and_follows_observed_statistics():
     skip = ReverseSkip(discriminator_width=8, generator_width=4)
     h = torch.randn(2, 4, 8, 8)
