@@ -19,7 +19,8 @@ thread, then `--samples` images of its EMA generator are compared with the held-
   training slice, against the same distance for each held-out slice. A generator that copies its
   training slices has a median ratio well below 1 and many images closer than the closest held-out
   slice;
-- CPU seconds per step and parameters (generator + discriminator), against `dcgan` in the same run.
+- CPU seconds per step and parameters (generator + discriminator), against `dcgan` in the same run;
+  ``--cost-only`` times the steps of all models in one process, in alternating blocks.
 
 KID/FID need Inception weights, which are not on this machine, so they are not reported.
 
@@ -27,6 +28,7 @@ Models: ``dcgan``, ``wgan-gp``, ``hagan`` and ``hagan`` with one component off i
 (``no-diffaugment``, ``no-attnmix``, ``no-hierarchical``, ``no-reverse-skip``).
 
     nice -n 10 python benchmarks/bench_hagan.py [--budget 240] [--sets 100,500] [--models all] [--jobs 2] [--samples 500]
+    nice -n 10 python benchmarks/bench_hagan.py --cost-only [--rounds 10]
 
 Runs go to `--jobs` worker processes (one torch thread each, as nice as the command); results are
 printed as Markdown tables and written to `--json`.
@@ -53,11 +55,13 @@ from medsynth.data.normalization import percentile_normalization
 from medsynth.data.samples import load_sample
 from medsynth.io.image import MedImage
 from medsynth.metrics.swd import swd
+from medsynth.settings import parse
 from medsynth.training.checkpoint import load_checkpoint
 from medsynth.training.config import TrainConfig
 from medsynth.training.control import TrainControl
 from medsynth.training.events import Finished
 from medsynth.training.generate import generate, load_recipe
+from medsynth.training.recipe import get_recipe
 from medsynth.training.trainer import train
 
 SIZE = 64
@@ -163,6 +167,34 @@ def run(task: tuple[str, str, float, int, str]) -> dict[str, Any]:
     }
 
 
+def step_costs(rounds: int, block: int) -> dict[str, float]:
+    """CPU seconds per training step of every model, timed in this process in alternating blocks.
+
+    All models train on the same 64x64 batch (MNI152 slices, augmentation on) from step 1000, so that
+    the AttnMix terms run at their full rate; round-robin blocks expose each to the same load.
+    """
+    torch.set_num_threads(1)
+    image = load_sample("mni152")
+    dataset = SliceDataset([image], percentile_normalization([image.array]), SIZE)
+    recipes = {}
+    for model, (name, settings) in MODELS.items():
+        recipe_cls = get_recipe(name)
+        recipe = recipe_cls()
+        recipe.augmenting = True
+        recipe.build(parse(recipe_cls.settings_cls, settings), torch.device("cpu"))
+        recipes[model] = recipe
+    seconds = dict.fromkeys(recipes, 0.0)
+    for round_ in range(rounds + 1):  # round 0 warms up
+        for model, recipe in recipes.items():
+            batch = torch.stack([dataset[i % len(dataset)] for i in range(recipe.batch_size * recipe.batches_per_step)])
+            start = time.process_time()
+            for _ in range(block):
+                recipe.train_step(batch, 1000)
+            if round_:
+                seconds[model] += time.process_time() - start
+    return {model: total / (rounds * block) for model, total in seconds.items()}
+
+
 def report(results: list[dict[str, Any]]) -> None:
     for set_name in sorted({r["set"] for r in results}, key=int):
         rows = [r for r in results if r["set"] == set_name]
@@ -189,6 +221,8 @@ def main() -> None:
     parser.add_argument("--models", default="all", help=f"comma-separated subset of {', '.join(MODELS)}")
     parser.add_argument("--samples", type=int, default=500, help="generated images per model")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (worker processes)")
+    parser.add_argument("--cost-only", action="store_true", help="only time the steps of every model in this process")
+    parser.add_argument("--rounds", type=int, default=10, help="timed rounds of --cost-only")
     parser.add_argument("--json", type=Path, default=Path("bench_hagan.json"), help="where to write the results")
     args = parser.parse_args()
     models = list(MODELS) if args.models == "all" else args.models.split(",")
@@ -196,15 +230,23 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
 
+    if args.cost_only:
+        costs = step_costs(args.rounds, block=5)
+        print("| model | CPU s per step | x dcgan |\n|---|---|---|")
+        for model, cost in costs.items():
+            print(f"| `{model}` | {cost:.3f} | {cost / costs['dcgan']:.2f}x |")
+        return
     sets, held_out = split(load_sample("mni152"))
     print(f"training sets: {', '.join(f'{k}: {v.array.shape[0]} slices' for k, v in sets.items())}; "
           f"held out: {held_out.array.shape[0]} slices; load average {os.getloadavg()}")  # fmt: skip
     with tempfile.TemporaryDirectory() as workdir:
         tasks = [(s, m, args.budget, args.samples, workdir) for s in args.sets.split(",") for m in models]
         spawn = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no inherited torch threads
+        results = []
         with ProcessPoolExecutor(args.jobs, spawn) as pool:
-            results = list(pool.map(run, tasks))
-    args.json.write_text(json.dumps(results, indent=1))
+            for result in pool.map(run, tasks):  # written as they come, so that a late failure loses nothing
+                results.append(result)
+                args.json.write_text(json.dumps(results, indent=1))
     report(results)
 
 
