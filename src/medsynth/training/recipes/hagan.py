@@ -34,11 +34,12 @@ from medsynth.losses.attnmix import MIX_MODES, box_masks, consistency_loss, mix,
 from medsynth.models.hagan import HAGANGenerator
 from medsynth.models.unet_discriminator import DiscriminatorOutput, UNetDiscriminator
 from medsynth.settings import setting
+from medsynth.training.gan_optimizer import GANOptimizerSettings
 from medsynth.training.recipe import LatentGANRecipe, register_recipe
 
 
 @dataclass
-class HAGANSettings:
+class HAGANSettings(GANOptimizerSettings):
     resolution: int = setting(64, "Training image side length in pixels", choices=(64, 128, 256))
     batch_size: int = setting(16, "Real images per batch and process", min=1, max=1024)
     latent_dim: int = setting(128, "Length of the generator's latent vector", min=8, max=1024)
@@ -64,11 +65,6 @@ class HAGANSettings:
     reverse_skip: bool = setting(
         True, "Component 4: discriminator feature statistics modulate the generator (reverse skip connection)"
     )
-    lr_g: float = setting(2e-4, "Generator Adam learning rate", min=1e-6, max=1e-1)
-    lr_d: float = setting(2e-4, "Discriminator Adam learning rate", min=1e-6, max=1e-1)
-    beta1: float = setting(0.5, "Adam beta1", min=0.0, max=0.999)
-    beta2: float = setting(0.999, "Adam beta2", min=0.0, max=0.9999)
-    ema_decay: float = setting(0.999, "Decay per step of the generator EMA used for samples", min=0.0, max=0.99999)
 
 
 @register_recipe
