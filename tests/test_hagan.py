@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
@@ -16,13 +17,14 @@ from medsynth.data.datasets import SliceDataset
 from medsynth.data.diffaugment import POLICIES, cutout, diff_augment, policy_transforms, translate
 from medsynth.data.normalization import percentile_normalization
 from medsynth.data.samples import load_sample, sample_path
-from medsynth.errors import SettingsError, TrainingError
+from medsynth.io import read_image
+from medsynth.errors import CheckpointError, SettingsError, TrainingError
 from medsynth.losses.attnmix import box_masks, consistency_loss, mix
 from medsynth.models.hagan import HAGANGenerator, ReverseSkip
 from medsynth.models.unet_discriminator import UNetDiscriminator
 from medsynth.settings import parse
 from medsynth.training import events
-from medsynth.training.checkpoint import load_checkpoint
+from medsynth.training.checkpoint import load_checkpoint, save_checkpoint
 from medsynth.training.config import TrainConfig
 from medsynth.training.generate import generate, load_recipe
 from medsynth.training.recipes.dcgan import DCGANRecipe, DCGANSettings
@@ -347,11 +349,28 @@ def test_resume_continues_exactly_like_a_straight_run(tmp_path, mni, run):
             assert torch.equal(value, again.state["models"][name][key]), f"{name}/{key}"
 
 
-def test_medsynth_generate_writes_synthetic_nifti(run, tmp_path):
+def test_medsynth_generate_writes_synthetic_nifti_on_the_training_grid(run, tmp_path):
     out = tmp_path / "synthetic.nii.gz"
     assert main(["generate", str(run[-1].checkpoint), "--num", "3", "--out", str(out), "--device", "cpu"]) == 0
     stored = nib.load(out)
     assert stored.shape == (64, 64, 3) and b"SYNTHETIC" in stored.header["descrip"].tobytes()
+    # The template's 1 mm, 233 x 197 mm slices were padded to 233 px and trained at 64 px.
+    assert read_image(out).spacing == pytest.approx((1.0, 233 / 64, 233 / 64), rel=1e-4)
+
+
+def test_a_checkpoint_whose_settings_are_bad_or_do_not_fit_its_weights_is_refused(run, tmp_path):
+    checkpoint = load_checkpoint(run[-1].checkpoint)
+
+    def with_settings(name: str, **changes) -> object:
+        edited = replace(checkpoint, settings={**checkpoint.settings, **changes}, path=None)
+        return save_checkpoint(edited, tmp_path / f"{name}.safetensors")
+
+    with pytest.raises(SettingsError, match="resolution=100: must be one of 64, 128, 256"):
+        generate(with_settings("resolution", resolution=100), 2, device="cpu")
+    for name, changes in {"no-skip": {"reverse_skip": False}, "no-decoder": {"hierarchical": False},
+                          "wider": {"g_channels": 8}}.items():  # fmt: skip
+        with pytest.raises(CheckpointError, match=f"{name}.safetensors .*does not match its recipe.s models"):
+            generate(with_settings(name, **changes), 2, device="cpu")
 
 
 def test_bad_settings_are_refused_before_training_naming_each_key(tmp_path, mni, capsys):
