@@ -27,7 +27,7 @@ KID/FID need Inception weights, which are not on this machine, so they are not r
 Models: ``dcgan``, ``wgan-gp``, ``hagan`` and ``hagan`` with one component off in turn
 (``no-diffaugment``, ``no-attnmix``, ``no-hierarchical``, ``no-reverse-skip``).
 
-    nice -n 10 python benchmarks/bench_hagan.py [--budget 240] [--sets 100,500] [--models all] [--jobs 2] [--samples 500]
+    nice -n 10 python benchmarks/bench_hagan.py [--budget 240] [--sets 100,500] [--models all] [--jobs 2] [--samples 500] [--seed 0]
     nice -n 10 python benchmarks/bench_hagan.py --cost-only [--rounds 10]
 
 Runs go to `--jobs` worker processes (one torch thread each, as nice as the command); results are
@@ -124,15 +124,15 @@ def nearest_distances(images: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(squared.min(axis=1), 0.0) / a.shape[1])
 
 
-def run(task: tuple[str, str, float, int, str]) -> dict[str, Any]:
+def run(task: tuple[str, str, float, int, int, str]) -> dict[str, Any]:
     """Train one model on one training set for a CPU budget and evaluate it (in a worker process)."""
-    set_name, model, budget, n_samples, workdir = task
+    set_name, model, budget, n_samples, seed, workdir = task
     torch.set_num_threads(1)
     image = load_sample("mni152")
     sets, held_out = split(image)
     recipe, settings = MODELS[model]
-    out_dir = Path(workdir) / f"{set_name}-{model}"
-    config = TrainConfig(recipe=recipe, out_dir=out_dir, settings=settings, steps=10**7, device="cpu",
+    out_dir = Path(workdir) / f"{set_name}-{model}-{seed}"
+    config = TrainConfig(recipe=recipe, out_dir=out_dir, settings=settings, steps=10**7, device="cpu", seed=seed,
                          checkpoint_every=10**9, sample_every=0, log_every=10)  # fmt: skip
     control = TrainControl()
     start = time.process_time()
@@ -154,6 +154,7 @@ def run(task: tuple[str, str, float, int, str]) -> dict[str, Any]:
     return {
         "set": set_name,
         "model": model,
+        "seed": seed,
         "steps": steps,
         "cpu_s": cpu,
         "cpu_s_per_step": cpu / max(steps, 1),
@@ -220,6 +221,7 @@ def main() -> None:
     parser.add_argument("--sets", default="100,500", help="training sets: 100, 500 or both")
     parser.add_argument("--models", default="all", help=f"comma-separated subset of {', '.join(MODELS)}")
     parser.add_argument("--samples", type=int, default=500, help="generated images per model")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (weights, batches, noise)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (worker processes)")
     parser.add_argument("--cost-only", action="store_true", help="only time the steps of every model in this process")
     parser.add_argument("--rounds", type=int, default=10, help="timed rounds of --cost-only")
@@ -240,7 +242,7 @@ def main() -> None:
     print(f"training sets: {', '.join(f'{k}: {v.array.shape[0]} slices' for k, v in sets.items())}; "
           f"held out: {held_out.array.shape[0]} slices; load average {os.getloadavg()}")  # fmt: skip
     with tempfile.TemporaryDirectory() as workdir:
-        tasks = [(s, m, args.budget, args.samples, workdir) for s in args.sets.split(",") for m in models]
+        tasks = [(s, m, args.budget, args.samples, args.seed, workdir) for s in args.sets.split(",") for m in models]
         spawn = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no inherited torch threads
         results = []
         with ProcessPoolExecutor(args.jobs, spawn) as pool:
