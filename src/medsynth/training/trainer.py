@@ -38,7 +38,13 @@ from medsynth.io.image import MedImage
 from medsynth.outputs import check_folder
 from medsynth.settings import parse, to_dict
 from medsynth.training import distributed
-from medsynth.training.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
+from medsynth.training.checkpoint import (
+    Checkpoint,
+    checkpoint_path,
+    checkpoint_settings,
+    load_checkpoint,
+    save_checkpoint,
+)
 from medsynth.training.config import TrainConfig
 from medsynth.training.control import TrainControl
 from medsynth.training.device import autocast, select_device
@@ -76,8 +82,9 @@ def check_config(config: TrainConfig) -> tuple[type[Recipe], Any, Checkpoint | N
         raise SettingsError(
             f"checkpoint {config.resume} is already at step {resume.step}; ask for more steps than that to resume"
         )
-    values = {**resume.settings, **config.settings} if resume is not None else config.settings
-    return recipe_cls, parse(recipe_cls.settings_cls, values), resume
+    if resume is not None:
+        return recipe_cls, checkpoint_settings(resume, config.settings), resume
+    return recipe_cls, parse(recipe_cls.settings_cls, config.settings), resume
 
 
 def train(config: TrainConfig, data: Sequence[MedImage | Any], control: TrainControl | None = None) -> Iterator[Event]:
