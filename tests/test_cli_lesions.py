@@ -199,7 +199,7 @@ def test_train_singan_with_the_cli_then_fuse_its_lesions_refusing_another_modali
     train_argv = ["train", "--recipe", "singan", "--data", str(ct_path), "--targets", str(mask_path),
                   "--out", str(tmp_path / "run"), "--device", "cpu"] + [a for kv in tiny for a in ("--set", kv)]  # fmt: skip
     assert main(train_argv) == 0
-    checkpoint = max((tmp_path / "run").glob("*.safetensors"))
+    checkpoint = max((tmp_path / "run").glob("*_singan/*.safetensors"))
     model = load_singan(checkpoint)
     # The checkpoint knows the crop's kind: CT in HU at the slice's pixel spacing.
     assert model.data["modality"] == "CT" and model.data["units"] == "HU"

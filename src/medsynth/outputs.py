@@ -22,7 +22,7 @@ def check_folder(path: str | os.PathLike[str], what: str = "output folder") -> P
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise InputError(f"{what} {path} is a file, not a folder; give a folder (it is created if missing)")
-    _check_writable_ancestor(path, what)
+    _check_writable_ancestor(path, path, what)
     return path
 
 
@@ -43,7 +43,7 @@ def check_new_file(
         raise InputError(
             f"{what} {path}: its folder {path.parent} does not exist; create the folder first or choose another path"
         )
-    _check_writable_ancestor(path.parent, what)
+    _check_writable_ancestor(path.parent, path, what)
     return path
 
 
@@ -57,8 +57,8 @@ def check_free_space(path: str | os.PathLike[str], needed: int, what: str) -> No
     free = free_bytes(path)
     if needed > free:
         raise InputError(
-            f"{what} needs about {_size(needed)} but {path} has {_size(free)} free; ask for fewer, or write to "
-            "a disk with more space"
+            f"{what} needs about {_size(needed)} but {Path(path).absolute()} has {_size(free)} free; ask for fewer, "
+            "or write to a disk with more space"
         )
 
 
@@ -69,11 +69,12 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def _check_writable_ancestor(folder: Path, what: str) -> None:
+def _check_writable_ancestor(folder: Path, target: Path, what: str) -> None:
+    """`InputError` naming `target` unless `folder` is, or can be created as, a folder we can write into."""
     base = _nearest_existing(folder)
     if not base.is_dir():
         raise InputError(
-            f"{what} {folder} cannot be created: {base} is a file, not a folder; choose another location"
+            f"{what} {target} cannot be created: {base} is a file, not a folder; choose another location"
         )
     try:
         # A real write is the only reliable test: os.access says yes to root on read-only mounts and
@@ -81,10 +82,9 @@ def _check_writable_ancestor(folder: Path, what: str) -> None:
         with tempfile.TemporaryFile(dir=base):
             pass
     except OSError as exc:
-        where = "" if base == folder.absolute() else f" (its nearest existing folder {base})"
         raise InputError(
-            f"{what} {folder} cannot be written{where}: {exc.strerror or exc}; choose a folder you can write to, "
-            "or change its permissions"
+            f"{what} {target} cannot be written: folder {base} refuses new files ({exc.strerror or exc}); choose a "
+            "folder you can write to, or change its permissions"
         ) from None
 
 

@@ -5,15 +5,15 @@ id per lesion), ``manifest.csv`` and ``manifest.json`` into ``--out``; with ``--
 also the fitted prior as ``location_prior.json``. ``--danger`` and ``--location-model`` also take
 checkpoints of the learned models (``medsynth train --recipe danger-unet`` / ``lesion-heatmap``);
 files are told apart by their content. ``manifest.json`` records every option (``options``) and
-the ``command`` that makes the same images again. The files are written into a temporary folder
-beside ``--out`` and moved there only when every image succeeded, so a failed run leaves nothing.
+the ``command`` that makes the same images again. ``--out`` is checked before any model is loaded:
+it must be a folder that can be written and holds no earlier run's manifest. The files are written
+into a temporary folder beside ``--out`` and moved there only when every image succeeded
+(`medsynth.io.stream.staged_folder`), so a failed run leaves nothing.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -64,11 +64,18 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from medsynth.io import read_image, write_nifti
+    from medsynth.io.stream import staged_folder
     from medsynth.lesions.batch import BatchOptions, manifest_rows, synthesize, write_manifest
     from medsynth.lesions.singan_training import load_singan
+    from medsynth.outputs import check_folder
 
-    if args.out.exists() and not args.out.is_dir():
-        raise InputError(f"--out {args.out} is a file; give a folder (created if missing)")
+    check_folder(args.out, "--out")
+    earlier = [name for name in ("manifest.csv", "manifest.json") if (args.out / name).exists()]
+    if earlier:
+        raise InputError(
+            f"--out {args.out} holds the results of an earlier run ({earlier[0]}); choose a new or empty folder "
+            "(files are never overwritten)"
+        )
     lesion_generator = load_singan(args.lesion_model)
     backgrounds = [read_image(path) for path in args.background]
     for path, image in zip(args.background, backgrounds):
@@ -86,9 +93,7 @@ def run(args) -> int:
         checkpoint=args.lesion_model.name,
     )
     num = args.num if args.num is not None else len(backgrounds)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=args.out.parent, prefix=f".{args.out.name}."))
-    try:
+    with staged_folder(args.out) as work:
         if args.location_labels:
             from medsynth.lesions.location import save_location_prior
 
@@ -103,9 +108,6 @@ def run(args) -> int:
             log.info("%s: %d lesions into %s", image_path.name, len(case.lesions), case.background)
         models = {"lesion_model": str(args.lesion_model), "location_model": prior_source, "danger": danger_source}
         write_manifest(manifest_rows(cases, files, models), _meta(args, num, models), work)
-        _move_into(work, args.out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     log.info("wrote %d images, their masks and %s", len(cases), args.out / "manifest.csv")
     return 0
 
@@ -147,16 +149,6 @@ def option_argv(options: dict) -> list[str]:
         flag = "--" + name.replace("_", "-")
         argv += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
     return argv
-
-
-def _move_into(work: Path, out: Path) -> None:
-    """Move the finished files of `work` into `out` (renamed as a whole when `out` does not exist yet)."""
-    if not out.exists():
-        work.chmod(0o755)  # mkdtemp makes the folder private; results are an ordinary folder
-        work.rename(out)
-        return
-    for path in sorted(work.iterdir()):
-        path.replace(out / path.name)
 
 
 def _danger_source(text: str) -> str | Path:
