@@ -21,7 +21,7 @@ def check_folder(path: str | os.PathLike[str], what: str = "output folder") -> P
     """`path` as a Path when it is a writable folder or can be created as one; else `InputError`."""
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
-        raise InputError(f"{what} {path} is a file, not a folder; give a folder (it is created if missing)")
+        raise InputError(f"{what} {path} is a file, not a folder; choose a folder (it is created if missing)")
     _check_writable_ancestor(path, path, what)
     return path
 
@@ -40,9 +40,8 @@ def check_new_file(
     if path.exists() and not overwrite:
         raise InputError(f"{what} {path} exists; choose a new file name (files are never overwritten)")
     if not create_parents and not path.parent.is_dir():
-        raise InputError(
-            f"{what} {path}: its folder {path.parent} does not exist; create the folder first or choose another path"
-        )
+        problem = "is a file, not a folder" if path.parent.exists() else "does not exist"
+        raise InputError(f"{what} {path}: its folder {path.parent} {problem}; create the folder or choose another path")
     _check_writable_ancestor(path.parent, path, what)
     return path
 

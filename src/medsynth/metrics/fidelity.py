@@ -51,8 +51,8 @@ MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 _CHUNK_VOXELS_CPU = 2**16
 _CHUNK_VOXELS_GPU = 2**23
 _SLAB_VOXELS = 2**22
-"""Items above this many voxels are computed in slabs: about 32 MiB per float64 map, a few hundred MiB in
-all for SSIM, whatever the size of the volume."""
+"""Items above this many voxels are computed in slabs of about this size (32 MiB per float64 map, at least
+20 rows of the first spatial axis for SSIM): a few hundred MiB for SSIM whatever the size of the volume."""
 
 
 Batch = np.ndarray | torch.Tensor

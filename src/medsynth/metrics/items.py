@@ -52,7 +52,9 @@ def item_pieces(
 
     Items up to `slab` voxels go in runs of whole items of about `budget` voxels; a larger item goes
     alone, in slabs of rows of its first spatial axis that overlap by `halo` rows on each side, so that
-    the valid outputs of a filter of radius `halo` over the slabs tile the item's exactly.
+    the valid outputs of a filter of radius `halo` over the slabs tile the item's exactly. A slab gives
+    at least ``2 * halo`` rows of output (of about `slab` voxels' worth), so that no row is computed
+    more than twice.
     """
     voxels = math.prod(spatial)
     lead = leading or (1,)
@@ -61,7 +63,7 @@ def item_pieces(
         yield from leading_runs(lead, 0, items, max(1, budget // voxels))
         return
     rows = spatial[0]
-    per_slab = max(1, slab // (voxels // rows) - 2 * halo)
+    per_slab = max(1, 2 * halo, slab // (voxels // rows) - 2 * halo)
     for first, index in leading_runs(lead, 0, items, 1):
         for top in range(halo, rows - halo, per_slab):
             yield first, (*index, slice(top - halo, min(rows, top + per_slab + halo)))
