@@ -70,8 +70,9 @@ def shown(widget) -> bool:
     return not widget.native.isHidden()
 
 
-def checkpoints(folder: Path) -> list[Path]:
-    return sorted(folder.glob("checkpoint-*.safetensors"))
+def checkpoints(parent: Path) -> list[Path]:
+    """The checkpoints of the runs under the widget's output folder (each run has a folder of its own)."""
+    return sorted(parent.glob("*/checkpoint-*.safetensors"))
 
 
 @pytest.mark.slow

@@ -34,6 +34,7 @@ from medsynth.io.image import MedImage, SyntheticProvenance
 from medsynth.settings import setting
 from medsynth.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medsynth.training.config import NORMALIZATIONS, RunOptions, TrainConfig
+from medsynth.training.runs import run_folder
 from medsynth.training.events import CheckpointSaved, Finished, Paused, Progress, Resumed, Samples, Started
 from medsynth.training.generate import generate
 from medsynth.training.process import train_in_process
@@ -282,7 +283,7 @@ class TrainWidget(QWidget):
         window = (normalization["window_center"], normalization["window_width"])
         return TrainConfig(
             recipe=self.recipe.value,
-            out_dir=Path(self.out_dir.value),
+            out_dir=run_folder(Path(self.out_dir.value), self.recipe.value, resume=resume),
             settings=self.settings.values(),
             device=self.device.value,
             resume=resume,
