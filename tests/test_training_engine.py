@@ -74,7 +74,7 @@ def test_baseline_trains_on_mni_axial_slices(runs, recipe):
     assert sorted(p.name for p in out_dir.iterdir()) == [
         "checkpoint-0000002.safetensors",
         "checkpoint-0000004.safetensors",
-        "run.json",
+        "medsynth-run.json",
     ]
 
 
@@ -154,7 +154,7 @@ def test_nan_loss_stops_training_and_keeps_only_good_checkpoints(tmp_path, mni, 
             seen.append(event)
     assert "discriminator" in str(excinfo.value)
     assert [e.step for e in seen if isinstance(e, events.CheckpointSaved)] == [2]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-0000002.safetensors", "run.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-0000002.safetensors", "medsynth-run.json"]
     good = load_checkpoint(tmp_path / "checkpoint-0000002.safetensors")
     assert all(torch.isfinite(t).all() for t in good.state["models"]["generator"].values() if t.is_floating_point())
 

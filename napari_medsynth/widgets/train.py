@@ -34,11 +34,11 @@ from medsynth.io.image import MedImage, SyntheticProvenance
 from medsynth.settings import setting
 from medsynth.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medsynth.training.config import NORMALIZATIONS, RunOptions, TrainConfig
-from medsynth.training.runs import run_folder
 from medsynth.training.events import CheckpointSaved, Finished, Paused, Progress, Resumed, Samples, Started
 from medsynth.training.generate import generate
 from medsynth.training.process import train_in_process
 from medsynth.training.recipe import TARGET_DATA_KINDS, list_recipes
+from medsynth.training.runs import run_folder
 from medsynth.training.trainer import check_config
 from napari_medsynth.layers import SYNTHETIC_SUFFIX, from_layer, to_layer_data
 from napari_medsynth.notify import report_error

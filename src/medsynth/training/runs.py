@@ -4,7 +4,7 @@ Layout::
 
     runs/                                 the parent: `medsynth train --out`, the Train widget's output folder
         2026-12-05_143201_dcgan/          one run, named by `--name` or by its start time and recipe
-            run.json                      what the run is: name, recipe, start time, the checkpoint it resumed
+            medsynth-run.json             what the run is: name, recipe, start time, the checkpoint it resumed
             checkpoint-0000500.safetensors
             checkpoint-0001000.safetensors
 
@@ -26,7 +26,7 @@ from pathlib import Path
 import medsynth
 from medsynth.errors import InputError
 
-RUN_FILE = "run.json"
+RUN_FILE = "medsynth-run.json"
 TIME_FORMAT = "%Y-%m-%d_%H%M%S"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)\.safetensors$")
 

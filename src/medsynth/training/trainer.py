@@ -64,7 +64,7 @@ def check_config(config: TrainConfig) -> tuple[type[Recipe], Any, Checkpoint | N
     the checkpoint's settings are the defaults that `config.settings` overrides.
     """
     config.validate()
-    if distributed.context_from_env().is_main:  # only rank 0 writes; the others would see its run.json
+    if distributed.context_from_env().is_main:  # only rank 0 writes; the others would see its medsynth-run.json
         check_folder(config.out_dir, "run folder")
         check_run_folder(config.out_dir, config.resume)
     recipe_cls = get_recipe(config.recipe)
