@@ -233,7 +233,8 @@ def bench_memory(baseline_src: Path, sizes: list[float], cap_gb: float) -> None:
         with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
             real, fake, shape = write_volume_pair(Path(tmp), megabytes)
             size = real.stat().st_size
-            print(f"\nevaluate on two float32 volumes {shape}, {size / 2**30:.2f} GiB each (load {os.getloadavg()[0]:.1f})")
+            load = os.getloadavg()[0]
+            print(f"\nevaluate on two float32 volumes {shape}, {size / 2**30:.2f} GiB each (load {load:.1f})")
             for mode in ([], ["--slices"]):
                 argv = ["evaluate", "--real", str(real), "--fake", str(fake), *mode]
                 for label, src in (("main", baseline_src), ("this tree", None)):

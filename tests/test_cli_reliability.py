@@ -165,7 +165,9 @@ def test_generate_refuses_an_existing_file_and_a_folder_holding_dicom(checkpoint
 # Options that would change nothing, and bad settings inside files ------------------------------------
 
 
-@pytest.mark.parametrize("option", [["--resolution", "4096"], ["--frames", "8"], ["--tile", "64"], ["--modality", "CT"]])
+@pytest.mark.parametrize(
+    "option", [["--resolution", "4096"], ["--frames", "8"], ["--tile", "64"], ["--modality", "CT"]]
+)
 def test_sequence_options_with_a_2d_checkpoint_are_refused(option, checkpoint, tmp_path, capsys):
     code, err = run_cli(["generate", checkpoint, "-n", "1", "--out", tmp_path / "x.nii", *option], capsys)
     assert code == 2 and f"{option[0]}: for sequence recipes (hrgan-dtcr) only" in err
@@ -199,7 +201,9 @@ def _edited(checkpoint: Path, folder: Path, **settings) -> Path:
 
 
 @pytest.mark.parametrize("command", ["generate", "train --resume"])
-def test_an_edited_checkpoints_bad_settings_are_reported_with_the_files_name(command, checkpoint, volume, tmp_path, capsys):
+def test_an_edited_checkpoints_bad_settings_are_reported_with_the_files_name(
+    command, checkpoint, volume, tmp_path, capsys
+):
     edited = _edited(checkpoint, tmp_path, batch_size=-3, g_channels="wide")
     if command == "generate":
         argv = ["generate", edited, "-n", "1", "--out", tmp_path / "x.nii"]

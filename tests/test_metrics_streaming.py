@@ -41,7 +41,9 @@ def _mask(kind: str, real: np.ndarray):
     [("psnr", "none", None), ("ssim", "none", None), ("ssim", "item", "inside"), ("ssim", "batch", "outside")],
 )
 @pytest.mark.parametrize("spatial_dims", [3, 2])
-def test_items_computed_in_slabs_give_the_whole_items_figures(volumes, monkeypatch, metric, mask_kind, mode, spatial_dims):
+def test_items_computed_in_slabs_give_the_whole_items_figures(
+    volumes, monkeypatch, metric, mask_kind, mode, spatial_dims
+):
     real, fake = volumes
     mask = _mask(mask_kind, real)
     if mask is not None and spatial_dims == 2 and mask_kind == "item":
@@ -84,7 +86,9 @@ def test_files_evaluate_as_their_arrays(files, volumes, slices):
         np.testing.assert_allclose(g.values, e.values, rtol=1e-6)
 
 
-@pytest.mark.parametrize("key", [slice(0, 48), slice(20, 30), (slice(23, 26), slice(5, 9)), 0, -1, 25, (slice(0, 48), 3)])
+@pytest.mark.parametrize(
+    "key", [slice(0, 48), slice(20, 30), (slice(23, 26), slice(5, 9)), 0, -1, 25, (slice(0, 48), 3)]
+)
 def test_an_item_stack_indexes_like_the_concatenated_float32_array(files, volumes, key):
     real = volumes[0]
     stack = load_items([str(p) for p in files["real"]], True, "real")

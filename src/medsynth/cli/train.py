@@ -65,10 +65,12 @@ def register(subparsers) -> None:
         help="target label maps or masks, one per --data image in the same order (recipes marked 'needs --targets')",
     )
     train.add_argument(
-        "--out", type=Path, metavar="DIR", help="parent folder of the runs: each run writes into a folder of its own in it"
+        "--out", type=Path, metavar="DIR", help="parent folder of the runs: each run writes into a folder of its own"
     )
     train.add_argument(
-        "--name", metavar="NAME", help="the run's folder name in --out (default: start time and recipe, e.g. 2026-12-05_143201_dcgan)"
+        "--name",
+        metavar="NAME",
+        help="the run's folder name in --out (default: start time and recipe, e.g. 2026-12-05_143201_dcgan)",
     )
     train.add_argument("--steps", type=int, help="total generator steps (default 2000)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe setting (repeatable)")

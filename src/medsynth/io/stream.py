@@ -66,7 +66,7 @@ class NiftiBlocks:
         if block.ndim != len(self.shape) or block.shape[-2:] != self.shape[-2:] or len(start) != len(lead):
             raise ValueError(f"a block of shape {block.shape} at {start} does not fit an image of shape {self.shape}")
         if any(s < 0 or s + n > m for s, n, m in zip(start, block.shape[:-2], lead)):
-            raise ValueError(f"a block of shape {block.shape} at {start} reaches outside an image of shape {self.shape}")
+            raise ValueError(f"a block of shape {block.shape} at {start} reaches outside the image {self.shape}")
         if block.dtype.kind == "f" and not np.isfinite(block).all():
             raise InputError(f"{self._path}: the data to write holds NaN or infinite values; nothing was written")
         data = np.ascontiguousarray(block, dtype=self._dtype)

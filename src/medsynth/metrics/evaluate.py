@@ -108,8 +108,8 @@ class _Inputs:
         how = "padded to squares with the background, antialiased bilinear" if self.resample == "pad" else (
             "stretched to squares, antialiased bilinear"
         )
-        sizes = " and ".join(f"{what} {x.shape[-2]}x{x.shape[-1]}" for what, x in (("real", self.real), ("fake", self.fake)))
-        return f"{sizes} resampled to {self.side}x{self.side} ({how})"
+        real, fake = (f"{x.shape[-2]}x{x.shape[-1]}" for x in (self.real, self.fake))
+        return f"real {real} and fake {fake} resampled to {self.side}x{self.side} ({how})"
 
 
 @dataclass(frozen=True)

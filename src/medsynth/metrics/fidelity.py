@@ -122,7 +122,11 @@ def _with_leading(real: ArrayLike, fake: ArrayLike, leading: tuple[int, ...]) ->
 
 
 def _pieces(
-    leading: tuple[int, ...], spatial: tuple[int, ...], real: ArrayLike, device: torch.device | str | None, halo: int = 0
+    leading: tuple[int, ...],
+    spatial: tuple[int, ...],
+    real: ArrayLike,
+    device: torch.device | str | None,
+    halo: int = 0,
 ) -> Iterator[tuple[int, tuple]]:
     """`item_pieces` with the CPU or GPU chunk size; items above `_SLAB_VOXELS` in slabs with `halo` rows."""
     if device is not None:

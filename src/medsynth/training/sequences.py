@@ -221,7 +221,7 @@ def frame_time(checkpoint: Checkpoint) -> float | None:
 def _as_medimage(
     array: np.ndarray, checkpoint: Checkpoint, seed: int, side: int, modality: str, n: int
 ) -> MedImage:
-    """``(m, T, S, S)`` data-unit frames of `n` sequences as a synthetic MedImage (``"tyx"`` for n = 1, else ``"tzyx"``)."""
+    """``(m, T, S, S)`` data-unit frames of `n` sequences as a synthetic MedImage (``"tzyx"``; ``"tyx"`` for one)."""
     frames = array.shape[1]
     trained = int(checkpoint.settings["resolution"])
     row, col = (float(s) * trained / side for s in checkpoint.data["pixel_spacing"])
