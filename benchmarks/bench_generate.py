@@ -50,7 +50,7 @@ def main() -> None:
                     m = run_medsynth(["generate", str(ckpt), "--num", str(num), "--out", str(out), "--device", "cpu"],
                                      src, int(args.cap_gb * 2**30))  # fmt: skip
                     print(f"  {label:<10} {m.describe()}, {m.peak_rss / size:.2f}x the images")
-                    if m.exit_code != 0:
+                    if m.exit_code != 0 and m.stderr_tail.strip():
                         print("    " + m.stderr_tail.strip().splitlines()[-1])
                     if out.is_dir():
                         shutil.rmtree(out)

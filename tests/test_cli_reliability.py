@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -231,11 +232,13 @@ def test_generate_refuses_an_empty_or_absurd_request_before_writing(num, message
 
 
 @pytest.mark.parametrize("out", ["x.nii", "x.nii.gz", "dicom"])
-def test_generate_streams_chunks_and_writes_what_generate_makes(out, checkpoint, tmp_path, capsys):
+def test_generate_streams_chunks_and_writes_what_generate_makes(out, checkpoint, tmp_path, capsys, caplog):
     import pydicom
 
+    caplog.set_level(logging.INFO, logger="medsynth")
     num = 300  # more than one 256-image chunk
     assert run_cli(["generate", checkpoint, "-n", num, "--seed", "4", "--out", tmp_path / out], capsys)[0] == 0
+    assert "256/300 images" in caplog.text and "300/300 images" in caplog.text  # progress, chunk by chunk
     expected = generate(checkpoint, num, seed=4, device="cpu")
     if out.startswith("x.nii"):
         written = read_image(tmp_path / out)
