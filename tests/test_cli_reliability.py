@@ -329,3 +329,18 @@ def test_the_trainer_refuses_a_folder_that_holds_another_run(volume, checkpoint,
     with pytest.raises(InputError, match="holds another run"):
         list(train(config, [read_image(volume)]))
     assert sha256(folder) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("out", ["big.nii.gz", "dicom"])
+def test_sigterm_during_generate_leaves_no_output_and_no_temporary_file(out, checkpoint, tmp_path):
+    command = [sys.executable, "-m", "medsynth", "generate", str(checkpoint), "-n", "200000", "--device", "cpu",
+               "--out", str(tmp_path / out)]  # fmt: skip
+    proc = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # the first progress line: the output is being written
+        if "/200000 images" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, rest = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "medsynth: interrupted" in rest and "Traceback" not in rest
+    assert list(tmp_path.iterdir()) == []
