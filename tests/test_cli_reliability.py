@@ -142,7 +142,7 @@ def test_evaluate_refuses_a_read_only_results_folder(read_only_folder, tmp_path,
     [
         (["--metrics", "psnr,ssmi"], "unknown metric(s) ['ssmi']; choose from psnr"),
         (["--resample", "zoom"], "resample method 'zoom' is not one of pad, stretch"),
-        (["--side", "0"], "--side 0 must be at least 1 pixel"),
+        (["--side", "0"], "resample side 0 must be at least 1 pixel"),
     ],
 )
 def test_evaluate_checks_metric_names_and_options_before_reading_any_image(argv, message, tmp_path, capsys):

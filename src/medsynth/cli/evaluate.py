@@ -111,11 +111,9 @@ def run(args: argparse.Namespace) -> int:
                 check_results_path(path)
             except InputError as exc:
                 raise InputError(f"{flag}: {exc}") from None
-    if args.side is not None and args.side < 1:
-        raise InputError(f"--side {args.side} must be at least 1 pixel")
-    from medsynth.metrics.resample import check_method
+    from medsynth.metrics.resample import check_options
 
-    check_method(args.resample)
+    check_options(args.resample, args.side)
     from medsynth.metrics.items import load_items
 
     real = load_items(args.real, args.slices, "real")

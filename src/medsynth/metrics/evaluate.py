@@ -105,11 +105,10 @@ class _Inputs:
         """What resampling did to the sets, for the notes of the distribution metrics ("" when nothing)."""
         if self.side is None:
             return ""
-        how = "padded to squares with the background, antialiased bilinear" if self.resample == "pad" else (
-            "stretched to squares, antialiased bilinear"
-        )
+        from medsynth.metrics.resample import METHODS
+
         real, fake = (f"{x.shape[-2]}x{x.shape[-1]}" for x in (self.real, self.fake))
-        return f"real {real} and fake {fake} resampled to {self.side}x{self.side} ({how})"
+        return f"real {real} and fake {fake} resampled to {self.side}x{self.side} ({METHODS[self.resample]})"
 
 
 @dataclass(frozen=True)
@@ -329,13 +328,11 @@ def evaluate(
         InputError: unknown metric names, batches of the wrong shape, NaN or infinite values, a
             constant real set without `data_range`, a bad resample method or side.
     """
-    from medsynth.metrics.resample import check_method, common_side
+    from medsynth.metrics.resample import check_options, common_side
 
     names = check_metric_names(metrics)
     real, fake = (x if hasattr(x, "shape") else np.asarray(x) for x in (real, fake))
-    check_method(resample)
-    if side is not None and side < 1:
-        raise InputError(f"resample side {side} must be at least 1 pixel")
+    check_options(resample, side)
     if mask is not None and "ssim" in names:
         at = names.index("ssim") + 1
         names[at:at] = [n for n in ("ssim_inside", "ssim_outside") if n not in names]

@@ -30,7 +30,12 @@ import torch.nn.functional as F
 from medsynth.data.datasets import pad_square
 from medsynth.errors import InputError
 
-RESAMPLE_METHODS = ("pad", "stretch")
+METHODS = {
+    "pad": "padded to squares with the background, antialiased bilinear",
+    "stretch": "stretched to squares, antialiased bilinear",
+}
+"""The resampling methods, each with the few words that say what it did in a result's note."""
+RESAMPLE_METHODS = tuple(METHODS)
 DEFAULT_METHOD = "pad"
 
 
@@ -41,7 +46,7 @@ def common_side(real_shape: tuple[int, ...], fake_shape: tuple[int, ...]) -> int
 
 def resample_images(images: np.ndarray, side: int, method: str = DEFAULT_METHOD, fill: float = 0.0) -> np.ndarray:
     """``(M, H, W)`` images -> ``(M, side, side)`` float32 by `method` (see the module docstring)."""
-    check_method(method)
+    check_options(method, side)
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
     if method == "pad":
         x = pad_square(x, fill)
@@ -50,9 +55,12 @@ def resample_images(images: np.ndarray, side: int, method: str = DEFAULT_METHOD,
     return x[:, 0].numpy()
 
 
-def check_method(method: str) -> None:
+def check_options(method: str, side: int | None = None) -> None:
+    """InputError for an unknown method or a side below one pixel (None: the default side)."""
     if method not in RESAMPLE_METHODS:
         raise InputError(f"resample method {method!r} is not one of {', '.join(RESAMPLE_METHODS)}")
+    if side is not None and side < 1:
+        raise InputError(f"resample side {side} must be at least 1 pixel")
 
 
 class Resampled:
@@ -64,9 +72,7 @@ class Resampled:
     """
 
     def __init__(self, items: Any, side: int, method: str = DEFAULT_METHOD, fill: float = 0.0) -> None:
-        check_method(method)
-        if side < 1:
-            raise InputError(f"resample side {side} must be at least 1 pixel")
+        check_options(method, side)
         self.items = items.as_images() if hasattr(items, "as_images") else items
         self.lead = tuple(self.items.shape[:-2])
         self.side, self.method, self.fill = side, method, fill
