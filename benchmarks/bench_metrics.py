@@ -1,7 +1,7 @@
 """Throughput of SSIM and SWD on 256x256 images versus reference implementations, FID/KID cost, and memory.
 
     python benchmarks/bench_metrics.py [--images 1000] [--ref-images 250] [--fid-images 8] [--fid-features 2048]
-    python benchmarks/bench_metrics.py --memory BASELINE_SRC [--volume-mb 250 1000] [--cap-gb 8]
+    python benchmarks/bench_metrics.py --memory BASELINE_SRC [--volume-mb 250 1000] [--modes volume slices]
 
 Memory (``--memory``): peak resident memory of ``medsynth evaluate --real R.nii --fake F.nii`` (PSNR,
 SSIM, SWD; each volume one item, then ``--slices``) on MNI152 volumes upsampled (nearest) to about
@@ -226,7 +226,7 @@ def write_volume_pair(folder: Path, megabytes: float) -> tuple[Path, Path, tuple
     return *paths, shape
 
 
-def bench_memory(baseline_src: Path, sizes: list[float], cap_gb: float) -> None:
+def bench_memory(baseline_src: Path, sizes: list[float], cap_gb: float, modes: list[str]) -> None:
     from rss import run_medsynth
 
     for megabytes in sizes:
@@ -235,7 +235,7 @@ def bench_memory(baseline_src: Path, sizes: list[float], cap_gb: float) -> None:
             size = real.stat().st_size
             load = os.getloadavg()[0]
             print(f"\nevaluate on two float32 volumes {shape}, {size / 2**30:.2f} GiB each (load {load:.1f})")
-            for mode in ([], ["--slices"]):
+            for mode in ([] if m == "volume" else ["--slices"] for m in modes):
                 argv = ["evaluate", "--real", str(real), "--fake", str(fake), *mode]
                 for label, src in (("main", baseline_src), ("this tree", None)):
                     m = run_medsynth(argv, src, int(cap_gb * 2**30))
@@ -254,11 +254,12 @@ def main() -> None:
     parser.add_argument("--memory", type=Path, metavar="BASELINE_SRC", help="measure evaluate's memory instead")
     parser.add_argument("--volume-mb", type=float, nargs="+", default=[250, 1000])
     parser.add_argument("--cap-gb", type=float, default=8.0)
+    parser.add_argument("--modes", nargs="+", choices=("volume", "slices"), default=["volume", "slices"])
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
     print(f"load average at the start: {os.getloadavg()}")
     if args.memory is not None:
-        bench_memory(args.memory, args.volume_mb, args.cap_gb)
+        bench_memory(args.memory, args.volume_mb, args.cap_gb, args.modes)
         print(f"load average at the end: {os.getloadavg()}")
         return
     real, fake = make_sets(args.images)
