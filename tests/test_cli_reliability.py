@@ -151,16 +151,12 @@ def test_evaluate_checks_metric_names_and_options_before_reading_any_image(argv,
     assert code == 2 and message in err and "never_read" not in err
 
 
-def test_generate_refuses_an_existing_file_and_a_folder_holding_dicom(checkpoint, tmp_path, capsys):
+def test_generate_refuses_an_existing_file(checkpoint, tmp_path, capsys):
+    # A DICOM folder holding an earlier output: tests/test_atomic_writes.py.
     taken = tmp_path / "x.nii.gz"
     taken.write_bytes(b"mine")
     code, err = run_cli(["generate", checkpoint, "-n", "1", "--out", taken], capsys)
     assert code == 2 and "exists; choose a new file name" in err and taken.read_bytes() == b"mine"
-    assert run_cli(["generate", checkpoint, "-n", "2", "--out", tmp_path / "dicom"], capsys)[0] == 0
-    before = sha256(tmp_path / "dicom")
-    code, err = run_cli(["generate", checkpoint, "-n", "2", "--out", tmp_path / "dicom"], capsys)
-    assert code == 2 and "holds DICOM files already; choose a new or empty folder" in err
-    assert sha256(tmp_path / "dicom") == before
 
 
 # Options that would change nothing, and bad settings inside files ------------------------------------
@@ -174,6 +170,18 @@ def test_sequence_options_with_a_2d_checkpoint_are_refused(option, checkpoint, t
     assert code == 2 and f"{option[0]}: for sequence recipes (hrgan-dtcr) only" in err
     assert "'dcgan' model of 2D images of 64x64 px" in err and f"drop {option[0]}" in err
     assert not (tmp_path / "x.nii").exists()
+
+
+@pytest.mark.parametrize("value", ["8", "16"])
+def test_a_singan_min_size_below_the_critics_receptive_field_is_refused_before_the_data_is_read(
+    value, tmp_path, capsys
+):
+    missing = tmp_path / "never_read.nii.gz"
+    argv = ["train", "--recipe", "singan", "--data", missing, "--targets", missing, "--out", tmp_path / "runs",
+            "--set", f"min_size={value}"]  # fmt: skip
+    code, err = run_cli(argv, capsys)
+    assert code == 2 and f"min_size='{value}': must be at least 17" in err and "never_read" not in err
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""`medsynth.io.stream`: NIfTI files written block by block, and folders of files staged whole (MNI152, cine)."""
+"""`medsynth.io.stream`: NIfTI files written block by block (MNI152 slices, the cine)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from medsynth.data.samples import load_sample
 from medsynth.errors import InputError
 from medsynth.io import MedImage, SyntheticProvenance, read_image, write_nifti
-from medsynth.io.stream import NIFTI1_MAX_DIM, nifti_stream, staged_folder
+from medsynth.io.stream import NIFTI1_MAX_DIM, nifti_stream
 
 PROVENANCE = SyntheticProvenance("test-stream", "0", checkpoint="ckpt sha256:0", seed=3)
 
@@ -91,19 +91,3 @@ def test_a_stream_that_fails_leaves_nothing_behind(slices, tmp_path, fail, error
                 raise RuntimeError("generator failed")
     assert list(tmp_path.iterdir()) == []
 
-
-def test_a_staged_folder_appears_whole_or_not_at_all(slices, tmp_path):
-    out = tmp_path / "out"
-    with staged_folder(out) as work:
-        write_nifti(slices, work / "a.nii.gz")
-    assert [p.name for p in out.iterdir()] == ["a.nii.gz"]
-    with pytest.raises(RuntimeError):
-        with staged_folder(out) as work:
-            write_nifti(slices, work / "b.nii.gz")
-            raise RuntimeError("the second image failed")
-    with pytest.raises(InputError, match="exist already in .*a.nii.gz; choose an empty folder"):
-        with staged_folder(out) as work:
-            write_nifti(slices, work / "c.nii.gz")
-            write_nifti(slices, work / "a.nii.gz")
-    assert [p.name for p in out.iterdir()] == ["a.nii.gz"]
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left

@@ -1,15 +1,15 @@
 """The Generate dock widget: synthetic sequences from a checkpoint, as 4D layers with a time slider.
 
 The widget is thin. The options form (`GenerateOptions`, rendered by `SettingsForm`) becomes the
-arguments of `medsynth.training.sequences.iter_sequences`, which runs in a worker (`TrainingRun`);
-progress and the finished image arrive in `_on_event` on the GUI thread, the only place that touches
-layers. "Side by side" switches napari's grid mode so real and synthetic layers show next to each
-other, each with the same time slider.
+arguments of `medsynth.training.sequences.iter_sequences`, which runs in the plugin's background
+runner (`napari_medsynth.workers.BackgroundRun`); progress arrives in `_on_event` and the finished
+image in `_add_layer`, on the GUI thread, the only place that touches layers. "Side by side"
+switches napari's grid mode so real and synthetic layers show next to each other, each with the
+same time slider.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,12 +29,11 @@ from medsynth.io.image import MedImage
 from medsynth.models.hrgan import MODALITIES
 from medsynth.settings import setting
 from medsynth.training.checkpoint import Checkpoint, load_checkpoint
-from medsynth.training.control import TrainControl
 from medsynth.training.sequences import SequenceProgress, iter_sequences
 from napari_medsynth.layers import to_layer_data
 from napari_medsynth.notify import report_error
 from napari_medsynth.widgets.settings_form import SettingsForm
-from napari_medsynth.workers import Failed, RunState, TrainingRun
+from napari_medsynth.workers import BackgroundRun, Failed, RunState, until_stopped
 
 if TYPE_CHECKING:
     import napari
@@ -53,25 +52,6 @@ class GenerateOptions:
     seed: int = setting(0, "Random seed (the same seed gives the same sequences)", min=0, max=2**31 - 1)
 
 
-@dataclass(frozen=True)
-class Generated:
-    """The last event of a generation run."""
-
-    image: MedImage
-
-
-def generation_events(control: TrainControl, checkpoint: Checkpoint, options: dict[str, Any], device: str) -> Iterator[Any]:
-    """`SequenceProgress` events, then `Generated`; stops early (no result) when `control` asks."""
-    run = iter_sequences(checkpoint, options["count"], options["seed"], options["frames"], options["resolution"],
-                         options["modality"], device)  # fmt: skip
-    while not control.stop_requested:
-        try:
-            yield next(run)
-        except StopIteration as done:
-            yield Generated(done.value)
-            return
-
-
 class GenerateWidget(QWidget):
     """Generate sequences from a checkpoint into new layers; see the module docstring."""
 
@@ -79,7 +59,7 @@ class GenerateWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.device = device
-        self.run = TrainingRun()
+        self.run = BackgroundRun(self)
         self.checkpoint: Checkpoint | None = None
         self.layer = None
 
@@ -140,18 +120,24 @@ class GenerateWidget(QWidget):
         checkpoint, device = self.checkpoint, self.device
         self.progress.max = options["count"] * options["frames"]
         self.progress.value = 0
-        self.run.start(lambda control: generation_events(control, checkpoint, options, device), self._on_event)
+        sequences = (checkpoint, options["count"], options["seed"], options["frames"], options["resolution"],
+                     options["modality"], device)  # fmt: skip
+        self.run.start(lambda control: until_stopped(iter_sequences(*sequences), control), self._on_event, self._add_layer)
 
     def _on_event(self, event: Any) -> None:
         if isinstance(event, SequenceProgress):
             self.progress.value = event.done
-        elif isinstance(event, Generated):
-            data, kwargs, _ = to_layer_data(event.image)
-            self.layer = self.viewer.add_image(data, **kwargs)
-            # Show the first frame with the time slider at the front, ready to play.
-            self.viewer.dims.set_current_step(0, 0)
         elif isinstance(event, Failed):
             report_error(event.error)
+
+    def _add_layer(self, image: MedImage | None) -> None:
+        """The generated sequences as a new layer (None: stopped before the end)."""
+        if image is None:
+            return
+        data, kwargs, _ = to_layer_data(image)
+        self.layer = self.viewer.add_image(data, **kwargs)
+        # Show the first frame with the time slider at the front, ready to play.
+        self.viewer.dims.set_current_step(0, 0)
 
     def _show_side_by_side(self, on: bool) -> None:
         self.viewer.canvas.grid.enabled = bool(on)

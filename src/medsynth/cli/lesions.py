@@ -7,8 +7,9 @@ checkpoints of the learned models (``medsynth train --recipe danger-unet`` / ``l
 files are told apart by their content. ``manifest.json`` records every option (``options``) and
 the ``command`` that makes the same images again. ``--out`` is checked before any model is loaded:
 it must be a folder that can be written and holds no earlier run's manifest. The files are written
-into a temporary folder beside ``--out`` and moved there only when every image succeeded
-(`medsynth.io.stream.staged_folder`), so a failed run leaves nothing.
+into a temporary folder and moved into ``--out`` only when every image succeeded
+(`medsynth.atomic.staged_folder`), so a failed run leaves nothing and files already there are never
+replaced.
 """
 
 from __future__ import annotations
@@ -63,11 +64,11 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from medsynth.atomic import staged_folder
     from medsynth.io import read_image, write_nifti
-    from medsynth.io.stream import staged_folder
     from medsynth.lesions.batch import BatchOptions, manifest_rows, synthesize, write_manifest
     from medsynth.lesions.singan_training import load_singan
-    from medsynth.outputs import check_folder
+    from medsynth.io.output import check_folder
 
     check_folder(args.out, "--out")
     earlier = [name for name in ("manifest.csv", "manifest.json") if (args.out / name).exists()]

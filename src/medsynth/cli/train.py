@@ -38,18 +38,17 @@ log = logging.getLogger("medsynth")
 CONFIG_KEYS_FROM_ARGS = {
     "recipe": "recipe",
     "out": "out_dir",
-    "steps": "steps",
     "device": "device",
-    "seed": "seed",
     "resume": "resume",
-    "slice_axis": "slice_axis",
-    "checkpoint_every": "checkpoint_every",
-    "sample_every": "sample_every",
-    "log_every": "log_every",
 }
+"""Flags that set `TrainConfig` fields besides those generated from its declared parts (`DECLARED_PARTS`)."""
 
 
 def register(subparsers) -> None:
+    from medsynth.cli.flags import add_setting_flags
+    from medsynth.data.normalization import NormalizationOptions
+    from medsynth.training.config import RunOptions
+
     train = subparsers.add_parser(
         "train",
         help="train a recipe on images",
@@ -72,7 +71,6 @@ def register(subparsers) -> None:
         metavar="NAME",
         help="the run's folder name in --out (default: start time and recipe, e.g. 2026-12-05_143201_dcgan)",
     )
-    train.add_argument("--steps", type=int, help="total generator steps (default 2000)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe setting (repeatable)")
     train.add_argument(
         "--config", type=Path, metavar="FILE", help="JSON or TOML file of training options and a [settings] table"
@@ -84,11 +82,8 @@ def register(subparsers) -> None:
         help="continue from this checkpoint: in its run's folder when that is in --out and no other --name is given",
     )
     train.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
-    train.add_argument("--seed", type=int, help="random seed (default 0)")
-    train.add_argument("--slice-axis", type=int, choices=(0, 1, 2), help="axis of 3D volumes to slice (0 = axial)")
-    train.add_argument("--checkpoint-every", type=int, metavar="N", help="steps between checkpoints (default 500)")
-    train.add_argument("--sample-every", type=int, metavar="N", help="steps between preview samples (default 100)")
-    train.add_argument("--log-every", type=int, metavar="N", help="steps between progress reports (default 10)")
+    add_setting_flags(train, RunOptions, "run options")
+    add_setting_flags(train, NormalizationOptions, "intensity normalisation (recipes on a lesion crop use the crop's own range)")
     train.set_defaults(func=run_train)
 
     generate = subparsers.add_parser(
@@ -123,7 +118,8 @@ def run_train(args) -> int:
 
 
 def _train(args, control) -> int:
-    from medsynth.training.config import TrainConfig
+    from medsynth.cli.flags import given_settings
+    from medsynth.training.config import DECLARED_PARTS, TrainConfig
     from medsynth.training.distributed import context_from_env
     from medsynth.training.runs import run_folder
     from medsynth.training.trainer import check_config, train
@@ -136,6 +132,8 @@ def _train(args, control) -> int:
     for arg, key in CONFIG_KEYS_FROM_ARGS.items():
         if getattr(args, arg) is not None:
             values[key] = getattr(args, arg)
+    for part in DECLARED_PARTS:
+        values.update(given_settings(args, part))
     assignments = parse_assignments(args.set)
     if isinstance(values.get("settings", {}), dict):  # any other value is reported by `from_mapping`
         values["settings"] = {**values.get("settings", {}), **assignments}
@@ -203,12 +201,12 @@ def needing_targets() -> list[str]:
 
 
 def run_generate(args) -> int:
-    from medsynth.outputs import check_folder, check_new_file
+    from medsynth.io.output import check_folder, check_new_file, output_format
     from medsynth.training.checkpoint import load_checkpoint
     from medsynth.training.recipe import get_recipe
 
     out: Path = args.out
-    is_nifti = out.name.endswith((".nii", ".nii.gz"))
+    is_nifti = output_format(out) == "nifti"
     if args.num < 1:
         raise InputError(f"--num {args.num}: the number of images must be at least 1")
     if is_nifti:
@@ -245,7 +243,8 @@ def _refuse_sequence_options(checkpoint, args) -> None:
 def _write_images(checkpoint, args, is_nifti: bool) -> str:
     """Generate `args.num` 2D images a chunk at a time, each chunk written before the next is made."""
     from medsynth.io import write_dicom
-    from medsynth.io.stream import nifti_bytes, nifti_stream, staged_folder
+    from medsynth.atomic import staged_folder
+    from medsynth.io.stream import nifti_bytes, nifti_stream
     from medsynth.training.generate import images_medimage, iter_images
 
     num, out = args.num, args.out
@@ -279,7 +278,8 @@ def _write_images(checkpoint, args, is_nifti: bool) -> str:
 def _write_sequences(checkpoint, args, is_nifti: bool) -> str:
     """Generate `args.num` sequences a block of frames at a time, each block written before the next is made."""
     from medsynth.io import write_dicom
-    from medsynth.io.stream import nifti_bytes, nifti_stream, staged_folder
+    from medsynth.atomic import staged_folder
+    from medsynth.io.stream import nifti_bytes, nifti_stream
     from medsynth.training.sequences import SequenceJob
 
     job = SequenceJob(
@@ -323,7 +323,7 @@ def _check_space(out: Path, is_nifti: bool, nifti_size: int, files: int, pixels_
     DICOM stores 16-bit pixels; a ``.nii.gz`` is staged uncompressed first, then compressed beside it
     (float images compress little), so it needs about twice the data's size.
     """
-    from medsynth.outputs import check_free_space
+    from medsynth.io.output import check_free_space
 
     if is_nifti:
         needed = nifti_size * (2 if out.name.endswith(".gz") else 1)

@@ -1,4 +1,4 @@
-"""Writing outputs larger than memory: a NIfTI file block by block, a folder of files staged whole.
+"""Writing a NIfTI file larger than memory, block by block.
 
 `nifti_stream` writes one NIfTI file whose data arrives in blocks (a chunk of generated images, some
 frames of one sequence) and is never held whole. The header is `write_nifti`'s for the same image, so
@@ -8,9 +8,8 @@ unnamed temporary file at their place in the data; when the last one is in, the 
 place atomically (`medsynth.atomic`), ``.nii.gz`` compressed on the way (gzip level 1, as nibabel
 writes). Until then the destination does not exist, and an error leaves nothing behind.
 
-`staged_folder` is for outputs made of many files (a DICOM file per generated image, the images and
-masks of `medsynth lesions`): they are written into a temporary folder beside the destination and
-moved there only when all succeeded.
+Outputs made of many files (a DICOM file per generated image) are staged whole by
+`medsynth.atomic.staged_folder`.
 """
 
 from __future__ import annotations
@@ -156,32 +155,3 @@ def _header(like: MedImage, shape: tuple[int, ...]) -> Any:
     header.set_data_offset(0)  # recomputed from the header and its extensions when written
     return header
 
-
-@contextlib.contextmanager
-def staged_folder(out: str | os.PathLike[str]) -> Iterator[Path]:
-    """A temporary folder beside `out` whose files are moved into `out` when the ``with`` block succeeds.
-
-    `out` is created (renamed from the temporary folder) when it does not exist; otherwise the files
-    are moved into it, after checking that none of their names is taken. On an error the temporary
-    folder and everything in it are removed, and `out` is left as it was.
-    """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        yield work
-        if not out.exists():
-            work.chmod(0o755)  # mkdtemp makes the folder private; results are an ordinary folder
-            work.rename(out)
-            return
-        files = sorted(work.iterdir())
-        taken = [p.name for p in files if (out / p.name).exists()]
-        if taken:
-            raise InputError(
-                f"{len(taken)} file(s) to write exist already in {out}, e.g. {taken[0]}; choose an empty folder "
-                "(files are never overwritten)"
-            )
-        for file in files:
-            file.replace(out / file.name)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)

@@ -40,7 +40,7 @@ from medsynth.atomic import write_text
 from medsynth.errors import InputError, MissingWeightsError
 from medsynth.metrics.inputs import DataRange, data_range_bounds, finite_range
 from medsynth.metrics.sharpness import spatial_frequency
-from medsynth.outputs import check_new_file
+from medsynth.io.output import check_new_file
 from medsynth.metrics.swd import swd
 from medsynth.versions import package_version
 

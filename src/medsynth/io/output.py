@@ -1,10 +1,16 @@
-"""Checks that an output location can be written, made before any work starts.
+"""Can this output be written, and as what: the checks every command makes before any work.
 
-A run that trains for an hour and only then finds that it cannot save, or that generates a million
-images for a disk that holds a thousand, has cost the user that time. The CLI and the core call these
-checks first; each raises `InputError` naming the path, what is wrong with it and the fix. Nothing is
-created: a folder that does not exist yet only needs its nearest existing ancestor to be a writable
-folder.
+A run that trains for an hour and only then finds that it cannot save, that generates a million
+images for a disk that holds a thousand, or that turns a mistyped ``x.nii.gzz`` into a DICOM folder,
+has cost the user that time. The CLI and the core call these checks first; each raises `InputError`
+naming the path, what is wrong with it and the fix.
+
+- `output_format`: the format a path asks for, by its name alone (a NIfTI file or a DICOM folder).
+- `check_folder`, `check_new_file`: the location can be written. Nothing is created: a folder that
+  does not exist yet only needs its nearest existing ancestor to be a writable folder.
+- `check_free_space`: the output fits the free space of its file system.
+
+The writing itself, complete or not at all, is `medsynth.atomic`'s.
 """
 
 from __future__ import annotations
@@ -13,8 +19,31 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from medsynth.errors import InputError
+from medsynth.io.nifti import is_nifti_path
+
+OutputFormat = Literal["nifti", "dicom"]
+ACCEPTED = "a NIfTI file (.nii or .nii.gz) or a folder for DICOM files (a name without a suffix, or an existing folder)"
+
+
+def output_format(path: str | os.PathLike[str]) -> OutputFormat:
+    """``"nifti"`` for a ``.nii``/``.nii.gz`` name, ``"dicom"`` for a folder (existing, or a name without suffix).
+
+    Raises:
+        InputError: any other name; the message lists what is accepted.
+    """
+    path = Path(path)
+    if is_nifti_path(path):
+        return "nifti"
+    if path.is_dir() or not path.suffix:
+        return "dicom"
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        hint = f"DICOM output is a folder of files: give a folder name such as {path.with_suffix('')}"
+    else:
+        hint = f"rename it, e.g. {path.name.split('.')[0] or 'output'}.nii.gz, or create the folder first to write DICOM"
+    raise InputError(f"output {path}: unknown output type {path.suffix!r}. medsynth writes {ACCEPTED}; {hint}.")
 
 
 def check_folder(path: str | os.PathLike[str], what: str = "output folder") -> Path:
