@@ -2,12 +2,15 @@
 
     python benchmarks/bench_metrics.py [--images 1000] [--ref-images 250] [--fid-images 8] [--fid-features 2048]
     python benchmarks/bench_metrics.py --memory BASELINE_SRC [--volume-mb 250 1000] [--modes volume slices]
+                                       [--no-baseline]
 
 Memory (``--memory``): peak resident memory of ``medsynth evaluate --real R.nii --fake F.nii`` (PSNR,
 SSIM, SWD; each volume one item, then ``--slices``) on MNI152 volumes upsampled (nearest) to about
 ``--volume-mb`` MB of float32 each, fake = real + noise, run from this tree and from the package in
 BASELINE_SRC (``git archive main src | tar -x -C /tmp/base``, then ``/tmp/base/src``) in the same run;
-a command that passes ``--cap-gb`` is killed and reported as above it (`rss.py`).
+a command that passes ``--cap-gb`` is killed and reported as above it (`rss.py`). ``--no-baseline``
+measures this tree only (when the baseline's figures are known from an earlier run, and running it
+again would take the machine's memory up to the cap).
 
 Data: axial slices of the MNI152 T1 template resized to 256x256, randomly shifted, as the "real"
 set; the "fake" set is the same slices blurred and with noise. Both sets are the same for every
@@ -226,7 +229,7 @@ def write_volume_pair(folder: Path, megabytes: float) -> tuple[Path, Path, tuple
     return *paths, shape
 
 
-def bench_memory(baseline_src: Path, sizes: list[float], cap_gb: float, modes: list[str]) -> None:
+def bench_memory(baseline_src: Path | None, sizes: list[float], cap_gb: float, modes: list[str]) -> None:
     from rss import run_medsynth
 
     for megabytes in sizes:
@@ -237,7 +240,8 @@ def bench_memory(baseline_src: Path, sizes: list[float], cap_gb: float, modes: l
             print(f"\nevaluate on two float32 volumes {shape}, {size / 2**30:.2f} GiB each (load {load:.1f})")
             for mode in ([] if m == "volume" else ["--slices"] for m in modes):
                 argv = ["evaluate", "--real", str(real), "--fake", str(fake), *mode]
-                for label, src in (("main", baseline_src), ("this tree", None)):
+                trees = [("main", baseline_src)] if baseline_src is not None else []
+                for label, src in [*trees, ("this tree", None)]:
                     m = run_medsynth(argv, src, int(cap_gb * 2**30))
                     ratio = m.peak_rss / size
                     print(f"  {' '.join(['evaluate', *mode]):<20} {label:<10} {m.describe()}, {ratio:.2f}x one input")
@@ -255,11 +259,12 @@ def main() -> None:
     parser.add_argument("--volume-mb", type=float, nargs="+", default=[250, 1000])
     parser.add_argument("--cap-gb", type=float, default=8.0)
     parser.add_argument("--modes", nargs="+", choices=("volume", "slices"), default=["volume", "slices"])
+    parser.add_argument("--no-baseline", action="store_true", help="with --memory: measure this tree only")
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
     print(f"load average at the start: {os.getloadavg()}")
     if args.memory is not None:
-        bench_memory(args.memory, args.volume_mb, args.cap_gb, args.modes)
+        bench_memory(None if args.no_baseline else args.memory, args.volume_mb, args.cap_gb, args.modes)
         print(f"load average at the end: {os.getloadavg()}")
         return
     real, fake = make_sets(args.images)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+import medsynth.io.mapped as mapped_module
 import medsynth.metrics.fidelity as fidelity
-import medsynth.metrics.items as items_module
 from medsynth.data.samples import load_sample
-from medsynth.io import write_nifti
+from medsynth.io import read_image, write_nifti
 from medsynth.metrics import evaluate, swd
 from medsynth.metrics.items import ItemStack, image_items, load_items
 from medsynth.metrics.resample import Resampled, common_side, resample_images
@@ -122,16 +122,29 @@ def test_pages_of_a_mapped_file_are_handed_back_while_it_is_read(tmp_path, monke
     volume = np.repeat(np.asarray(mni.array, dtype=np.float32), 2, axis=0)  # 378 slices, 69 MB
     path = write_nifti(mni.with_array(volume), tmp_path / "big.nii")
     size_kib = path.stat().st_size // 1024
-    monkeypatch.setattr(items_module, "RELEASE_BYTES", 4 * 2**20)
+    monkeypatch.setattr(mapped_module, "RELEASE_BYTES", 4 * 2**20)
     stack = load_items([str(path)], True, "real")
     for start in range(0, len(stack), 16):
-        stack[start : start + 16]
+        stack[start : start + 16].sum()  # a float32 file's pieces are views: using them reads the pages
     assert _mapped_resident_kib(path) < size_kib / 4  # about one release interval stays mapped, not the file
-    monkeypatch.setattr(items_module, "RELEASE_BYTES", 2**62)
+    monkeypatch.setattr(mapped_module, "RELEASE_BYTES", 2**62)
     kept = load_items([str(path)], True, "real")
     for start in range(0, len(kept), 16):
-        kept[start : start + 16]
+        kept[start : start + 16].sum()
     assert _mapped_resident_kib(path) > size_kib / 2  # without the release the pages stay (the cause)
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux's /proc/self/smaps")
+def test_reading_a_mapped_file_hands_back_the_pages_its_nan_check_touched(tmp_path):
+    mni = load_sample("mni152")
+    volume = np.repeat(np.asarray(mni.array, dtype=np.float32), 2, axis=0)  # 378 slices, 69 MB
+    path = write_nifti(mni.with_array(volume), tmp_path / "big.nii")
+    image = read_image(path)
+    assert mapped_module.mapping_of(image.array) is not None  # still memory-mapped, not read into memory
+    # Every voxel was scanned for NaN, yet the file is not resident: evaluate reads two such files
+    # before computing, and would otherwise hold both whole.
+    assert _mapped_resident_kib(path) < path.stat().st_size // 1024 / 4
+    assert np.array_equal(np.asarray(image.array[100]), volume[100])
 
 
 # Different image sizes ------------------------------------------------------------------------------

@@ -6,16 +6,15 @@ so a layer and a file become the same items.
 
 The batch is an `ItemStack`: it behaves like a float32 array ``(N, *item)`` for indexing, but holds
 only the images as read (a memory-mapped NIfTI file stays on disk) and makes a float32 copy of just
-the part that is indexed. The metrics that stream (PSNR, SSIM, SWD) index it a chunk of items or a
+the part that is indexed (a view, for a float32 file). The metrics that stream (PSNR, SSIM, SWD) index it a chunk of items or a
 slab of one item at a time, so their memory does not grow with the data; the pages of a memory-mapped
-file are handed back to the page cache after every `RELEASE_BYTES` read, so even the mapped file does
-not accumulate in the process's memory.
+file are handed back to the page cache as it is read (`medsynth.io.mapped`), so even the mapped file
+does not accumulate in the process's memory.
 """
 
 from __future__ import annotations
 
 import math
-import mmap
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -23,9 +22,7 @@ import numpy as np
 
 from medsynth.errors import InputError
 from medsynth.io.image import MedImage
-
-RELEASE_BYTES = 64 * 2**20
-"""Mapped bytes read from a part before its pages are handed back."""
+from medsynth.io.mapped import PageRelease
 
 
 def leading_runs(
@@ -69,16 +66,8 @@ def item_pieces(
             yield first, (*index, slice(top - halo, min(rows, top + per_slab + halo)))
 
 
-def _mapping(array: Any) -> mmap.mmap | None:
-    """The `mmap` under a (view of a) memory-mapped array, else None."""
-    base = array
-    while base is not None and not isinstance(base, mmap.mmap):
-        base = getattr(base, "base", None) if isinstance(base, np.ndarray) else None
-    return base
-
-
 class ItemStack:
-    """Items of several arrays as one batch ``(N, *item)``, float32 copies of what is indexed.
+    """Items of several arrays as one batch ``(N, *item)``; indexing gives float32 arrays of what is indexed.
 
     Each part is an array whose first `lead` axes index its items (``lead`` 0: the array is one item);
     every part's items have the same shape. Indexing takes an int or a slice (step 1) over the items,
@@ -91,7 +80,7 @@ class ItemStack:
         self._parts = [(array if lead else array[None], max(lead, 1)) for array, lead in parts]
         self._counts = [math.prod(a.shape[:lead]) for a, lead in self._parts]
         self._starts = np.cumsum([0, *self._counts])
-        self._read = [0] * len(self._parts)
+        self._pages = [PageRelease(array) for array, _ in self._parts]
         self.names = list(names or [])
         self.item_shape = tuple(self._parts[0][0].shape[self._parts[0][1] :])
         self.shape = (int(self._starts[-1]), *self.item_shape)
@@ -127,24 +116,13 @@ class ItemStack:
                 continue
             runs = leading_runs(array.shape[:lead], lo - self._starts[p], hi - self._starts[p])
             read = [np.asarray(array[(*run, *rest)], dtype=np.float32) for _, run in runs]
-            self._release(p, sum(piece.nbytes for piece in read))
+            # Pages handed back here are read again from the page cache if a piece that is a view of
+            # the map (a float32 file) is used afterwards: memory stays bounded, the values the same.
+            self._pages[p].read(sum(piece.nbytes for piece in read))
             pieces += read
         if not pieces:
             return np.empty((0, *self.item_shape), dtype=np.float32)[(slice(None), *rest)]
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-
-    def _release(self, part: int, nbytes: int) -> None:
-        """Hand the mapped pages of `part` back to the page cache once `RELEASE_BYTES` were read from it.
-
-        The copies are made: the pages are no longer needed, and a later read maps them again from the
-        page cache. Without this the pages of a large file stay counted in this process's memory.
-        """
-        self._read[part] += nbytes
-        mapping = _mapping(self._parts[part][0])
-        if mapping is None or self._read[part] < RELEASE_BYTES or not hasattr(mmap, "MADV_DONTNEED"):
-            return
-        mapping.madvise(mmap.MADV_DONTNEED)
-        self._read[part] = 0
 
 
 def image_items(image: MedImage, slices: bool) -> ItemStack:
