@@ -285,6 +285,22 @@ def test_sigterm_while_the_data_is_read_ends_with_the_documented_message_and_a_c
     assert load_checkpoint(tmp_path / "runs" / "early" / "checkpoint-0000000.safetensors").step == 0
 
 
+@pytest.mark.slow
+def test_sigterm_during_evaluate_ends_with_the_documented_message_and_no_results_file(tmp_path):
+    mni = str(sample_path("mni152"))
+    results = tmp_path / "results.json"
+    command = [sys.executable, "-m", "medsynth", "evaluate", "--real", mni, "--fake", mni, "--slices",
+               "--json", str(results)]  # fmt: skip
+    proc = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # the images are read, the metrics about to run
+        if line.startswith("evaluating"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, rest = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "medsynth: interrupted" in rest and "Traceback" not in rest
+    assert list(tmp_path.iterdir()) == []
+
+
 # Runs never overwrite each other (issue 10) ----------------------------------------------------------------
 
 
