@@ -115,6 +115,17 @@ def test_an_unusable_output_is_refused_before_any_work(command, case, tmp_path, 
     assert "choose" in err  # the fix
 
 
+@pytest.mark.parametrize("earlier", ["manifest.csv", "manifest.json"])
+def test_lesions_refuses_a_folder_holding_an_earlier_runs_results_before_any_work(earlier, tmp_path, capsys):
+    out = tmp_path / "lesions"
+    out.mkdir()
+    (out / earlier).write_text("an earlier run")
+    missing = tmp_path / "never_read.nii.gz"
+    code, err = run_cli(["lesions", "--background", missing, "--lesion-model", missing, "--out", out], capsys)
+    assert code == 2 and f"holds the results of an earlier run ({earlier}); choose a new or empty folder" in err
+    assert "never_read" not in err and sha256(out) == {earlier: hashlib.sha256(b"an earlier run").hexdigest()}
+
+
 @pytest.mark.parametrize(
     ("target", "message"),
     [
