@@ -406,7 +406,9 @@ class TrainWidget(QWidget):
 
     def _set_checkpoint(self, path: Path) -> None:
         self.checkpoint_path = Path(path)
-        self.checkpoint_label.value = f"checkpoint: {self.checkpoint_path.name}"
+        # The run's folder names the run (start time and recipe), so the label says which run this is.
+        self.checkpoint_label.value = f"checkpoint: {self.checkpoint_path.parent.name}/{self.checkpoint_path.name}"
+        self.checkpoint_label.tooltip = str(self.checkpoint_path)
         self.generate_button.enabled = self.generation.state is RunState.IDLE
         self.continue_button.enabled = self.run.state is RunState.IDLE
 
