@@ -66,9 +66,9 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from medsynth.atomic import staged_folder
     from medsynth.io import read_image, write_nifti
+    from medsynth.io.output import check_folder
     from medsynth.lesions.batch import BatchOptions, manifest_rows, synthesize, write_manifest
     from medsynth.lesions.singan_training import load_singan
-    from medsynth.io.output import check_folder
 
     check_folder(args.out, "--out")
     earlier = [name for name in ("manifest.csv", "manifest.json") if (args.out / name).exists()]

@@ -242,8 +242,8 @@ def _refuse_sequence_options(checkpoint, args) -> None:
 
 def _write_images(checkpoint, args, is_nifti: bool) -> str:
     """Generate `args.num` 2D images a chunk at a time, each chunk written before the next is made."""
-    from medsynth.io import write_dicom
     from medsynth.atomic import staged_folder
+    from medsynth.io import write_dicom
     from medsynth.io.stream import nifti_bytes, nifti_stream
     from medsynth.training.generate import images_medimage, iter_images
 
@@ -277,8 +277,8 @@ def _write_images(checkpoint, args, is_nifti: bool) -> str:
 
 def _write_sequences(checkpoint, args, is_nifti: bool) -> str:
     """Generate `args.num` sequences a block of frames at a time, each block written before the next is made."""
-    from medsynth.io import write_dicom
     from medsynth.atomic import staged_folder
+    from medsynth.io import write_dicom
     from medsynth.io.stream import nifti_bytes, nifti_stream
     from medsynth.training.sequences import SequenceJob
 

@@ -38,9 +38,9 @@ import numpy as np
 
 from medsynth.atomic import write_text
 from medsynth.errors import InputError, MissingWeightsError
+from medsynth.io.output import check_new_file
 from medsynth.metrics.inputs import DataRange, data_range_bounds, finite_range
 from medsynth.metrics.sharpness import spatial_frequency
-from medsynth.io.output import check_new_file
 from medsynth.metrics.swd import swd
 from medsynth.versions import package_version
 

@@ -6,10 +6,10 @@ so a layer and a file become the same items.
 
 The batch is an `ItemStack`: it behaves like a float32 array ``(N, *item)`` for indexing, but holds
 only the images as read (a memory-mapped NIfTI file stays on disk) and makes a float32 copy of just
-the part that is indexed (a view, for a float32 file). The metrics that stream (PSNR, SSIM, SWD) index it a chunk of items or a
-slab of one item at a time, so their memory does not grow with the data; the pages of a memory-mapped
-file are handed back to the page cache as it is read (`medsynth.io.mapped`), so even the mapped file
-does not accumulate in the process's memory.
+the part that is indexed (a view, for a float32 file). The metrics that stream (PSNR, SSIM, SWD) index
+it a chunk of items or a slab of one item at a time, so their memory does not grow with the data; the
+pages of a memory-mapped file are handed back to the page cache as it is read (`medsynth.io.mapped`),
+so even the mapped file does not accumulate in the process's memory.
 """
 
 from __future__ import annotations
