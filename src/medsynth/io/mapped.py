@@ -20,11 +20,15 @@ RELEASE_BYTES = 64 * 2**20
 
 
 def mapping_of(array: Any) -> mmap.mmap | None:
-    """The `mmap` under a (view of a) memory-mapped array, else None."""
-    base = array
-    while base is not None and not isinstance(base, mmap.mmap):
-        base = getattr(base, "base", None) if isinstance(base, np.ndarray) else None
-    return base
+    """The `mmap` under a (view of a) read-only memory-mapped array, else None.
+
+    A writable map is left out: handing back the pages of a copy-on-write map (numpy's mode ``"c"``)
+    would drop the changes made to it.
+    """
+    holder, base = None, array
+    while isinstance(base, np.ndarray):
+        holder, base = base, base.base
+    return base if isinstance(base, mmap.mmap) and not holder.flags.writeable else None
 
 
 class PageRelease:
