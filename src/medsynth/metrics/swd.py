@@ -36,6 +36,9 @@ MIN_RESOLUTION = 16
 _RADIUS = PATCH_SIZE // 2
 # The binomial 5-tap filter of cv2.pyrDown / pyrUp, applied separably (its 5x5 form is the outer product).
 _BINOMIAL = np.array([1.0, 4.0, 6.0, 4.0, 1.0], dtype=np.float32) / 16.0
+BATCH_VOXELS = 2**22
+"""Voxels of one batch of images at most (16 MiB of float32; the pyramid and its temporaries take a few
+times that): 64 images of 256x256, fewer of larger ones, so that memory does not grow with the image size."""
 
 
 def pyramid_resolutions(height: int, width: int) -> list[int]:
@@ -215,7 +218,7 @@ def swd(
 
     `real` and `fake` are ``(N, H, W)`` grey images or ``(N, D, H, W)`` volumes (taken as ``N * D``
     slices), numpy arrays, memory maps, tensors or `ItemStack` batches, read `batch_size` images at a
-    time, of the same ``H x W`` (the counts may differ); with
+    time (fewer when they would exceed `BATCH_VOXELS`), of the same ``H x W`` (the counts may differ); with
     `channel_axis` set, ``(N, C, H, W)`` or ``(N, H, W, C)`` multi-channel images. Returns
     ``{"256": ..., "128": ..., ..., "16": ..., "mean": ...}``: keys are each level's shorter side in
     pixels. Lower is better; identical distributions give values near 0 (not exactly 0, because the
@@ -235,6 +238,7 @@ def swd(
     rng_real, rng_fake, rng_dirs = (np.random.default_rng([seed, k]) for k in range(3))
     centres_real = [_sample_centres(rng_real, real_img.count, s, patches_per_image) for s in shapes]
     centres_fake = [_sample_centres(rng_fake, fake_img.count, s, patches_per_image) for s in shapes]
+    batch_size = max(1, min(batch_size, BATCH_VOXELS // math.prod(real_img.shape)))
     desc_real = _descriptors(real_img, centres_real, len(resolutions), batch_size)
     desc_fake = _descriptors(fake_img, centres_fake, len(resolutions), batch_size)
     out = {
