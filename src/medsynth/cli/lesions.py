@@ -5,9 +5,11 @@ id per lesion), ``manifest.csv`` and ``manifest.json`` into ``--out``; with ``--
 also the fitted prior as ``location_prior.json``. ``--danger`` and ``--location-model`` also take
 checkpoints of the learned models (``medsynth train --recipe danger-unet`` / ``lesion-heatmap``);
 files are told apart by their content. ``manifest.json`` records every option (``options``) and
-the ``command`` that makes the same images again. The files are written into a temporary folder
-and moved into ``--out`` only when every image succeeded (`medsynth.atomic.staged_folder`), so a
-failed run leaves nothing and files already there are never replaced.
+the ``command`` that makes the same images again. ``--out`` is checked before any model is loaded:
+it must be a folder that can be written and holds no earlier run's manifest. The files are written
+into a temporary folder and moved into ``--out`` only when every image succeeded
+(`medsynth.atomic.staged_folder`), so a failed run leaves nothing and files already there are never
+replaced.
 """
 
 from __future__ import annotations
@@ -64,11 +66,17 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from medsynth.atomic import staged_folder
     from medsynth.io import read_image, write_nifti
+    from medsynth.io.output import check_folder
     from medsynth.lesions.batch import BatchOptions, manifest_rows, synthesize, write_manifest
     from medsynth.lesions.singan_training import load_singan
 
-    if args.out.exists() and not args.out.is_dir():
-        raise InputError(f"--out {args.out} is a file; give a folder (created if missing)")
+    check_folder(args.out, "--out")
+    earlier = [name for name in ("manifest.csv", "manifest.json") if (args.out / name).exists()]
+    if earlier:
+        raise InputError(
+            f"--out {args.out} holds the results of an earlier run ({earlier[0]}); choose a new or empty folder "
+            "(files are never overwritten)"
+        )
     lesion_generator = load_singan(args.lesion_model)
     backgrounds = [read_image(path) for path in args.background]
     for path, image in zip(args.background, backgrounds):
