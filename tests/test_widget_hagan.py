@@ -82,15 +82,16 @@ def test_the_generate_widget_draws_hagan_images_on_the_training_grid(make_napari
     widget.checkpoint_file.value = checkpoint_path
     assert widget.checkpoint_label.value == "hagan, step 2, 64 px" and widget.generate_button.enabled
     # a 2D recipe draws images at its training size: the sequence options are hidden
-    assert [widget.options[name].native.isHidden() for name in ("modality", "frames", "resolution", "count", "seed")] == [
-        True, True, True, False, False]  # fmt: skip
+    hidden = [widget.options[name].native.isHidden() for name in ("modality", "frames", "resolution", "count", "seed")]
+    assert hidden == [True, True, True, False, False]
 
     widget.options.set_values({"count": 3, "seed": 5})
     widget.generate_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.layer is not None, timeout=WAIT_MS)
     layer = widget.layer
     assert layer.name.endswith(SYNTHETIC_SUFFIX) and layer.data.shape == (3, 64, 64)
-    assert layer.metadata["medsynth"]["synthetic"]["model"] == "hagan" and layer.metadata["medsynth"]["synthetic"]["seed"] == 5
+    provenance = layer.metadata["medsynth"]["synthetic"]
+    assert provenance["model"] == "hagan" and provenance["seed"] == 5
     np.testing.assert_array_equal(layer.data, generate(checkpoint_path, 3, seed=5, device="cpu").array)
     np.testing.assert_allclose(layer.scale, [1.0, *(np.asarray(source.scale[1:]) * PIXEL_SCALE)], rtol=1e-6)
     assert widget.progress.value == widget.progress.max

@@ -69,7 +69,7 @@ class GenerateWidget(QWidget):
         self.checkpoint: Checkpoint | None = None
         self.layer = None
 
-        self.checkpoint_file = FileEdit(name="checkpoint", mode="r", filter="*.safetensors", tooltip="A checkpoint of a generating recipe")
+        self.checkpoint_file = FileEdit(name="checkpoint", mode="r", filter="*.safetensors", tooltip="A checkpoint to generate from")
         self.checkpoint_label = Label(value="no checkpoint")
         self.options = SettingsForm(GenerateOptions)
         self.generate_button = PushButton(text="Generate")
@@ -129,7 +129,8 @@ class GenerateWidget(QWidget):
         self.progress.value = 0
         if not self._sequences():
             self.progress.max = 1  # one call makes every image
-            self.run.start(call(generate, checkpoint, options["count"], options["seed"], device), self._on_event, self._add_layer)
+            images = call(generate, checkpoint, options["count"], options["seed"], device)
+            self.run.start(images, self._on_event, self._add_layer)
             return
         self.progress.max = options["count"] * options["frames"]
         sequences = (checkpoint, options["count"], options["seed"], options["frames"], options["resolution"],
