@@ -1,9 +1,11 @@
-"""The Generate dock widget: synthetic sequences from a checkpoint, as 4D layers with a time slider.
+"""The Generate dock widget: synthetic images or sequences from a checkpoint, as new layers.
 
 The widget is thin. The options form (`GenerateOptions`, rendered by `SettingsForm`) becomes the
-arguments of `medsynth.training.sequences.iter_sequences`, which runs in the plugin's background
-runner (`napari_medsynth.workers.BackgroundRun`); progress arrives in `_on_event` and the finished
-image in `_add_layer`, on the GUI thread, the only place that touches layers. "Side by side"
+arguments of `medsynth.training.sequences.iter_sequences` for a sequence recipe (4D layers with a
+time slider) or of `medsynth.training.generate.generate` for a 2D one (a stack of images; the
+sequence-only options are hidden). Either runs in the plugin's background runner
+(`napari_medsynth.workers.BackgroundRun`); progress arrives in `_on_event` and the finished image
+in `_add_layer`, on the GUI thread, the only place that touches layers. "Side by side"
 switches napari's grid mode so real and synthetic layers show next to each other, each with the
 same time slider.
 """
@@ -29,21 +31,25 @@ from medsynth.io.image import MedImage
 from medsynth.models.hrgan import MODALITIES
 from medsynth.settings import setting
 from medsynth.training.checkpoint import Checkpoint, load_checkpoint
+from medsynth.training.generate import generate
+from medsynth.training.recipe import get_recipe
 from medsynth.training.sequences import SequenceProgress, iter_sequences
 from napari_medsynth.layers import to_layer_data
 from napari_medsynth.notify import report_error
 from napari_medsynth.widgets.settings_form import SettingsForm
-from napari_medsynth.workers import BackgroundRun, Failed, RunState, until_stopped
+from napari_medsynth.workers import BackgroundRun, Failed, RunState, call, until_stopped
 
 if TYPE_CHECKING:
     import napari
 
 SHUTDOWN_TIMEOUT_S = 30.0
+SEQUENCE_ONLY = ("modality", "frames", "resolution")
+"""Options that only a sequence recipe's checkpoint takes; a 2D recipe draws images at its training size."""
 
 
 @dataclass
 class GenerateOptions:
-    """What to generate; a loaded checkpoint fills in its own modality, clip length and resolution."""
+    """What to generate; a loaded sequence checkpoint fills in its own modality, clip length and resolution."""
 
     modality: str = setting("US", "Modality the generator is conditioned on", choices=MODALITIES)
     frames: int = setting(16, "Frames per sequence", min=1, max=1000)
@@ -63,7 +69,7 @@ class GenerateWidget(QWidget):
         self.checkpoint: Checkpoint | None = None
         self.layer = None
 
-        self.checkpoint_file = FileEdit(name="checkpoint", mode="r", filter="*.safetensors", tooltip="A hrgan-dtcr checkpoint")
+        self.checkpoint_file = FileEdit(name="checkpoint", mode="r", filter="*.safetensors", tooltip="A checkpoint to generate from")
         self.checkpoint_label = Label(value="no checkpoint")
         self.options = SettingsForm(GenerateOptions)
         self.generate_button = PushButton(text="Generate")
@@ -92,13 +98,15 @@ class GenerateWidget(QWidget):
         self._show_state(self.run.state)
 
     def load(self, path: Path | str) -> None:
-        """Read the checkpoint at `path` and show its own modality, clip length and resolution."""
+        """Read the checkpoint at `path`; of a sequence recipe, show its own modality, clip length and resolution."""
         try:
             checkpoint = load_checkpoint(path)
         except MedsynthError as exc:
             report_error(exc)
             return
         self.checkpoint = checkpoint
+        for name in SEQUENCE_ONLY:
+            self.options[name].visible = self._sequences()
         settings = checkpoint.settings
         self.checkpoint_label.value = f"{checkpoint.recipe}, step {checkpoint.step}, {settings.get('resolution')} px"
         known = {key: settings[key] for key in ("modality", "frames", "resolution") if key in settings}
@@ -118,11 +126,19 @@ class GenerateWidget(QWidget):
             report_error(exc)
             return
         checkpoint, device = self.checkpoint, self.device
-        self.progress.max = options["count"] * options["frames"]
         self.progress.value = 0
+        if not self._sequences():
+            self.progress.max = 1  # one call makes every image
+            images = call(generate, checkpoint, options["count"], options["seed"], device)
+            self.run.start(images, self._on_event, self._add_layer)
+            return
+        self.progress.max = options["count"] * options["frames"]
         sequences = (checkpoint, options["count"], options["seed"], options["frames"], options["resolution"],
                      options["modality"], device)  # fmt: skip
         self.run.start(lambda control: until_stopped(iter_sequences(*sequences), control), self._on_event, self._add_layer)
+
+    def _sequences(self) -> bool:
+        return self.checkpoint is not None and get_recipe(self.checkpoint.recipe).data_kind == "sequence"
 
     def _on_event(self, event: Any) -> None:
         if isinstance(event, SequenceProgress):
@@ -134,6 +150,7 @@ class GenerateWidget(QWidget):
         """The generated sequences as a new layer (None: stopped before the end)."""
         if image is None:
             return
+        self.progress.value = self.progress.max
         data, kwargs, _ = to_layer_data(image)
         self.layer = self.viewer.add_image(data, **kwargs)
         # Show the first frame with the time slider at the front, ready to play.

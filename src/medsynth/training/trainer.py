@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsynth.data.augment import augment_batch
 from medsynth.data.datasets import (
     ClipDataset,
     LesionCropDataset,
@@ -134,6 +133,7 @@ def _run(
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     recipe = recipe_cls()
+    recipe.augmenting = augment  # the recipe transforms real and generated images alike (see Recipe.augment)
     recipe.prepare(dataset)
     recipe.build(settings, device)
     total = recipe.total_steps() if recipe.steps_from_data else config.steps
@@ -177,7 +177,7 @@ def _run(
             yield Resumed(step)
             window_start, window_steps = time.perf_counter(), 0
             continue
-        losses = _step(recipe, dataset, sampler, step, augment, config, context, device)
+        losses = _step(recipe, dataset, sampler, step, config, context, device)
         step += 1
         window_steps += 1
         for name, value in losses.items():
@@ -213,7 +213,6 @@ def _step(
     dataset: SliceDataset,
     sampler: StepSampler,
     step: int,
-    augment: bool,
     config: TrainConfig,
     context: distributed.DistributedContext,
     device: torch.device,
@@ -221,8 +220,6 @@ def _step(
     """One recipe step on the batch of `step`; TrainingError when a loss is not finite."""
     torch.manual_seed(_step_seed(config.seed, context.rank, step))
     batch = torch.stack([dataset[i] for i in sampler.indices(step)]).to(device, non_blocking=True)
-    if augment:
-        batch = augment_batch(batch)
     with autocast(device, config.mixed_precision):
         losses = recipe.train_step(batch, step)
     bad = {name: value for name, value in losses.items() if not math.isfinite(value)}
