@@ -172,12 +172,15 @@ def synthesize_case(
         )
         for i, (l, c, size, s) in enumerate(zip(lesions, centres, sizes, seeds))
     ]
+    description = f"{len(lesions)} SinGAN lesions fused into {background.name} (image {index}, blend {options.blend})"
+    if background.synthetic is not None:  # a generated background: name its model too
+        description += f"; background {background.synthetic.summary()}"
     provenance = SyntheticProvenance(
         model="singan",
         model_version=medsynth.__version__,
         checkpoint=options.checkpoint,
         seed=seed,
-        description=f"{len(lesions)} SinGAN lesions fused into {background.name} (image {index}, blend {options.blend})",
+        description=description,
     )
     image, labels = assemble(background.array, result.image, result.labels, slice_index)
     name = f"synthetic_{index:04d}"
