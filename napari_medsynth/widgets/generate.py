@@ -5,6 +5,11 @@ arguments of `medsynth.training.sequences.iter_sequences`, which runs in a worke
 progress and the finished image arrive in `_on_event` on the GUI thread, the only place that touches
 layers. "Side by side" switches napari's grid mode so real and synthetic layers show next to each
 other, each with the same time slider.
+
+Checkpoints of 2D recipes generate `count` images with `medsynth.training.generate.generate`. For
+checkpoints with an autoencoder (``vqgan-hdfb``, ``vqgan``), Reconstruct runs the chosen image layer
+through it (`medsynth.training.reconstruct.reconstruct`) and shows input | reconstruction |
+difference side by side, on the input's grid.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import (
     CheckBox,
+    ComboBox,
     Container,
     FileEdit,
     Label,
     ProgressBar,
     PushButton,
 )
+from napari.layers import Image
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from medsynth.errors import MedsynthError
@@ -30,10 +37,14 @@ from medsynth.models.hrgan import MODALITIES
 from medsynth.settings import setting
 from medsynth.training.checkpoint import Checkpoint, load_checkpoint
 from medsynth.training.control import TrainControl
+from medsynth.training.generate import generate
+from medsynth.training.reconstruct import Reconstruction, reconstruct
+from medsynth.training.recipe import get_recipe
 from medsynth.training.sequences import SequenceProgress, iter_sequences
 from napari_medsynth.layers import to_layer_data
 from napari_medsynth.notify import report_error
 from napari_medsynth.widgets.settings_form import SettingsForm
+from napari_medsynth.widgets.train import layer_image
 from napari_medsynth.workers import Failed, RunState, TrainingRun
 
 if TYPE_CHECKING:
@@ -49,8 +60,12 @@ class GenerateOptions:
     modality: str = setting("US", "Modality the generator is conditioned on", choices=MODALITIES)
     frames: int = setting(16, "Frames per sequence", min=1, max=1000)
     resolution: int = setting(128, "Frame side length in pixels (the training side times a multiple of 1/4)", min=8, max=4096)
-    count: int = setting(1, "Number of sequences (several are stacked on a slice axis)", min=1, max=256)
-    seed: int = setting(0, "Random seed (the same seed gives the same sequences)", min=0, max=2**31 - 1)
+    count: int = setting(1, "Number of sequences or images (several are stacked on a slice axis)", min=1, max=256)
+    seed: int = setting(0, "Random seed (the same seed gives the same output)", min=0, max=2**31 - 1)
+
+
+SEQUENCE_OPTIONS = ("modality", "frames", "resolution")
+"""Options that only sequence checkpoints use (hidden for 2D ones)."""
 
 
 @dataclass(frozen=True)
@@ -60,8 +75,18 @@ class Generated:
     image: MedImage
 
 
+@dataclass(frozen=True)
+class Reconstructed:
+    """The last event of a reconstruction run."""
+
+    result: Reconstruction
+
+
 def generation_events(control: TrainControl, checkpoint: Checkpoint, options: dict[str, Any], device: str) -> Iterator[Any]:
     """`SequenceProgress` events, then `Generated`; stops early (no result) when `control` asks."""
+    if get_recipe(checkpoint.recipe).data_kind != "sequence":
+        yield Generated(generate(checkpoint, options["count"], options["seed"], device))
+        return
     run = iter_sequences(checkpoint, options["count"], options["seed"], options["frames"], options["resolution"],
                          options["modality"], device)  # fmt: skip
     while not control.stop_requested:
@@ -70,6 +95,11 @@ def generation_events(control: TrainControl, checkpoint: Checkpoint, options: di
         except StopIteration as done:
             yield Generated(done.value)
             return
+
+
+def reconstruction_events(checkpoint: Checkpoint, image: MedImage, device: str) -> Iterator[Reconstructed]:
+    """The one event of reconstructing `image` with the autoencoder of `checkpoint`."""
+    yield Reconstructed(reconstruct(checkpoint, image, device))
 
 
 class GenerateWidget(QWidget):
@@ -90,6 +120,9 @@ class GenerateWidget(QWidget):
         self.stop_button = PushButton(text="Stop")
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.side_by_side = CheckBox(text="Real and synthetic side by side", value=False)
+        self.source = ComboBox(name="input", choices=self._image_choices, tooltip="Image layer to reconstruct")
+        self.reconstruct_button = PushButton(text="Reconstruct (input | reconstruction | difference)")
+        self.reconstruction = Container(widgets=[self.source, self.reconstruct_button], label="Autoencoder", visible=False)
         form = Container(
             widgets=[
                 self.checkpoint_file,
@@ -98,6 +131,7 @@ class GenerateWidget(QWidget):
                 Container(widgets=[self.generate_button, self.stop_button], layout="horizontal", labels=False),
                 self.progress,
                 self.side_by_side,
+                self.reconstruction,
             ]
         )
         layout = QVBoxLayout(self)
@@ -106,6 +140,7 @@ class GenerateWidget(QWidget):
 
         self.checkpoint_file.changed.connect(lambda path: self.load(path))
         self.generate_button.clicked.connect(self.generate)
+        self.reconstruct_button.clicked.connect(self.reconstruct)
         self.stop_button.clicked.connect(self.run.stop)
         self.side_by_side.changed.connect(self._show_side_by_side)
         self.run.state_changed.connect(self._show_state)
@@ -121,12 +156,31 @@ class GenerateWidget(QWidget):
         self.checkpoint = checkpoint
         settings = checkpoint.settings
         self.checkpoint_label.value = f"{checkpoint.recipe}, step {checkpoint.step}, {settings.get('resolution')} px"
-        known = {key: settings[key] for key in ("modality", "frames", "resolution") if key in settings}
+        known = {key: settings[key] for key in SEQUENCE_OPTIONS if key in settings}
         try:
             self.options.set_values(known)
         except MedsynthError as exc:
             report_error(exc)
+        recipe = get_recipe(checkpoint.recipe)
+        for name in SEQUENCE_OPTIONS:
+            self.options[name].visible = recipe.data_kind == "sequence"
+        self.reconstruction.visible = hasattr(recipe, "reconstruct")
         self._show_state(self.run.state)
+
+    def reset_choices(self, *_: Any) -> None:
+        """Refresh the input layer list (napari calls this when layers are added, removed or renamed)."""
+        self.source.reset_choices()
+
+    def _image_choices(self, _widget: Any) -> list[tuple[str, Image]]:
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image) and not layer.rgb]
+
+    def reconstruct(self) -> None:
+        """Reconstruct the chosen image layer with the checkpoint's autoencoder, in a worker."""
+        layer = self.source.value
+        if self.checkpoint is None or layer is None or self.run.state is not RunState.IDLE:
+            return
+        image, checkpoint, device = layer_image(layer), self.checkpoint, self.device
+        self.run.start(lambda control: reconstruction_events(checkpoint, image, device), self._on_event)
 
     def generate(self) -> None:
         """Start generating with the form's values in a worker."""
@@ -148,8 +202,14 @@ class GenerateWidget(QWidget):
         elif isinstance(event, Generated):
             data, kwargs, _ = to_layer_data(event.image)
             self.layer = self.viewer.add_image(data, **kwargs)
+            self.progress.value = self.progress.max
             # Show the first frame with the time slider at the front, ready to play.
             self.viewer.dims.set_current_step(0, 0)
+        elif isinstance(event, Reconstructed):
+            for image in (event.result.reconstruction, event.result.difference):
+                data, kwargs, _ = to_layer_data(image)
+                self.viewer.add_image(data, **kwargs)
+            self.side_by_side.value = True
         elif isinstance(event, Failed):
             report_error(event.error)
 
@@ -158,6 +218,7 @@ class GenerateWidget(QWidget):
 
     def _show_state(self, state: RunState) -> None:
         self.generate_button.enabled = state is RunState.IDLE and self.checkpoint is not None
+        self.reconstruct_button.enabled = self.generate_button.enabled
         self.stop_button.enabled = state is RunState.RUNNING
 
     def closeEvent(self, event: Any) -> None:
