@@ -182,16 +182,15 @@ def test_a_vqgan_checkpoint_is_not_a_sequence_model_nor_resumed_with_other_sizes
                           settings={"codebook_size": 64, "prior_steps": 4}), [mni]))  # fmt: skip
 
 
-def test_vgg_perceptual_without_its_weight_file_stops_before_training(tmp_path, monkeypatch):
+def test_vgg_perceptual_without_its_weight_file_stops_before_training(tmp_path, monkeypatch, mni):
     monkeypatch.setenv("MEDSYNTH_WEIGHTS_DIR", str(tmp_path / "weights"))
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     for kind, file in (("vgg16", "vgg16-397923af.pth"), ("lpips", "vgg.pth")):
         with pytest.raises(MissingWeightsError, match=file):
-            built_with(kind)
-
-
-def built_with(perceptual: str) -> VQGANRecipe:
+            list(train(config(tmp_path / kind, settings={"perceptual": kind}), [mni]))
+        assert not (tmp_path / kind).exists()
+    # Generating and reconstructing never need the perceptual network's file.
     recipe = VQGANRecipe()
-    recipe.build(parse(HDFBSettings, {**TINY, "perceptual": perceptual}), torch.device("cpu"))
-    return recipe
+    recipe.build(parse(HDFBSettings, {**TINY, "perceptual": "vgg16"}), torch.device("cpu"))
+    assert recipe.reconstruct(torch.zeros(1, 1, 32, 32)).shape == (1, 1, 32, 32)

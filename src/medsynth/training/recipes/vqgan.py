@@ -35,7 +35,13 @@ from torch import nn
 
 from medsynth.data.datasets import SliceDataset
 from medsynth.errors import InputError, SettingsError
-from medsynth.losses.vqperceptual import PERCEPTUAL, adaptive_weight, hinge_discriminator_loss, perceptual_distance
+from medsynth.losses.vqperceptual import (
+    PERCEPTUAL,
+    Distance,
+    adaptive_weight,
+    hinge_discriminator_loss,
+    perceptual_distance,
+)
 from medsynth.models.dcgan import init_weights
 from medsynth.models.patchgan import PatchDiscriminator
 from medsynth.models.token_prior import TokenPrior, next_token_loss
@@ -165,7 +171,7 @@ class VQGANRecipe(Recipe):
         super().__init__()
         self.preview: torch.Tensor | None = None
         self.prior_updates = 0
-        self._perceptual = None
+        self._perceptual: Distance | None = None
 
     def prepare(self, dataset: SliceDataset) -> None:
         """Refuse images much smaller than the training size; keep up to 8 items for previews."""
@@ -208,7 +214,16 @@ class VQGANRecipe(Recipe):
             "discriminator": torch.optim.Adam(discriminator.parameters(), **adam),
             "prior": torch.optim.Adam(prior.parameters(), lr=s.prior_lr, betas=PRIOR_BETAS, eps=s.eps),
         }
-        self._perceptual = perceptual_distance(s.perceptual, discriminator, s.vgg_weights or None, device)
+        if self.preview is not None:  # training (prepare ran): a missing VGG file stops the run before its first step
+            self._perceptual_distance()
+
+    def _perceptual_distance(self) -> Distance | None:
+        """The perceptual distance, built on first use: generation and reconstruction never need its weight file."""
+        s = self.settings
+        if self._perceptual is None and s.perceptual != "off":
+            weights = s.vgg_weights or None
+            self._perceptual = perceptual_distance(s.perceptual, self.models["discriminator"], weights, self.device)
+        return self._perceptual
 
     @property
     def token_grid(self) -> int:
@@ -238,7 +253,8 @@ class VQGANRecipe(Recipe):
         discriminator.requires_grad_(False)
         reconstruction, quantized = self.trainable("autoencoder")(real)
         l1 = (real - reconstruction).abs().mean()
-        perceptual = self._perceptual(real, reconstruction) if self._perceptual is not None else l1.new_zeros(())
+        distance = self._perceptual_distance()
+        perceptual = distance(real, reconstruction) if distance is not None else l1.new_zeros(())
         nll = s.rec_weight * l1 + s.perceptual_weight * perceptual
         quantizer_loss = quantized.codebook_loss + s.beta * quantized.commitment_loss
         g_adv = weight = l1.new_zeros(())
