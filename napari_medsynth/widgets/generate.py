@@ -1,4 +1,4 @@
-"""The Generate dock widget: synthetic sequences from a checkpoint, as 4D layers with a time slider.
+"""The Generate dock widget: synthetic sequences (4D layers with a time slider) or 2D images from a checkpoint.
 
 The widget is thin. The options form (`GenerateOptions`, rendered by `SettingsForm`) becomes the
 arguments of `medsynth.training.sequences.iter_sequences`, which runs in a worker (`TrainingRun`);
@@ -103,7 +103,7 @@ def reconstruction_events(checkpoint: Checkpoint, image: MedImage, device: str) 
 
 
 class GenerateWidget(QWidget):
-    """Generate sequences from a checkpoint into new layers; see the module docstring."""
+    """Generate sequences or images from a checkpoint into new layers; see the module docstring."""
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None, device: str = "auto") -> None:
         super().__init__(parent)
