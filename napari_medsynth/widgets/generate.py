@@ -113,7 +113,7 @@ class GenerateWidget(QWidget):
         self.checkpoint: Checkpoint | None = None
         self.layer = None
 
-        self.checkpoint_file = FileEdit(name="checkpoint", mode="r", filter="*.safetensors", tooltip="A hrgan-dtcr checkpoint")
+        self.checkpoint_file = FileEdit(name="checkpoint", mode="r", filter="*.safetensors", tooltip="A sequence or 2D checkpoint")
         self.checkpoint_label = Label(value="no checkpoint")
         self.options = SettingsForm(GenerateOptions)
         self.generate_button = PushButton(text="Generate")
@@ -122,7 +122,9 @@ class GenerateWidget(QWidget):
         self.side_by_side = CheckBox(text="Real and synthetic side by side", value=False)
         self.source = ComboBox(name="input", choices=self._image_choices, tooltip="Image layer to reconstruct")
         self.reconstruct_button = PushButton(text="Reconstruct (input | reconstruction | difference)")
-        self.reconstruction = Container(widgets=[self.source, self.reconstruct_button], label="Autoencoder", visible=False)
+        self.reconstruction = Container(
+            widgets=[self.source, self.reconstruct_button], label="Autoencoder", visible=False
+        )
         form = Container(
             widgets=[
                 self.checkpoint_file,

@@ -18,7 +18,9 @@ from medsynth.training.generate import generate
 from medsynth.training.recipe import get_recipe
 
 
-def generate_backgrounds(checkpoint: Path | str | Checkpoint, count: int, seed: int = 0, device: str = "auto") -> list[MedImage]:
+def generate_backgrounds(
+    checkpoint: Path | str | Checkpoint, count: int, seed: int = 0, device: str = "auto"
+) -> list[MedImage]:
     """`count` background images ``(H, W)`` sampled from `checkpoint` with `seed`."""
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = load_checkpoint(checkpoint)

@@ -32,7 +32,8 @@ class CausalSelfAttention(nn.Module):
         self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         b, t, d = x.shape
-        q, k, v = (part.view(b, t, self.heads, d // self.heads).transpose(1, 2) for part in self.qkv(x).chunk(3, dim=-1))
+        heads = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = (part.view(b, t, self.heads, d // self.heads).transpose(1, 2) for part in heads)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         # With a cache, the new positions come last and may see every cached one.
@@ -79,7 +80,9 @@ class TokenPrior(nn.Module):
         start = torch.full_like(tokens[:, :1], self.start_token)
         return torch.cat([start, tokens[:, :-1]], dim=1)
 
-    def forward(self, inputs: torch.Tensor, past: KVCache | None = None, offset: int = 0) -> tuple[torch.Tensor, KVCache]:
+    def forward(
+        self, inputs: torch.Tensor, past: KVCache | None = None, offset: int = 0
+    ) -> tuple[torch.Tensor, KVCache]:
         """Logits of `inputs` at positions ``offset ..``, and the updated cache (keys and values per layer)."""
         x = self.embed(inputs) + self.position[:, offset : offset + inputs.shape[1]]
         cache = []

@@ -52,7 +52,11 @@ class ResBlock(nn.Module):
 
 
 def make_block(
-    kind: str, in_channels: int, out_channels: int, kernel_sizes: Sequence[int] = DEFAULT_KERNELS, drop_path: float = 0.0
+    kind: str,
+    in_channels: int,
+    out_channels: int,
+    kernel_sizes: Sequence[int] = DEFAULT_KERNELS,
+    drop_path: float = 0.0,
 ) -> nn.Module:
     """An HDFB or a plain residual block (`BLOCKS`)."""
     if kind == "hdfb":
@@ -73,7 +77,8 @@ class Downsample(nn.Module):
 
     def __init__(self, channels: int, factor: int) -> None:
         super().__init__()
-        self.convs = nn.Sequential(*(nn.Conv2d(channels, channels, 3, stride=2, padding=1) for _ in range(_halvings(factor))))
+        halvings = range(_halvings(factor))
+        self.convs = nn.Sequential(*(nn.Conv2d(channels, channels, 3, stride=2, padding=1) for _ in halvings))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.convs(x)
@@ -153,7 +158,7 @@ class VQDecoder(nn.Module):
         width = widths[-1]
         self.post_quant_conv = nn.Conv2d(codebook_dim, codebook_dim, 1)
         self.conv_in = nn.Conv2d(codebook_dim, width, 3, padding=1)
-        layers: list[nn.Module] = [make_block(block, width, width, kernel_sizes, drop_path) for _ in range(MIDDLE_BLOCKS)]
+        layers = [make_block(block, width, width, kernel_sizes, drop_path) for _ in range(MIDDLE_BLOCKS)]
         for level in reversed(range(LEVELS)):
             for _ in range(blocks):
                 layers.append(make_block(block, width, widths[level], kernel_sizes, drop_path))

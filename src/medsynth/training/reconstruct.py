@@ -56,7 +56,8 @@ def reconstruct(checkpoint: Path | str | Checkpoint, image: MedImage, device: st
             "reconstructions need a vqgan-hdfb or vqgan checkpoint"
         )
     if image.is_rgb or image.is_label:
-        raise InputError(f"image {image.name!r} is {'colour' if image.is_rgb else 'a label map'}; give a grey-level image")
+        kind = "colour" if image.is_rgb else "a label map"
+        raise InputError(f"image {image.name!r} is {kind}; give a grey-level image")
     planes, restore = _planes(np.asarray(image.array), image, int(checkpoint.data.get("slice_axis", 0)))
     out = np.empty(planes.shape, dtype=np.float32)
     normalization, side = checkpoint.normalization, recipe.resolution

@@ -318,7 +318,8 @@ class VQGANRecipe(Recipe):
                 raise InputError(
                     f"this {self.name} checkpoint has not trained its token prior yet (it stopped in the autoencoder "
                     f"stage of {self.settings.autoencoder_steps} steps, or prior_steps is 0), so it cannot sample new "
-                    "images; train it on past the autoencoder stage (resume with more prior_steps), or reconstruct images"
+                    "images; train it on past the autoencoder stage (resume with more prior_steps), or reconstruct "
+                    "images"
                 )
             return self.reconstruct(self.preview[torch.arange(n) % len(self.preview)])
         autoencoder, prior = self.models["autoencoder"], self.models["prior"]
