@@ -45,6 +45,7 @@ from medsynth.lesions.fusion import fuse, lesion_canvas
 from medsynth.lesions.placement import sample_placements
 from medsynth.lesions.singan_training import (
     LesionGenerator,
+    SinGANRunOptions,
     SinGANSettings,
     crop_tensor,
     sample_lesions,
@@ -60,14 +61,16 @@ CROP_BOX = (24, 36, 72, 84)  # 48x48 px around the vertebral foramen of CT_small
 def reference_schedule_seconds(values: np.ndarray, mask: np.ndarray, rounds: int = 10) -> float:
     """Seconds the reference schedule (2000 rounds per scale) would take, from a run of `rounds` rounds per scale."""
     start = time.perf_counter()
-    train_to_end(values, mask, SinGANSettings(iterations=rounds, log_every=rounds))
+    train_to_end(values, mask, SinGANSettings(iterations=rounds), run=SinGANRunOptions(log_every=rounds))
     return (time.perf_counter() - start) * 2000 / rounds
 
 
-def timed_training(values: np.ndarray, mask: np.ndarray, settings: SinGANSettings, path: Path) -> tuple[LesionGenerator, float]:
+def timed_training(
+    values: np.ndarray, mask: np.ndarray, settings: SinGANSettings, seed: int, path: Path
+) -> tuple[LesionGenerator, float]:
     """Train SinGAN on the crop through the engine, printing progress; the trained generator and the wall time (s)."""
     start = time.perf_counter()
-    events = train_singan(values, mask, settings, checkpoint=path)
+    events = train_singan(values, mask, settings, run=SinGANRunOptions(seed=seed), checkpoint=path)
     while True:
         try:
             event = next(events)
@@ -95,8 +98,8 @@ def seam_ratio(fused: np.ndarray, band: np.ndarray, tissue: np.ndarray) -> float
 def compare_consingan(values: np.ndarray, mask: np.ndarray, args: argparse.Namespace, classic: tuple[float, float, float]) -> None:
     """Train the ConSinGAN-style variant on the same crop and print its figures beside classic SinGAN's."""
     iterations = args.consingan_iterations or max(1, args.iterations // 2)
-    settings = SinGANSettings(iterations=iterations, concurrent_scales=3, lr_scale=0.1, seed=args.seed)
-    trained, train_s = timed_training(values, mask, settings, args.out / "lesion-consingan.safetensors")
+    settings = SinGANSettings(iterations=iterations, concurrent_scales=3, lr_scale=0.1)
+    trained, train_s = timed_training(values, mask, settings, args.seed, args.out / "lesion-consingan.safetensors")
     rec_rmse, sample_swd = realism(trained, values, mask)
     print(f"ConSinGAN-style (concurrent_scales 3, lr_scale 0.1), {trained.scales} scales x {iterations} rounds: "
           f"{train_s:.0f} s, load {os.getloadavg()}")
@@ -122,9 +125,9 @@ def main() -> None:
     ct = load_sample("ct_slice")
     plane = np.asarray(ct.array, dtype=np.float32)
     values, mask = lesion_crop(plane, CROP_BOX)
-    settings = SinGANSettings(iterations=args.iterations, seed=args.seed)
+    settings = SinGANSettings(iterations=args.iterations)
 
-    trained, train_s = timed_training(values, mask, settings, args.out / "lesion.safetensors")
+    trained, train_s = timed_training(values, mask, settings, args.seed, args.out / "lesion.safetensors")
     print(f"SinGAN default training, 48x48 crop, {trained.scales} scales x {settings.iterations} rounds: {train_s:.0f} s "
           f"(goal < 600 s: {'met' if train_s < 600 else 'NOT met'}), load {os.getloadavg()}")
     rec_rmse, sample_swd = realism(trained, values, mask)

@@ -140,8 +140,13 @@ def _layer_geometry(image: MedImage) -> tuple[list[float], list[float], np.ndarr
 
 
 def _describe(image: MedImage) -> dict[str, Any]:
-    """What the layer cannot hold by itself, kept in its metadata (plain, copyable values only)."""
-    source = {k: v for k, v in image.metadata.items() if isinstance(v, (str, int, float, bool, tuple, list))}
+    """What the layer cannot hold by itself, kept in its metadata (plain, copyable values only).
+
+    This includes the file grid of an image read from NIfTI (``source_grid``), so that the image, or
+    labels painted over it, are written back on that grid.
+    """
+    plain = (str, int, float, bool, tuple, list, dict)
+    source = {k: v for k, v in image.metadata.items() if isinstance(v, plain)}
     return {
         "axes": image.axes,
         "modality": image.modality,
@@ -151,3 +156,11 @@ def _describe(image: MedImage) -> dict[str, Any]:
         "synthetic": asdict(image.synthetic) if image.synthetic else None,
         "source": source,
     }
+
+
+def layer_image(layer: Any) -> MedImage:
+    """A napari Image or Labels layer as a MedImage whose array is the layer's own (numpy, memmap or dask), not a copy."""
+    data, attributes, layer_type = layer.as_layer_data_tuple()
+    if layer.multiscale:
+        data = data[0]
+    return from_layer(data, attributes, is_label=True if layer_type == "labels" else None)

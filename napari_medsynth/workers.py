@@ -1,71 +1,114 @@
-"""Relaying a core event generator (the trainer) off the GUI thread, and the state of that run.
+"""The one runner of background work for every widget: a core event generator off the GUI thread.
 
-`TrainingWorker` runs ``make_events(control)`` in a napari thread worker. The Train widget's
-generator is `medsynth.training.process.train_in_process`: the trainer runs in a child process and
-this thread only waits for its events (a wait that releases the GIL), so the trainer's Python code
-never competes with the GUI thread. `control` is a `TrainControl.shared` one, so pause, resume and
-stop reach the child. Each event reaches the GUI thread through the worker's ``yielded`` signal;
-the worker never touches layers or widgets. Stopping always goes through the trainer's
-`TrainControl`, so a stop, napari's "cancel all" on closing the window, or napari waiting for
-workers when the application quits all let the trainer write its checkpoint and finish instead of
-abandoning it mid-step.
+Work is a function of a `TrainControl` that returns a generator of events and, at its end, a result
+(the generator's return value): training through `medsynth.training.process.train_in_process` (the
+Train widget, and the Lesions widget's SinGAN), sequence generation, a metric computation, or one
+plain function call (`call`). `BackgroundRun.start(work, on_event, on_result)` runs it in a napari
+thread worker; each event reaches `on_event` on the GUI thread through the worker's ``yielded``
+signal and the result reaches `on_result` through ``returned``, so neither the work nor the worker
+touches layers or widgets. An exception ends the events with `Failed`.
 
-`TrainingRun` is the one place that knows whether training is idle, running, paused or stopping;
-buttons observe its ``state_changed`` signal.
+Training runs in a child process: this thread only waits for its events (a wait that releases the
+GIL), so the trainer's Python code never competes with the GUI thread. The control is made with
+`TrainControl.shared`, so pause, resume and stop reach the child. Stopping always goes through the
+control, so a stop, napari's "cancel all" on closing the window, or napari waiting for workers when
+the application quits all let a trainer write its checkpoint and finish instead of abandoning it
+mid-step; work without a checkpoint of its own ends between two events (`until_stopped`).
+
+`BackgroundRun` is the one place that knows whether its work is idle, running, paused or stopping;
+buttons observe its ``state_changed`` signal. A widget holds one per kind of work that may run at
+the same time as another (the Train widget: training, and generation from a checkpoint), made with
+the widget as its Qt parent: when the widget is deleted, so is the run, and Qt then delivers nothing
+more of work that outlives them (a computation left to finish on its own) to either.
 """
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 from napari.qt.threading import GeneratorWorker
-from psygnal import Signal
+from qtpy.QtCore import QObject, Signal
 
 from medsynth.training.control import TrainControl
 
-EventSource = Callable[[TrainControl], Iterator[Any]]
-"""Called in the worker thread with the run's (process-shared) control; returns the trainer's event generator."""
+Work = Callable[[TrainControl], Generator[Any, None, Any]]
+"""Called in the worker thread with the run's (process-shared) control; returns the generator of events."""
+
+TRAIN_THREADS = max(1, (os.cpu_count() or 2) - 1)
+"""Torch threads of a training process started from the viewer: one core stays with the viewer. On a busy
+2-core machine one thread also trained about ten times faster than two (docs/benchmarks.md, "Responsiveness")."""
 
 
 @dataclass(frozen=True)
 class Failed:
-    """The last item of a run whose generator raised `error`.
+    """The last event of work that raised `error`.
 
-    Errors travel as an item rather than through the worker's ``errored`` signal because superqt
+    Errors travel as an event rather than through the worker's ``errored`` signal because superqt
     treats a RuntimeError from a generator (TrainingError is one) as a deleted worker and only warns.
     """
 
     error: Exception
 
 
-def _relay(make_events: EventSource, control: TrainControl, done: threading.Event) -> Iterator[Any]:
-    """Yield every event of ``make_events(control)``, then `Failed` if it raised; set `done` at the end."""
+def call(function: Callable[..., Any], *args: Any) -> Work:
+    """Work of one plain function call: no events, the call's value as the result."""
+
+    def work(_control: TrainControl) -> Generator[Any, None, Any]:
+        yield from ()  # makes this a generator, which is what the worker runs
+        return function(*args)
+
+    return work
+
+
+def until_stopped(events: Iterator[Any], control: TrainControl) -> Generator[Any, None, Any]:
+    """`events` up to their end (their return value is the result), or up to a stop request (no result)."""
     try:
-        yield from make_events(control)
+        while not control.stop_requested:
+            try:
+                event = next(events)
+            except StopIteration as done:
+                return done.value
+            yield event
+        return None
+    finally:
+        if hasattr(events, "close"):
+            events.close()
+
+
+def _ignore(_result: Any) -> None:
+    """The result of work started without `on_result` (a trainer's ends in its `Finished` event)."""
+
+
+def _relay(work: Work, control: TrainControl, done: threading.Event) -> Generator[Any, None, Any]:
+    """Every event of ``work(control)`` and its result; `Failed` (and no result) if it raised. Sets `done` at the end."""
+    try:
+        return (yield from work(control))
     except Exception as exc:  # noqa: BLE001 - every failure must reach the user as a notification
         yield Failed(exc)
+        return None
     finally:
         done.set()
 
 
-class TrainingWorker(GeneratorWorker):
-    """A napari generator worker whose quit request asks the trainer to stop (with a checkpoint)."""
+class EventWorker(GeneratorWorker):
+    """A napari generator worker whose quit request asks the work to stop (a trainer: with a checkpoint)."""
 
-    def __init__(self, make_events: EventSource) -> None:
+    def __init__(self, work: Work) -> None:
         self.control = TrainControl.shared()
         self.done = threading.Event()
-        super().__init__(_relay, make_events, self.control, self.done)
+        super().__init__(_relay, work, self.control, self.done)
 
     def quit(self) -> None:
-        """Ask the trainer to stop; napari calls this for every worker when the application quits."""
+        """Ask the work to stop; napari calls this for every worker when the application quits."""
         self.control.request_stop()
 
     def wait(self, timeout_s: float) -> bool:
-        """Block until the event generator has finished; False if `timeout_s` passed first."""
+        """Block until the work has finished; False if `timeout_s` passed first."""
         return self.done.wait(timeout_s)
 
 
@@ -89,25 +132,30 @@ class RunState(Enum):
     STOPPING = "stopping"
 
 
-class TrainingRun:
-    """At most one training worker at a time, and its state. Use from the GUI thread only."""
+class BackgroundRun(QObject):
+    """At most one piece of background work at a time, and its state. Use from the GUI thread only."""
 
-    state_changed = Signal(RunState)
+    state_changed = Signal(object)
+    """The new `RunState`."""
 
-    def __init__(self) -> None:
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
         self._state = RunState.IDLE
-        self.worker: TrainingWorker | None = None
+        self.worker: EventWorker | None = None
 
     @property
     def state(self) -> RunState:
         return self._state
 
-    def start(self, make_events: EventSource, on_event: Callable[[Any], None]) -> TrainingWorker:
-        """Run ``make_events(control)`` in a worker; `on_event` receives each event in the GUI thread."""
+    def start(
+        self, work: Work, on_event: Callable[[Any], None], on_result: Callable[[Any], None] | None = None
+    ) -> EventWorker:
+        """Run ``work(control)`` in a worker; `on_event` receives each event, `on_result` the result, in the GUI thread."""
         if self._state is not RunState.IDLE:
-            raise RuntimeError(f"a training run is already {self._state.value}")
-        worker = TrainingWorker(make_events)
+            raise RuntimeError(f"background work is already {self._state.value}")
+        worker = EventWorker(work)
         worker.yielded.connect(on_event)
+        worker.returned.connect(on_result if on_result is not None else _ignore)
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self._set(RunState.RUNNING)
@@ -125,22 +173,23 @@ class TrainingRun:
             self._set(RunState.RUNNING)
 
     def stop(self) -> None:
-        """Ask the trainer to stop after the current step and write a checkpoint."""
+        """Ask the work to stop: a trainer after the current step, with a checkpoint; other work between two events."""
         if self._state in (RunState.RUNNING, RunState.PAUSED):
             self.worker.control.request_stop()
             self._set(RunState.STOPPING)
 
     def shutdown(self, timeout_s: float) -> bool:
-        """Stop and block until the trainer has written its checkpoint; for closing the viewer or widget.
+        """Stop and block up to `timeout_s` until the work has ended (a trainer: written its checkpoint).
 
-        Events still queued for the GUI are dropped: the widgets that would show them are going away.
+        For closing the viewer or widget: events and the result still to come are dropped, since the
+        widgets that would show them are going away. False when the work had not ended in time.
         """
         worker = self.worker
         if worker is None:
             return True
         self.stop()
         finished = worker.wait(timeout_s)
-        for signal in (worker.yielded, worker.finished):
+        for signal in (worker.yielded, worker.returned, worker.finished):
             signal.disconnect()
         self._on_finished()
         return finished

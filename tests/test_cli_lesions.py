@@ -20,7 +20,7 @@ from medsynth.lesions.crop import lesion_crop
 from medsynth.lesions.danger import bootstrap_danger
 from medsynth.lesions.learned import HeatmapModel, predict_danger
 from medsynth.lesions.location import top_candidates
-from medsynth.lesions.singan_training import SinGANSettings, load_singan, train_to_end
+from medsynth.lesions.singan_training import SinGANRunOptions, SinGANSettings, load_singan, train_to_end
 from medsynth.training.config import TrainConfig
 from medsynth.training.trainer import train
 
@@ -48,8 +48,8 @@ def lesion_model(tmp_path_factory):
     plane = np.asarray(load_sample("ct_slice").array, dtype=np.float32)
     values, mask = lesion_crop(plane, (96, 40, 112, 56))
     path = tmp_path_factory.mktemp("model") / "lesion.safetensors"
-    settings = SinGANSettings(min_size=16, iterations=15, width=8, layers=3, log_every=100)
-    train_to_end(values, mask, settings, checkpoint=path)
+    settings = SinGANSettings(min_size=16, iterations=15, width=8, layers=3)
+    train_to_end(values, mask, settings, run=SinGANRunOptions(log_every=100), checkpoint=path)
     return path
 
 
@@ -149,7 +149,7 @@ def learned_models(tmp_path_factory):
     checkpoints = []
     for recipe, target, steps in [("danger-unet", bootstrap_danger(ct), 40), ("lesion-heatmap", history, 30)]:
         config = TrainConfig(recipe=recipe, out_dir=tmp_path_factory.mktemp(recipe), steps=steps, sample_every=0,
-                             device="cpu", settings=SMALL_UNET, normalization="window", window=(40, 400))  # fmt: skip
+                             device="cpu", settings=SMALL_UNET, normalization="window", window_center=40, window_width=400)  # fmt: skip
         checkpoints.append(list(train(config, [(ct, target)]))[-1].checkpoint)
     return tuple(checkpoints)
 
@@ -219,3 +219,28 @@ def test_train_singan_with_the_cli_then_fuse_its_lesions_refusing_another_modali
     refused = tmp_path / "refused"
     assert main(["lesions", "--background", mr_path, "--lesion-model", str(checkpoint), "--out", str(refused)]) == 2
     assert "modality CT vs MR" in capsys.readouterr().err and not refused.exists()
+
+
+@pytest.mark.slow
+def test_lesions_cli_writes_its_images_and_masks_on_the_background_files_grid(lesion_model, tmp_path):
+    # The CT slice as a RAS-ordered file (sform code 2, qform code 1), the voxel order medsynth does not use.
+    stored = nib.load(write_nifti(load_sample("ct_slice"), tmp_path / "ct_lps.nii.gz"))
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flip[:2, 3] = np.array(stored.shape[:2]) - 1
+    affine = stored.affine @ flip
+    background = nib.Nifti1Image(np.asanyarray(stored.dataobj)[::-1, ::-1], affine, header=stored.header)
+    background.set_sform(affine, code=2)
+    background.set_qform(affine, code=1)
+    path = tmp_path / "ct_ras.nii.gz"
+    nib.save(background, path)
+
+    out = tmp_path / "out"
+    assert _main(["lesions", "--background", str(path), "--lesion-model", str(lesion_model), "--out", str(out)]) == 0
+    image, mask = (nib.load(out / f"synthetic_0000{suffix}.nii.gz") for suffix in ("", "_mask"))
+    for written in (image, mask):
+        assert written.shape == background.shape
+        np.testing.assert_allclose(written.affine, background.affine, atol=1e-6)
+        assert (int(written.header["sform_code"]), int(written.header["qform_code"])) == (2, 1)
+    # Voxel for voxel on the background: the same values away from the lesion and its blended seam.
+    values, original, labels = (np.asanyarray(img.dataobj) for img in (image, background, mask))
+    assert labels.any() and np.mean(values == original) > 0.9

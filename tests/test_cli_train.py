@@ -230,12 +230,12 @@ def test_a_seed_out_of_range_exits_2_before_any_data_is_read(tmp_path, seed, pro
 def test_config_values_of_the_wrong_type_exit_2_naming_each_key_and_what_it_takes(tmp_path, small_volume, capsys):
     config = tmp_path / "train.toml"
     config.write_text(
-        f'recipe = "dcgan"\nsteps = "many"\nwindow = 40\nout_dir = 5\nsettings = "x"\ndata = ["{small_volume}"]\n'
+        f'recipe = "dcgan"\nsteps = "many"\nwindow_width = "wide"\nout_dir = 5\nsettings = "x"\ndata = ["{small_volume}"]\n'
     )
     assert main(["train", "--config", str(config), "--set", "batch_size=4"]) == 2
     err = capsys.readouterr().err
     assert "steps='many' (expected a whole number)" in err
-    assert "window=40 (expected [center, width], two numbers)" in err
+    assert "window_width='wide' (expected a number)" in err
     assert "out_dir=5 (expected a folder path)" in err
     assert "settings='x' (expected a table of recipe settings" in err
     assert err.count("medsynth: error:") == 1  # one error naming them all

@@ -156,7 +156,8 @@ def test_lesion_heatmap_peaks_at_annotated_and_new_lesions(ct, danger, tmp_path)
         150,
         settings={**SMALL_UNET, "sigma": 0.06},
         normalization="window",
-        window=(40, 400),
+        window_center=40,
+        window_width=400,
     )
     held_out = _lesioned(ct, danger, rng, 3)
     for image, labels, centres in [(*pairs[0], None), held_out]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from medsynth.data.geometry import pixel_index, rectangle_box
 from medsynth.data.samples import load_sample
 from medsynth.errors import InputError
-from medsynth.lesions.crop import lesion_crop, pixel_index, rectangle_box
+from medsynth.lesions.crop import lesion_crop
 
 
 def _rectangle(y0: float, x0: float, y1: float, x1: float, z: float | None = None) -> np.ndarray:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from medsynth.data.geometry import lesion_centroids
 from medsynth.data.samples import load_sample
 from medsynth.errors import CheckpointError, InputError
 from medsynth.lesions.crop import ellipse_mask
 from medsynth.lesions.danger import bootstrap_danger
 from medsynth.lesions.fusion import Lesion, fuse
-from medsynth.lesions.location import fit_location_prior, lesion_centroids, load_location_prior, save_location_prior
+from medsynth.lesions.location import fit_location_prior, load_location_prior, save_location_prior
 from medsynth.lesions.placement import (
     allowed_centres,
     box_centre,

@@ -151,3 +151,20 @@ def test_cli_generate_writes_sequences_as_4d_nifti_and_dicom_cines(checkpoint, t
     assert len(files) == 2
     cine = pydicom.dcmread(files[0])
     assert int(cine.NumberOfFrames) == 6 and cine.SyntheticData == "YES"
+
+
+def test_generate_writes_a_sequence_to_nifti_that_reads_back_with_its_time_axis(checkpoint, cine, tmp_path):
+    import nibabel as nib
+
+    from medsynth.cli import main
+
+    path = tmp_path / "synthetic_cine.nii.gz"
+    assert main(["generate", str(checkpoint.path), "-n", "1", "--seed", "2", "--out", str(path)]) == 0
+    stored = nib.load(path)
+    assert stored.shape == (32, 32, 1, 4)
+    assert stored.header.get_xyzt_units() == ("mm", "msec")
+    assert stored.header.get_zooms()[3] == pytest.approx(cine.time_spacing, rel=1e-5)
+    back = read_image(path)
+    assert back.axes == "tyx" and back.array.shape == (4, 32, 32)
+    assert back.time_spacing == pytest.approx(cine.time_spacing, rel=1e-5)
+    np.testing.assert_allclose(back.array, generate_sequences(checkpoint, 1, seed=2, device="cpu").array, rtol=1e-6)

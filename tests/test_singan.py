@@ -9,10 +9,12 @@ import pytest
 import torch
 from safetensors.torch import save as save_tensors
 
+from medsynth.data.geometry import image_plane, label_box, rectangle_box
 from medsynth.data.samples import load_sample
 from medsynth.errors import CheckpointError, InputError, SettingsError
-from medsynth.lesions.crop import image_plane, label_box, lesion_crop, rectangle_box
+from medsynth.lesions.crop import lesion_crop
 from medsynth.lesions.singan_training import (
+    SinGANRunOptions,
     SinGANSettings,
     crop_tensor,
     load_singan,
@@ -30,7 +32,8 @@ from medsynth.training.generate import generate
 from medsynth.training.recipe import TARGET_DATA_KINDS, list_recipes
 from medsynth.training.trainer import check_config, train
 
-TINY = SinGANSettings(min_size=16, scale_factor=0.6, iterations=40, width=16, log_every=10)
+TINY = SinGANSettings(min_size=16, scale_factor=0.6, iterations=40, width=16)
+EVERY_10 = SinGANRunOptions(log_every=10)
 ENGINE_TINY = {"min_size": 16, "scale_factor": 0.6, "iterations": 4, "width": 8, "layers": 3, "d_steps": 1, "g_steps": 1}
 
 
@@ -203,7 +206,7 @@ def test_engine_checkpoint_is_a_lesion_model_with_start_scale_and_size(straight,
 @pytest.mark.slow
 def test_tiny_singan_trains_reconstructs_samples_and_round_trips(crop, tmp_path):
     values, mask = crop
-    seen, trained = _run(train_singan(values, mask, TINY, checkpoint=tmp_path / "lesion.safetensors"))
+    seen, trained = _run(train_singan(values, mask, TINY, run=EVERY_10, checkpoint=tmp_path / "lesion.safetensors"))
 
     assert isinstance(seen[0], events.Started) and seen[0].recipe == "singan" and seen[0].total_steps == 80
     assert isinstance(seen[-1], events.Finished) and seen[-1].reason == "completed" and seen[-1].step == 80
@@ -254,8 +257,8 @@ def test_tiny_singan_trains_reconstructs_samples_and_round_trips(crop, tmp_path)
 def test_stop_keeps_the_trained_scales_and_bad_input_is_refused(crop, tmp_path):
     values, mask = crop
     control = TrainControl()
-    settings = SinGANSettings(min_size=16, scale_factor=0.6, iterations=5, width=8, log_every=1)
-    generator = train_singan(values, mask, settings, control=control, checkpoint=tmp_path / "stopped.safetensors")
+    settings, run = SinGANSettings(min_size=16, scale_factor=0.6, iterations=5, width=8), SinGANRunOptions(log_every=1)
+    generator = train_singan(values, mask, settings, run=run, control=control, checkpoint=tmp_path / "stopped.safetensors")
     seen = []
     for event in generator:
         seen.append(event)
@@ -266,7 +269,7 @@ def test_stop_keeps_the_trained_scales_and_bad_input_is_refused(crop, tmp_path):
     assert stopped.scales == 1 and sample_lesions(stopped, 1, seed=0)[0].values.shape == (24, 24)
     control = TrainControl()
     control.request_stop()  # before the first round: nothing is trained, and sampling says so
-    seen, untrained = _run(train_singan(values, mask, settings, control=control, checkpoint=tmp_path / "none.safetensors"))
+    seen, untrained = _run(train_singan(values, mask, settings, run=run, control=control, checkpoint=tmp_path / "none.safetensors"))
     assert seen[-1].step == 0 and untrained.scales == 0
     with pytest.raises(InputError, match="no trained scale"):
         sample_lesions(untrained, 1, seed=0)

@@ -36,7 +36,7 @@ def ct():
 def background_model(tmp_path_factory, ct):
     """A tiny vqgan-hdfb on the CT slice, soft-tissue window (its untrained output is soft tissue, not bone or air)."""
     config = TrainConfig(recipe="vqgan-hdfb", out_dir=tmp_path_factory.mktemp("vqgan"), sample_every=0,
-                         normalization="window", window=(40.0, 400.0), settings=TINY_VQGAN)  # fmt: skip
+                         normalization="window", window_center=40.0, window_width=400.0, settings=TINY_VQGAN)  # fmt: skip
     return list(train(config, [ct]))[-1].checkpoint
 
 

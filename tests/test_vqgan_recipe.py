@@ -3,6 +3,7 @@ generation, reconstruction on the source grid, and the bad-input refusals every 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -11,13 +12,14 @@ import torch
 
 from medsynth.data.samples import load_sample
 from medsynth.errors import CheckpointError, InputError, MissingWeightsError, SettingsError
-from medsynth.settings import parse
+from medsynth.settings import describe, parse
 from medsynth.training.checkpoint import load_checkpoint
 from medsynth.training.config import TrainConfig
 from medsynth.training.events import Finished, Progress, Samples
+from medsynth.training.gan_optimizer import GANOptimizerSettings
 from medsynth.training.generate import generate
 from medsynth.training.reconstruct import reconstruct
-from medsynth.training.recipe import list_recipes
+from medsynth.training.recipe import get_recipe, list_recipes
 from medsynth.training.recipes.vqgan import HDFBSettings, VQGANRecipe
 from medsynth.training.sequences import generate_sequences
 from medsynth.training.trainer import check_config, train
@@ -51,9 +53,40 @@ def test_both_recipes_are_registered_with_their_block_as_default():
     infos = {info.name: info for info in list_recipes()}
     assert infos["vqgan-hdfb"].settings_cls().block == "hdfb" and infos["vqgan"].settings_cls().block == "resblock"
     s = infos["vqgan-hdfb"].settings_cls()
-    assert (s.lr, s.beta1, s.beta2, s.eps, s.batch_size) == (2.25e-5, 0.5, 0.9, 1e-8, 8)
+    assert (s.lr_g, s.lr_d, s.beta1, s.beta2, s.eps, s.batch_size) == (2.25e-5, 2.25e-5, 0.5, 0.9, 1e-8, 8)
     assert (s.codebook_size, s.codebook_dim, s.beta) == (1024, 256, 0.25)
     assert all(info.data_kind == "image2d" for name, info in infos.items() if name.startswith("vqgan"))
+
+
+@pytest.mark.parametrize("recipe", ["vqgan-hdfb", "vqgan"])
+def test_shared_optimiser_settings_build_the_adams_and_the_optional_autoencoder_average(recipe):
+    settings_cls = get_recipe(recipe).settings_cls
+    assert issubclass(settings_cls, GANOptimizerSettings)
+    names = [info.name for info in describe(settings_cls)]
+    assert names[0] == "resolution" and names[-5:] == [f.name for f in dataclasses.fields(GANOptimizerSettings)]
+    values = {**TINY, "lr_g": 3e-3, "lr_d": 7e-4, "beta1": 0.2, "beta2": 0.95, "eps": 1e-6}
+    built = VQGANRecipe()
+    built.build(parse(settings_cls, values), torch.device("cpu"))
+    autoencoder, discriminator = (built.optimizers[name].param_groups[0] for name in ("autoencoder", "discriminator"))
+    assert (autoencoder["lr"], discriminator["lr"]) == (3e-3, 7e-4)
+    assert autoencoder["betas"] == discriminator["betas"] == (0.2, 0.95) and autoencoder["eps"] == 1e-6
+    assert built.ema is None and built.coder is built.models["autoencoder"]  # as published: no average
+
+    built.build(parse(settings_cls, {**values, "ema_decay": 0.5}), torch.device("cpu"))
+    real = torch.rand(4, 1, 32, 32) * 2 - 1
+    for step in range(2):
+        built.train_step(real, step)
+    live, averaged = built.models["autoencoder"], built.coder
+    assert averaged is built.ema.module
+    drift = [float((a - b.detach()).abs().max()) for a, b in zip(averaged.parameters(), live.parameters())]
+    assert max(drift) > 0  # the average lags the trained weights ...
+    assert not torch.equal(built.reconstruct(real), _reconstructed_by(live, real))  # ... and it reconstructs
+
+
+def _reconstructed_by(autoencoder, images):
+    autoencoder.eval()
+    with torch.no_grad():
+        return autoencoder(images)[0].clamp(-1, 1)
 
 
 @pytest.mark.parametrize("recipe", ["vqgan-hdfb", "vqgan"])

@@ -20,19 +20,19 @@ from medsynth.lesions.learned import HeatmapModel, predict_danger
 from medsynth.lesions.location import top_candidates
 from medsynth.lesions.placement import allowed_centres, final_candidates
 from medsynth.lesions.scene import placed_mask
+from medsynth.lesions.session import LesionSession
 from medsynth.lesions.singan_training import SinGANSettings, load_singan, save_singan, train_to_end
 from medsynth.training.config import TrainConfig
 from medsynth.training.trainer import train
-from napari_medsynth.layers import SYNTHETIC_SUFFIX, to_layer_data
+from napari_medsynth.layers import SYNTHETIC_SUFFIX, layer_image, to_layer_data
 from napari_medsynth.widgets.lesions import LesionWidget
-from napari_medsynth.widgets.train import layer_image
 from napari_medsynth.workers import RunState
 
 pytestmark = pytest.mark.gui
 
 # Two pyramid scales on a 20x20 crop, a few rounds each: seconds on a 2-core CPU, yet the lesion
 # mask channel is learnt well enough that sampled lesions have footprints.
-TINY = {"min_size": 16, "iterations": 30, "width": 8, "layers": 4, "d_steps": 1, "g_steps": 1, "log_every": 10}
+TINY = {"min_size": 16, "iterations": 30, "width": 8, "layers": 4, "d_steps": 1, "g_steps": 1}
 CROP_BOX = (44, 44, 64, 64)
 WAIT_MS = 60_000
 
@@ -67,7 +67,7 @@ def learned_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
     checkpoints = []
     for recipe, target, steps in [("danger-unet", bootstrap_danger(ct), 40), ("lesion-heatmap", history, 10)]:
         config = TrainConfig(recipe=recipe, out_dir=tmp_path_factory.mktemp(recipe), steps=steps, sample_every=0,
-                             device="cpu", settings=small, normalization="window", window=(40, 400))  # fmt: skip
+                             device="cpu", settings=small, normalization="window", window_center=40, window_width=400)  # fmt: skip
         checkpoints.append(list(train(config, [(ct, target)]))[-1].checkpoint)
     return checkpoints[0], checkpoints[1]
 
@@ -88,7 +88,7 @@ def ids(layer) -> set[int]:
 
 
 @pytest.mark.slow
-def test_annotator_workflow(make_napari_viewer, qtbot, tmp_path, notifications):
+def test_annotator_workflow(make_napari_viewer, qtbot, tmp_path, notifications, monkeypatch):
     viewer = make_napari_viewer()
     data, kwargs, _ = to_layer_data(load_sample("ct_slice"))
     background = viewer.add_image(data, **kwargs)
@@ -98,28 +98,29 @@ def test_annotator_workflow(make_napari_viewer, qtbot, tmp_path, notifications):
     corners = [world(background, p) for p in [(y0, x0), (y0, x1), (y1, x1), (y1, x0)]]
     shapes = viewer.add_shapes([np.array(corners)], shape_type="rectangle", name="crop")
     widget = open_widget(viewer)
-    widget.background.value = background
-    widget.crop_layer.value = shapes
+    widget.background.layer.value = background
+    widget.model.crop_layer.value = shapes
 
     # Train a tiny SinGAN on the crop in a worker.
-    widget.training.set_values(TINY)
-    widget.train_button.native.click()
-    assert widget.run.state is RunState.RUNNING and not widget.train_button.enabled
-    qtbot.waitUntil(lambda: widget.generator is not None and widget.run.state is RunState.IDLE, timeout=WAIT_MS)
-    assert widget.generator.scales == 2 and widget.progress is None
-    assert widget.model_status.value.startswith("trained SinGAN")
-    crop, _ = widget.crop()
+    widget.model.settings.set_values(TINY)
+    widget.model.run_options.set_values({"log_every": 10})
+    widget.model.train_button.native.click()
+    assert widget.model.run.state is RunState.RUNNING and not widget.model.train_button.enabled
+    qtbot.waitUntil(lambda: widget.model.generator is not None and widget.model.run.state is RunState.IDLE, timeout=WAIT_MS)
+    assert widget.model.generator.scales == 2 and widget.model.progress is None
+    assert widget.model.status.value.startswith("trained SinGAN")
+    crop, _ = widget.model.crop()
     np.testing.assert_array_equal(crop.array, source[y0:y1, x0:x1])
-    saved = widget.save_model(tmp_path / "lesion.safetensors")
+    saved = widget.model.save(tmp_path / "lesion.safetensors")
     assert load_singan(saved).scales == 2
     # The crop went to training as an image of the layer: the model knows it is CT in HU at the slice's spacing.
     ct = load_sample("ct_slice")
-    assert load_singan(saved).data["units"] == "HU" and widget.generator.data["modality"] == "CT"
-    np.testing.assert_allclose(widget.generator.data["pixel_spacing"], ct.spacing)
+    assert load_singan(saved).data["units"] == "HU" and widget.model.generator.data["modality"] == "CT"
+    np.testing.assert_allclose(widget.model.generator.data["pixel_spacing"], ct.spacing)
 
     # Danger zone: all permissible, then the annotator paints a forbidden region (label 0).
-    widget.new_danger_button.native.click()
-    danger = widget.danger_layer
+    widget.danger.new_button.native.click()
+    danger = widget.danger.layer
     assert danger.data.shape == source.shape and danger.data.min() == 1
     assert danger.colormap.map(np.array([0]))[0, 3] > 0 and danger.opacity < 1  # forbidden pixels are visible
     danger.brush_size = 30
@@ -131,45 +132,45 @@ def test_annotator_workflow(make_napari_viewer, qtbot, tmp_path, notifications):
     # By hand: a click (a point added to the hand Points layer) in the forbidden region is refused and
     # nothing changes; a click on permissible tissue places a lesion there.
     points = viewer.add_points(name="clicks", ndim=2)
-    widget.hand_layer.value = points
+    widget.placement.hand_layer.value = points
     points.add(world(background, (100, 20)))
     assert any("danger zone" in message for message in notifications)
-    assert widget.scene == () and widget.result_layer is None and widget.labels_layer is None
+    assert widget.placement.scene == () and widget.dock_layers.result is None and widget.dock_layers.labels is None
     assert len(points.data) == 0  # the refused click leaves no point behind
     points.add(world(background, (100, 90)))
-    assert len(widget.scene) == 1 and widget.scene[0].centre == (100, 90) and len(points.data) == 1
-    result, labels = widget.result_layer, widget.labels_layer
+    assert len(widget.placement.scene) == 1 and widget.placement.scene[0].centre == (100, 90) and len(points.data) == 1
+    result, labels = widget.dock_layers.result, widget.dock_layers.labels
     assert result.name.endswith(SYNTHETIC_SUFFIX) and labels.name.endswith(SYNTHETIC_SUFFIX)
     provenance = result.metadata["medsynth"]["synthetic"]
-    assert provenance["model"] == "singan" and f"lesion seeds 1:{widget.scene[0].seed}" in provenance["description"]
+    assert provenance["model"] == "singan" and f"lesion seeds 1:{widget.placement.scene[0].seed}" in provenance["description"]
 
     # A click on the first lesion is refused as such (not as the danger zone), and nothing changes.
     points.add(world(background, (101, 91)))
-    assert "overlaps a lesion placed before" in notifications[-1] and len(widget.scene) == 1 and len(points.data) == 1
+    assert "overlaps a lesion placed before" in notifications[-1] and len(widget.placement.scene) == 1 and len(points.data) == 1
 
     # An unexpected failure while placing is shown, its point removed, and the viewer goes on.
     def broken(*_args):
         raise RuntimeError("simulated fault")
 
-    widget._draw, draw = broken, widget._draw
+    monkeypatch.setattr(LesionSession, "place", broken)
     points.add(world(background, (60, 100)))
-    assert notifications[-1] == "RuntimeError: simulated fault" and len(points.data) == 1 and len(widget.scene) == 1
-    widget._draw = draw
+    assert notifications[-1] == "RuntimeError: simulated fault" and len(points.data) == 1 and len(widget.placement.scene) == 1
+    monkeypatch.undo()
 
     # The model is CT in HU: an MR image is refused, and the CT scene and its Undo stay as they were.
     mr = read_image(get_testdata_file("MR_small.dcm"))
     mr_data, mr_kwargs, _ = to_layer_data(mr)
     mr_layer = viewer.add_image(mr_data, **mr_kwargs)
     widget.reset_choices()
-    widget.background.value = mr_layer
-    widget.new_danger_button.native.click()
-    widget.sample_button.native.click()
+    widget.background.layer.value = mr_layer
+    widget.danger.new_button.native.click()
+    widget.placement.sample_button.native.click()
     assert "modality CT vs MR" in notifications[-1]
-    assert len(widget.scene) == 1 and widget.result_layer is result and len(widget.history) == 1
+    assert len(widget.placement.scene) == 1 and widget.dock_layers.result is result and len(widget.placement.session.history) == 1
     viewer.layers.remove(mr_layer)
     widget.reset_choices()
-    widget.background.value = background
-    widget.danger_layer = danger
+    widget.background.layer.value = background
+    widget.dock_layers.danger = danger
     assert ids(labels) == {1}
     lesion = np.asarray(labels.data) == 1
     assert not np.array_equal(np.asarray(result.data)[lesion], source[lesion])
@@ -177,19 +178,19 @@ def test_annotator_workflow(make_napari_viewer, qtbot, tmp_path, notifications):
     np.testing.assert_array_equal(background.data, source)  # the source layer is never modified
 
     # Sample k more from C_final (every permissible place here), seeded, spaced, never overlapping.
-    widget.options.set_values({"count": 3, "seed": 7, "min_spacing": 8.0})
-    widget.sample_button.native.click()
-    assert [p.label_id for p in widget.scene] == [1, 2, 3, 4]
+    widget.placement.options.set_values({"count": 3, "seed": 7, "min_spacing": 8.0})
+    widget.placement.sample_button.native.click()
+    assert [p.label_id for p in widget.placement.scene] == [1, 2, 3, 4]
     label_map = np.asarray(labels.data)
     assert ids(labels) == {1, 2, 3, 4} and not (label_map > 0)[forbidden].any()
-    for placement in widget.scene:
+    for placement in widget.placement.scene:
         assert (label_map == placement.label_id).sum() == placement.lesion.mask.sum()
     before_edit = np.array(result.data)
 
     # The annotator deletes lesion 2 and moves lesion 3, then re-fuses.
-    moved = widget.scene[2]
+    moved = widget.placement.scene[2]
     free = ~forbidden
-    for other in widget.scene:
+    for other in widget.placement.scene:
         if other.label_id != 3:
             free &= ~placed_mask(other, free.shape)
     allowed = allowed_centres(free, moved.lesion.mask)
@@ -201,35 +202,35 @@ def test_annotator_workflow(make_napari_viewer, qtbot, tmp_path, notifications):
     edited[edited == 3] = 0
     edited[np.roll(label_map == 3, shift, axis=(0, 1))] = 3
     labels.data = edited
-    widget.options.set_values({"blend": "feather"})  # the re-fuse feathers; Undo must bring back the published fusion
-    widget.refuse_button.native.click()
-    assert widget.blend.name == "feather"
-    assert [p.label_id for p in widget.scene] == [1, 3, 4]
-    assert widget.scene[1].centre == (moved.centre[0] + shift[0], moved.centre[1] + shift[1])
+    widget.placement.options.set_values({"blend": "feather"})  # the re-fuse feathers; Undo must bring back the published fusion
+    widget.placement.re_fuse_button.native.click()
+    assert widget.placement.session.blend.name == "feather"
+    assert [p.label_id for p in widget.placement.scene] == [1, 3, 4]
+    assert widget.placement.scene[1].centre == (moved.centre[0] + shift[0], moved.centre[1] + shift[1])
     assert ids(labels) == {1, 3, 4}
-    gone = placed_mask(widget.history[-1][0][1], source.shape)
+    gone = placed_mask(widget.placement.session.history[-1].scene[1], source.shape)
     inner = gone & ~np.asarray(labels.data).astype(bool)
     inner &= np.roll(inner, 2, 0) & np.roll(inner, -2, 0) & np.roll(inner, 2, 1) & np.roll(inner, -2, 1)  # off the seam band
     assert inner.any()
     np.testing.assert_array_equal(np.asarray(result.data)[inner], source[inner].astype(np.float32))
 
     # A lesion label moved onto forbidden pixels is refused and the scene stays.
-    scene = widget.scene
+    scene = widget.placement.scene
     onto_forbidden = np.asarray(labels.data).copy()
     onto_forbidden[onto_forbidden == 1] = 0
     onto_forbidden[95:105, 15:25] = 1
     labels.data = onto_forbidden
-    widget.refuse_button.native.click()
-    assert widget.scene == scene and notifications[-1].count("danger zone")
+    widget.placement.re_fuse_button.native.click()
+    assert widget.placement.scene == scene and notifications[-1].count("danger zone")
 
     # Undo restores the placements before the re-fuse and their fusion.
-    widget.undo_button.native.click()
-    assert [p.label_id for p in widget.scene] == [1, 2, 3, 4] and widget.blend.name == "published"
+    widget.placement.undo_button.native.click()
+    assert [p.label_id for p in widget.placement.scene] == [1, 2, 3, 4] and widget.placement.session.blend.name == "published"
     assert ids(labels) == {1, 2, 3, 4}
     np.testing.assert_array_equal(result.data, before_edit)
 
     # Export: NIfTI, DICOM and DICOM-SEG, all marked synthetic and readable.
-    written = widget.export(tmp_path / "out")
+    written = widget.placement.export(tmp_path / "out")
     assert written and all(path.is_file() for path in written)
     out = tmp_path / "out"
     image = read_image(next(out.glob("*lesions.nii.gz")))
@@ -250,7 +251,7 @@ def test_annotator_workflow(make_napari_viewer, qtbot, tmp_path, notifications):
     manifest = json.loads(next(out.glob("*lesions.json")).read_text())
     assert [lesion["label_id"] for lesion in manifest["lesions"]] == [1, 2, 3, 4]
     assert manifest["options"]["blend"] == "published"  # as fused, not as the form says now
-    for record, placement in zip(manifest["lesions"], widget.scene):
+    for record, placement in zip(manifest["lesions"], widget.placement.scene):
         pixels = np.argwhere(np.asarray(labels.data) == record["label_id"])
         box = [record[k] for k in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1")]
         assert box == [*pixels.min(axis=0), *(pixels.max(axis=0) + 1)] and record["pixels"] == len(pixels)
@@ -270,19 +271,19 @@ def test_volume_slice_with_rules_danger_prior_and_loaded_model(make_napari_viewe
     background = viewer.add_image(data, **kwargs)
     viewer.dims.set_current_step(0, 1)
     widget = open_widget(viewer)
-    widget.background.value = background
+    widget.background.layer.value = background
 
     # Placing before there is a model or a danger zone: a notification, nothing placed.
-    widget.sample_button.native.click()
-    assert widget.scene == () and any("no lesion model" in message for message in notifications)
-    assert widget.load_model(singan_file).scales == 2
-    widget.sample_button.native.click()
-    assert widget.scene == () and "no danger zone" in notifications[-1]
+    widget.placement.sample_button.native.click()
+    assert widget.placement.scene == () and any("no lesion model" in message for message in notifications)
+    assert widget.model.load(singan_file).scales == 2
+    widget.placement.sample_button.native.click()
+    assert widget.placement.scene == () and "no danger zone" in notifications[-1]
 
     # Danger zone from the CT rules: the core's mask, on the volume's grid.
-    widget.bootstrap_button.native.click()
-    np.testing.assert_array_equal(widget.danger_layer.data, bootstrap_danger(volume))
-    np.testing.assert_allclose(widget.danger_layer.scale, background.scale)
+    widget.danger.rules_button.native.click()
+    np.testing.assert_array_equal(widget.danger.layer.data, bootstrap_danger(volume))
+    np.testing.assert_allclose(widget.danger.layer.scale, background.scale)
 
     # Location prior from a historical label layer with two lesions.
     history = np.zeros((128, 128), dtype=np.uint16)
@@ -290,24 +291,24 @@ def test_volume_slice_with_rules_danger_prior_and_loaded_model(make_napari_viewe
     history[100:110, 85:95] = 2
     viewer.add_labels(history, name="historical lesions")
     widget.reset_choices()
-    widget.prior_layers.value = [viewer.layers["historical lesions"]]
-    widget.prior_options.set_values({"top_k": 8})
-    widget.prior_button.native.click()
-    heat = widget.heatmap_layer
+    widget.prior.label_layers.value = [viewer.layers["historical lesions"]]
+    widget.prior.options.set_values({"top_k": 8})
+    widget.prior.show_button.native.click()
+    heat = widget.dock_layers.heatmap
     assert heat.blending == "additive" and heat.opacity < 1 and heat.colormap.name == "inferno"
     assert heat.data.shape == (128, 128) and abs(float(heat.data.sum()) - 1) < 1e-3
-    candidates = np.asarray(widget.candidates_layer.data)
+    candidates = np.asarray(widget.dock_layers.candidates.data)
     assert 1 <= len(candidates) <= 8
     assert np.min(np.linalg.norm(candidates - [99.5, 59.5], axis=1)) < 3  # a peak at an annotated lesion
 
-    widget.options.set_values({"count": 2, "seed": 3, "min_spacing": 0.0, "variability": 1})
-    widget.sample_button.native.click()
-    assert len(widget.scene) == 2
-    permissible = widget.danger_layer.data[1] == 1
-    for placement in widget.scene:
+    widget.placement.options.set_values({"count": 2, "seed": 3, "min_spacing": 0.0, "variability": 1})
+    widget.placement.sample_button.native.click()
+    assert len(widget.placement.scene) == 2
+    permissible = widget.danger.layer.data[1] == 1
+    for placement in widget.placement.scene:
         in_final = final_candidates(candidates.astype(int), permissible, placement.lesion.mask)
         assert any(tuple(c) == placement.centre for c in in_final)
-    result, labels = widget.result_layer, widget.labels_layer
+    result, labels = widget.dock_layers.result, widget.dock_layers.labels
     assert result.data.shape == volume.array.shape and labels.data.shape == volume.array.shape
     assert ids(labels) == {1, 2} and not np.asarray(labels.data)[[0, 2]].any()  # only the shown slice
     np.testing.assert_array_equal(np.asarray(result.data)[[0, 2]], volume.array[[0, 2]])
@@ -322,41 +323,41 @@ def test_volume_slice_with_rules_danger_prior_and_loaded_model(make_napari_viewe
     box = np.array([[cy - 12, cx - 12], [cy - 12, cx + 12], [cy + 12, cx + 12], [cy + 12, cx - 12]], dtype=float)
     boxes = viewer.add_shapes([np.array([world(background, (1, y, x)) for y, x in box])], shape_type="rectangle")
     widget.reset_choices()
-    widget.hand_layer.value = boxes
-    widget.place_button.native.click()
-    assert len(widget.scene) == 3 and widget.scene[-1].centre == (cy, cx)
-    assert widget.scene[-1].lesion.mask.shape == (24, 24)  # the 20x20 crop scaled to the 24x24 box
+    widget.placement.hand_layer.value = boxes
+    widget.placement.place_button.native.click()
+    assert len(widget.placement.scene) == 3 and widget.placement.scene[-1].centre == (cy, cx)
+    assert widget.placement.scene[-1].lesion.mask.shape == (24, 24)  # the 20x20 crop scaled to the 24x24 box
 
     # The crop can also be a label's bounding box in a Labels layer.
-    widget.crop_layer.value = viewer.layers["historical lesions"]
-    widget.label_id.value = 2
-    values, mask = widget.crop()
+    widget.model.crop_layer.value = viewer.layers["historical lesions"]
+    widget.model.label_id.value = 2
+    values, mask = widget.model.crop()
     np.testing.assert_array_equal(values.array, volume.array[1, 100:110, 85:95])
     assert values.spacing == volume.spacing[1:] and values.units == "HU"
     assert mask.all()
 
     # A danger zone from a mask file on the image's grid; a file that is no mask is refused.
-    mask_file = write_nifti(volume.with_array(np.asarray(widget.danger_layer.data), is_label=True), tmp_path / "danger.nii.gz")
-    expected = np.array(widget.danger_layer.data)
-    widget.new_danger_button.native.click()
-    widget.load_danger(mask_file)
-    np.testing.assert_array_equal(widget.danger_layer.data, expected)
-    widget.load_danger(write_nifti(volume, tmp_path / "ct.nii.gz"))
+    mask_file = write_nifti(volume.with_array(np.asarray(widget.danger.layer.data), is_label=True), tmp_path / "danger.nii.gz")
+    expected = np.array(widget.danger.layer.data)
+    widget.danger.new_button.native.click()
+    widget.danger.load(mask_file)
+    np.testing.assert_array_equal(widget.danger.layer.data, expected)
+    widget.danger.load(write_nifti(volume, tmp_path / "ct.nii.gz"))
     assert "holds 1 (permissible) and 0 (forbidden)" in notifications[-1]
-    np.testing.assert_array_equal(widget.danger_layer.data, expected)
+    np.testing.assert_array_equal(widget.danger.layer.data, expected)
 
     # On another slice, a refused placement changes nothing: the scene of slice 1 and its Undo stay.
     viewer.dims.set_current_step(0, 0)
-    scene, history = widget.scene, list(widget.history)
-    widget.options.set_values({"count": 3, "min_spacing": 200.0})
-    widget.sample_button.native.click()
+    scene, history = widget.placement.scene, list(widget.placement.session.history)
+    widget.placement.options.set_values({"count": 3, "min_spacing": 200.0})
+    widget.placement.sample_button.native.click()
     assert "no permissible place" in notifications[-1]
-    assert widget.scene == scene and list(widget.history) == history and widget.result_layer is result
+    assert widget.placement.scene == scene and list(widget.placement.session.history) == history and widget.dock_layers.result is result
     # A placement that succeeds there starts a new session: the earlier result layers stay, new ones are made.
-    widget.options.set_values({"count": 2, "min_spacing": 0.0})
-    widget.sample_button.native.click()
-    assert widget.result_layer is not result and ids(widget.labels_layer) == {1, 2}
-    assert np.asarray(widget.labels_layer.data)[0].any() and not np.asarray(widget.labels_layer.data)[1].any()
+    widget.placement.options.set_values({"count": 2, "min_spacing": 0.0})
+    widget.placement.sample_button.native.click()
+    assert widget.dock_layers.result is not result and ids(widget.dock_layers.labels) == {1, 2}
+    assert np.asarray(widget.dock_layers.labels.data)[0].any() and not np.asarray(widget.dock_layers.labels.data)[1].any()
 
 
 @pytest.mark.slow
@@ -369,49 +370,49 @@ def test_learned_models_pixel_edge_crop_and_spacing_from_hand_lesions(
     background = viewer.add_image(data, **kwargs)
     source = np.array(background.data)
     widget = open_widget(viewer)
-    widget.background.value = background
-    widget.load_model(singan_file)
+    widget.background.layer.value = background
+    widget.model.load(singan_file)
 
     # A crop drawn along the pixel edges napari shows (k +- 0.5) holds exactly those pixels, although
     # the Shapes layer stores the corners as float32 world millimetres.
     edges = [world(background, p) for p in [(43.5, 43.5), (43.5, 63.5), (63.5, 63.5), (63.5, 43.5)]]
-    widget.crop_layer.value = viewer.add_shapes([np.array(edges)], shape_type="rectangle", name="crop")
-    np.testing.assert_array_equal(widget.crop()[0].array, source[44:64, 44:64])
+    widget.model.crop_layer.value = viewer.add_shapes([np.array(edges)], shape_type="rectangle", name="crop")
+    np.testing.assert_array_equal(widget.model.crop()[0].array, source[44:64, 44:64])
 
     # The danger zone predicted by a danger-unet checkpoint; another checkpoint is refused with a notification.
-    widget.load_danger(danger_model)
+    widget.danger.load(danger_model)
     predicted = predict_danger(danger_model, layer_image(background))
-    np.testing.assert_array_equal(widget.danger_layer.data, predicted)
+    np.testing.assert_array_equal(widget.danger.layer.data, predicted)
     assert 0.2 < predicted.mean() < 0.9
-    widget.load_danger(heatmap_model)
+    widget.danger.load(heatmap_model)
     assert "needs a 'danger-unet' checkpoint" in notifications[-1]
-    np.testing.assert_array_equal(widget.danger_layer.data, predicted)
+    np.testing.assert_array_equal(widget.danger.layer.data, predicted)
 
     # The location model: a lesion-heatmap checkpoint's heatmap of the shown plane and its peaks.
-    widget.prior_options.set_values({"top_k": 200, "min_distance": 3})
-    widget.load_prior(heatmap_model)
+    widget.prior.options.set_values({"top_k": 200, "min_distance": 3})
+    widget.prior.load(heatmap_model)
     heat = HeatmapModel.load(heatmap_model).plane_heatmap(source)
-    np.testing.assert_allclose(widget.heatmap_layer.data, heat)
+    np.testing.assert_allclose(widget.dock_layers.heatmap.data, heat)
     peaks, _ = top_candidates(heat, 200, 3)
-    np.testing.assert_array_equal(widget.candidates_layer.data, peaks)
-    assert widget.status.value.startswith("lesion-heatmap model checkpoint-")
-    model = widget.prior
-    widget.load_prior(danger_model)
-    assert "needs a 'lesion-heatmap' checkpoint" in notifications[-1] and widget.prior is model
+    np.testing.assert_array_equal(widget.dock_layers.candidates.data, peaks)
+    assert widget.prior.status.value.startswith("lesion-heatmap model checkpoint-")
+    model = widget.prior.model
+    widget.prior.load(danger_model)
+    assert "needs a 'lesion-heatmap' checkpoint" in notifications[-1] and widget.prior.model is model
 
     # A lesion by hand, then two sampled at the heatmap's candidates: no two centres closer than the spacing.
     depth = ndimage.distance_transform_edt(np.pad(predicted == 1, 1))[1:-1, 1:-1]
     cy, cx = (int(v) for v in np.unravel_index(np.argmax(depth), depth.shape))
     points = viewer.add_points(name="clicks", ndim=2)
     widget.reset_choices()
-    widget.hand_layer.value = points
+    widget.placement.hand_layer.value = points
     points.add(world(background, (cy, cx)))
-    assert [p.centre for p in widget.scene] == [(cy, cx)]
-    widget.options.set_values({"count": 2, "seed": 0, "min_spacing": 25.0})
-    widget.sample_button.native.click()
-    assert len(widget.scene) == 3, notifications[-1:]
-    centres = np.array([p.centre for p in widget.scene], dtype=float)
+    assert [p.centre for p in widget.placement.scene] == [(cy, cx)]
+    widget.placement.options.set_values({"count": 2, "seed": 0, "min_spacing": 25.0})
+    widget.placement.sample_button.native.click()
+    assert len(widget.placement.scene) == 3, notifications[-1:]
+    centres = np.array([p.centre for p in widget.placement.scene], dtype=float)
     assert np.linalg.norm(centres[:, None] - centres[None], axis=-1)[np.triu_indices(3, 1)].min() >= 25
-    assert {p.centre for p in widget.scene[1:]} <= {tuple(p) for p in peaks.tolist()}
-    labels = np.asarray(widget.labels_layer.data)
-    assert ids(widget.labels_layer) == {1, 2, 3} and not labels[predicted == 0].any()
+    assert {p.centre for p in widget.placement.scene[1:]} <= {tuple(p) for p in peaks.tolist()}
+    labels = np.asarray(widget.dock_layers.labels.data)
+    assert ids(widget.dock_layers.labels) == {1, 2, 3} and not labels[predicted == 0].any()

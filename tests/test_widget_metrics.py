@@ -35,7 +35,7 @@ def _open(viewer):
 
 def _compute(widget, qtbot) -> list:
     widget.run_button.click()
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    qtbot.waitUntil(lambda: widget.run.worker is None, timeout=60_000)
     return widget.results.table.results
 
 
@@ -165,7 +165,7 @@ def test_bad_input_is_a_notification_not_a_crash(make_napari_viewer, qtbot, monk
 
 
 def test_closing_the_widget_while_it_computes(make_napari_viewer, qtbot, ct_sequence):
-    """napari's close button during a run: the worker is told to quit and nothing reaches the dead widget."""
+    """napari's close button during a run: the work is told to stop and nothing reaches the dead widget."""
     viewer = make_napari_viewer()
     viewer.add_image(ct_sequence[0], name="real")
     viewer.add_image(ct_sequence[1], name="fake")
@@ -176,7 +176,7 @@ def test_closing_the_widget_while_it_computes(make_napari_viewer, qtbot, ct_sequ
     worker = widget.start()
     viewer.window.remove_dock_widget(widget)
     qtbot.waitUntil(lambda: not worker.is_running, timeout=60_000)
-    assert worker.abort_requested
+    assert worker.control.stop_requested and widget.run.worker is None
 
 
 def test_missing_inception_weights_are_a_note_in_the_table(make_napari_viewer, qtbot, ct_sequence, tmp_path, monkeypatch):

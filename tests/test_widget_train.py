@@ -18,9 +18,9 @@ from medsynth.training.config import SEED_LIMIT, TrainConfig
 from medsynth.training.events import Progress
 from medsynth.training.recipe import list_recipes
 from medsynth.training.trainer import train
-from napari_medsynth.layers import SYNTHETIC_SUFFIX, to_layer_data
-from napari_medsynth.widgets.train import TrainWidget, layer_image
-from napari_medsynth.workers import Failed, RunState, TrainingRun
+from napari_medsynth.layers import SYNTHETIC_SUFFIX, layer_image, to_layer_data
+from napari_medsynth.widgets.train import TrainWidget
+from napari_medsynth.workers import BackgroundRun, Failed, RunState
 
 pytestmark = pytest.mark.gui
 
@@ -194,7 +194,7 @@ def test_a_runtime_error_from_the_trainer_reaches_the_gui_thread(qtbot):
         yield Progress(1, 2, {"g_loss": 1.0}, {}, 1.0, 1.0)
         raise TrainingError("loss is not finite")
 
-    run = TrainingRun()
+    run = BackgroundRun()
     run.start(failing, lambda event: received.append((event, threading.get_ident())))
     qtbot.waitUntil(lambda: run.state is RunState.IDLE, timeout=WAIT_MS)
     assert [type(event) for event, _ in received] == [Progress, Failed]
@@ -313,14 +313,14 @@ def test_normalisation_control_becomes_the_configs_percentiles_or_window(
     form["percentile_low"].value = "1"
     form["percentile_high"].value = "99"
     config = widget._config()
-    assert (config.normalization, config.percentiles, config.window) == ("percentile", (1.0, 99.0), None)
+    assert (config.normalization, config.percentile_low, config.percentile_high) == ("percentile", 1.0, 99.0)
 
     form["normalization"].value = "window"
     assert shown(form["window_width"]) and not shown(form["percentile_high"])
     form["window_center"].value = "-600"
     form["window_width"].value = "1500"
     config = widget._config()
-    assert (config.normalization, config.window) == ("window", (-600.0, 1500.0))
+    assert (config.normalization, config.window_center, config.window_width) == ("window", -600.0, 1500.0)
 
     form["window_width"].value = "0"
     widget.start()
@@ -331,7 +331,7 @@ def test_normalisation_control_becomes_the_configs_percentiles_or_window(
     form["percentile_low"].value = "99.9"
     widget.start()
     assert widget.run.worker is None
-    assert len(notifications) == 2 and "percentiles=(99.9, 99.0)" in notifications[1]
+    assert len(notifications) == 2 and "percentile_low=99.9 must be below percentile_high=99.0" in notifications[1]
     assert not (tmp_path / "run").exists()
 
 

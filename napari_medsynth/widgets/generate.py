@@ -1,10 +1,11 @@
 """The Generate dock widget: synthetic sequences (4D layers with a time slider) or 2D images from a checkpoint.
 
 The widget is thin. The options form (`GenerateOptions`, rendered by `SettingsForm`) becomes the
-arguments of `medsynth.training.sequences.iter_sequences`, which runs in a worker (`TrainingRun`);
-progress and the finished image arrive in `_on_event` on the GUI thread, the only place that touches
-layers. "Side by side" switches napari's grid mode so real and synthetic layers show next to each
-other, each with the same time slider.
+arguments of `medsynth.training.sequences.iter_sequences`, which runs in the plugin's background
+runner (`napari_medsynth.workers.BackgroundRun`); progress arrives in `_on_event` and the finished
+image in `_add_layer`, on the GUI thread, the only place that touches layers. "Side by side"
+switches napari's grid mode so real and synthetic layers show next to each other, each with the
+same time slider.
 
 Checkpoints of 2D recipes generate `count` images with `medsynth.training.generate.generate`. For
 checkpoints with an autoencoder (``vqgan-hdfb``, ``vqgan``), Reconstruct runs the chosen image layer
@@ -14,7 +15,6 @@ difference side by side, on the input's grid.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,16 +36,14 @@ from medsynth.io.image import MedImage
 from medsynth.models.hrgan import MODALITIES
 from medsynth.settings import setting
 from medsynth.training.checkpoint import Checkpoint, load_checkpoint
-from medsynth.training.control import TrainControl
 from medsynth.training.generate import generate
 from medsynth.training.reconstruct import Reconstruction, reconstruct
 from medsynth.training.recipe import get_recipe
 from medsynth.training.sequences import SequenceProgress, iter_sequences
-from napari_medsynth.layers import to_layer_data
+from napari_medsynth.layers import layer_image, to_layer_data
 from napari_medsynth.notify import report_error
 from napari_medsynth.widgets.settings_form import SettingsForm
-from napari_medsynth.widgets.train import layer_image
-from napari_medsynth.workers import Failed, RunState, TrainingRun
+from napari_medsynth.workers import BackgroundRun, Failed, RunState, call, until_stopped
 
 if TYPE_CHECKING:
     import napari
@@ -68,40 +66,6 @@ SEQUENCE_OPTIONS = ("modality", "frames", "resolution")
 """Options that only sequence checkpoints use (hidden for 2D ones)."""
 
 
-@dataclass(frozen=True)
-class Generated:
-    """The last event of a generation run."""
-
-    image: MedImage
-
-
-@dataclass(frozen=True)
-class Reconstructed:
-    """The last event of a reconstruction run."""
-
-    result: Reconstruction
-
-
-def generation_events(control: TrainControl, checkpoint: Checkpoint, options: dict[str, Any], device: str) -> Iterator[Any]:
-    """`SequenceProgress` events, then `Generated`; stops early (no result) when `control` asks."""
-    if get_recipe(checkpoint.recipe).data_kind != "sequence":
-        yield Generated(generate(checkpoint, options["count"], options["seed"], device))
-        return
-    run = iter_sequences(checkpoint, options["count"], options["seed"], options["frames"], options["resolution"],
-                         options["modality"], device)  # fmt: skip
-    while not control.stop_requested:
-        try:
-            yield next(run)
-        except StopIteration as done:
-            yield Generated(done.value)
-            return
-
-
-def reconstruction_events(checkpoint: Checkpoint, image: MedImage, device: str) -> Iterator[Reconstructed]:
-    """The one event of reconstructing `image` with the autoencoder of `checkpoint`."""
-    yield Reconstructed(reconstruct(checkpoint, image, device))
-
-
 class GenerateWidget(QWidget):
     """Generate sequences or images from a checkpoint into new layers; see the module docstring."""
 
@@ -109,7 +73,7 @@ class GenerateWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.device = device
-        self.run = TrainingRun()
+        self.run = BackgroundRun(self)
         self.checkpoint: Checkpoint | None = None
         self.layer = None
 
@@ -181,8 +145,8 @@ class GenerateWidget(QWidget):
         layer = self.source.value
         if self.checkpoint is None or layer is None or self.run.state is not RunState.IDLE:
             return
-        image, checkpoint, device = layer_image(layer), self.checkpoint, self.device
-        self.run.start(lambda control: reconstruction_events(checkpoint, image, device), self._on_event)
+        work = call(reconstruct, self.checkpoint, layer_image(layer), self.device)
+        self.run.start(work, self._on_event, self._add_reconstruction)
 
     def generate(self) -> None:
         """Start generating with the form's values in a worker."""
@@ -194,26 +158,40 @@ class GenerateWidget(QWidget):
             report_error(exc)
             return
         checkpoint, device = self.checkpoint, self.device
-        self.progress.max = options["count"] * options["frames"]
         self.progress.value = 0
-        self.run.start(lambda control: generation_events(control, checkpoint, options, device), self._on_event)
+        if get_recipe(checkpoint.recipe).data_kind != "sequence":
+            self.progress.max = 1
+            self.run.start(call(generate, checkpoint, options["count"], options["seed"], device), self._on_event, self._add_layer)
+            return
+        self.progress.max = options["count"] * options["frames"]
+        sequences = (checkpoint, options["count"], options["seed"], options["frames"], options["resolution"],
+                     options["modality"], device)  # fmt: skip
+        self.run.start(lambda control: until_stopped(iter_sequences(*sequences), control), self._on_event, self._add_layer)
 
     def _on_event(self, event: Any) -> None:
         if isinstance(event, SequenceProgress):
             self.progress.value = event.done
-        elif isinstance(event, Generated):
-            data, kwargs, _ = to_layer_data(event.image)
-            self.layer = self.viewer.add_image(data, **kwargs)
-            self.progress.value = self.progress.max
-            # Show the first frame with the time slider at the front, ready to play.
-            self.viewer.dims.set_current_step(0, 0)
-        elif isinstance(event, Reconstructed):
-            for image in (event.result.reconstruction, event.result.difference):
-                data, kwargs, _ = to_layer_data(image)
-                self.viewer.add_image(data, **kwargs)
-            self.side_by_side.value = True
         elif isinstance(event, Failed):
             report_error(event.error)
+
+    def _add_layer(self, image: MedImage | None) -> None:
+        """The generated sequences or images as a new layer (None: stopped before the end)."""
+        if image is None:
+            return
+        data, kwargs, _ = to_layer_data(image)
+        self.layer = self.viewer.add_image(data, **kwargs)
+        self.progress.value = self.progress.max
+        # Show the first frame with the time slider at the front, ready to play.
+        self.viewer.dims.set_current_step(0, 0)
+
+    def _add_reconstruction(self, result: Reconstruction | None) -> None:
+        """Reconstruction and difference beside the input, side by side (None: the work failed)."""
+        if result is None:
+            return
+        for image in (result.reconstruction, result.difference):
+            data, kwargs, _ = to_layer_data(image)
+            self.viewer.add_image(data, **kwargs)
+        self.side_by_side.value = True
 
     def _show_side_by_side(self, on: bool) -> None:
         self.viewer.canvas.grid.enabled = bool(on)

@@ -1,9 +1,10 @@
 """The Metrics dock widget: compare synthetic images with real ones (PSNR, SSIM, SWD, FID, ...).
 
 The widget only gathers inputs and shows results: `measure` (a plain generator over
-`medsynth.metrics.evaluate`) runs in a napari thread worker and yields progress; the results reach
-the table and the temporal plots in a GUI-thread slot. Items follow `medsynth evaluate`: time frames
-are items, a 2D image is one item, a 3D volume one item unless "3D volumes slice by slice" is on.
+`medsynth.metrics.evaluate`) runs in the plugin's background runner (`napari_medsynth.workers`) and
+yields progress; its results reach the table and the temporal plots on the GUI thread. Items follow
+`medsynth evaluate`: time frames are items, a 2D image is one item, a 3D volume one item unless "3D
+volumes slice by slice" is on.
 Layers are read, never modified: the worker makes float32 copies of their data.
 """
 
@@ -15,7 +16,6 @@ from pathlib import Path
 import napari
 import numpy as np
 from napari.layers import Image, Labels, Layer
-from napari.qt.threading import GeneratorWorker
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -34,9 +34,9 @@ from medsynth.metrics.items import image_items, load_items
 from medsynth.errors import InputError
 from medsynth.io.image import MedImage
 from medsynth.metrics.evaluate import MetricResult, available_metrics, evaluate
-from napari_medsynth.layers import from_layer
+from napari_medsynth.layers import layer_image
 from napari_medsynth.notify import report_error
-from napari_medsynth.workers import Failed
+from napari_medsynth.workers import BackgroundRun, EventWorker, Failed, RunState, until_stopped
 from napari_medsynth.widgets.plot import LinePlot
 from napari_medsynth.widgets.results_table import ResultsPanel
 from napari_medsynth.widgets.source_picker import SourcePicker
@@ -47,11 +47,6 @@ DEFAULT_METRICS = ("psnr", "ssim", "swd")
 # Per-frame-pair curves of the temporal metric, by unit (curve keys from TemporalReport.curves()).
 INTENSITY_CURVES = ("diff_real", "diff_fake", "warp_error_real", "warp_error_fake")
 FLOW_CURVES = ("flow_real", "flow_fake")
-
-
-def layer_image(layer: Layer) -> MedImage:
-    """A layer as a `MedImage` sharing its data (no copy), its axes taken from the layer's metadata."""
-    return from_layer(layer.data, {"metadata": layer.metadata, "name": layer.name, "rgb": getattr(layer, "rgb", False)})
 
 
 def as_batch(source: Source, *, slices: bool, what: str) -> np.ndarray:
@@ -93,22 +88,13 @@ def measure(
     return results
 
 
-def _measure_or_fail(**kwargs) -> Generator[Progress | Failed, None, list[MetricResult] | None]:
-    """`measure`, with an error yielded as `Failed` so that it reaches the GUI thread as a notification."""
-    try:
-        return (yield from measure(**kwargs))
-    except Exception as exc:  # noqa: BLE001 - every failure must reach the user as a notification
-        yield Failed(exc)
-        return None
-
-
 class MetricsWidget(QWidget):
     """Pick real and synthetic images (layers or files), an optional mask and metrics; run; see the table."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.worker: GeneratorWorker | None = None
+        self.run = BackgroundRun(self)
         self.real = SourcePicker(napari_viewer, (Image,))
         self.fake = SourcePicker(napari_viewer, (Image,))
         self.mask = SourcePicker(napari_viewer, (Labels, Image), allow_path=False, allow_none=True)
@@ -134,6 +120,7 @@ class MetricsWidget(QWidget):
         self.real.changed.connect(self._suggest_temporal)
         self._layout()
         self._suggest_temporal()
+        self.run.state_changed.connect(self._show_state)
 
     def _metric_boxes(self) -> dict[str, QCheckBox]:
         boxes = {}
@@ -195,23 +182,17 @@ class MetricsWidget(QWidget):
             "slices": self.slices.isChecked(),
         }
 
-    def start(self) -> GeneratorWorker | None:
+    def start(self) -> EventWorker | None:
         """Run the chosen metrics in a worker; errors in the inputs become notifications."""
-        if self.worker is not None:
-            return self.worker
+        if self.run.worker is not None:
+            return self.run.worker
         try:
             kwargs = self.arguments()
         except ValueError as exc:  # InputError, and layers that are no medical image (5D, ...)
             report_error(exc)
             return None
         self.results.set_results([])
-        self.worker = GeneratorWorker(_measure_or_fail, **kwargs)
-        self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(self.show_results)
-        self.worker.finished.connect(self._on_finished)
-        self.run_button.setEnabled(False)
-        self.worker.start()
-        return self.worker
+        return self.run.start(lambda control: until_stopped(measure(**kwargs), control), self._on_progress, self.show_results)
 
     def _on_progress(self, step: Progress | Failed) -> None:
         if isinstance(step, Failed):
@@ -235,9 +216,8 @@ class MetricsWidget(QWidget):
             plot.redraw()
             plot.setVisible(bool(curves))
 
-    def _on_finished(self) -> None:
-        self.worker = None
-        self.run_button.setEnabled(True)
+    def _show_state(self, state: RunState) -> None:
+        self.run_button.setEnabled(state is RunState.IDLE)
 
     def event(self, event: QEvent) -> bool:
         # napari's close button only takes the widget out of its dock (no close event, no deletion).
@@ -253,10 +233,6 @@ class MetricsWidget(QWidget):
         super().closeEvent(event)
 
     def _quit_worker(self) -> None:
-        if self.worker is not None:
-            # Results of a worker that outlives its widget go nowhere.
-            self.worker.yielded.disconnect(self._on_progress)
-            self.worker.returned.disconnect(self.show_results)
-            self.worker.finished.disconnect(self._on_finished)
-            self.worker.quit()
-            self.worker = None
+        # Ask the computation to end after the current metric, without waiting: results of a worker
+        # that outlives its widget go nowhere.
+        self.run.shutdown(0.0)

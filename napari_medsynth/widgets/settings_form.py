@@ -15,7 +15,7 @@ from typing import Any
 from magicgui.widgets import CheckBox, ComboBox, Container, LineEdit, SpinBox
 from magicgui.widgets.bases import ValueWidget
 
-from medsynth.settings import SettingInfo, describe, parse, to_dict
+from medsynth.settings import SettingInfo, describe, parse, to_dict, valid_values
 
 # Qt spin boxes hold 32-bit integers.
 _INT_LIMIT = 2**31 - 1
@@ -66,15 +66,8 @@ def field_widget(info: SettingInfo) -> ValueWidget:
 
 def tooltip(info: SettingInfo) -> str:
     """The setting's help line followed by its valid range or choices."""
-    if info.choices is not None:
-        return f"{info.help} (one of {', '.join(map(str, info.choices))})"
-    if info.min is not None and info.max is not None:
-        return f"{info.help} ({info.min:g} to {info.max:g})"
-    if info.min is not None:
-        return f"{info.help} (at least {info.min:g})"
-    if info.max is not None:
-        return f"{info.help} (at most {info.max:g})"
-    return info.help
+    valid = valid_values(info)
+    return f"{info.help} ({valid})" if valid else info.help
 
 
 def _float_text(value: float) -> str:

@@ -4,10 +4,12 @@ The widget is thin. Widget values become a `TrainConfig` in `_config()` only; th
 that config and the layers' arrays, never the widgets. Training runs in a child process
 (`medsynth.training.process.train_in_process`), so its Python code never holds the viewer's GIL;
 the layers' data reaches the child once, at Start (memory maps are reopened there, large arrays
-shared: `medsynth.training.shared_arrays`). A thread worker relays the child's events to
-`_on_event` on the GUI thread, the only place that touches layers, the plot and the progress bar.
-Whether training is idle, running, paused or stopping lives in `TrainingRun`, which the buttons
-observe. Closing the widget or the viewer stops training and waits for its checkpoint.
+shared: `medsynth.training.shared_arrays`). The plugin's background runner
+(`napari_medsynth.workers.BackgroundRun`) relays the child's events to `_on_event` on the GUI thread,
+the only place that touches layers, the plot and the progress bar, and knows whether training is
+idle, running, paused or stopping, which the buttons observe. Generation from a checkpoint has a
+runner of its own, so it may run while training goes on. Closing the widget or the viewer stops
+training and waits for its checkpoint.
 
 Recipes of the data kinds in `TARGET_DATA_KINDS` train on an image with its target map: the widget
 then shows a Labels-layer picker and hands the trainer an ``(image, target)`` pair.
@@ -15,8 +17,6 @@ then shows a Labels-layer picker and hands the trainer an ``(image, target)`` pa
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,24 +26,23 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, S
 from napari.layers import Image, Labels, Layer
 from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QFileDialog, QProgressBar, QVBoxLayout, QWidget
-from superqt.utils import FunctionWorker
 
 import medsynth
+from medsynth.data.normalization import NORMALIZATION_FIELDS, NormalizationOptions
 from medsynth.errors import InputError, MedsynthError
 from medsynth.io.image import MedImage, SyntheticProvenance
-from medsynth.settings import setting
 from medsynth.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from medsynth.training.config import NORMALIZATIONS, RunOptions, TrainConfig
+from medsynth.training.config import RunOptions, TrainConfig
 from medsynth.training.events import CheckpointSaved, Finished, Paused, Progress, Resumed, Samples, Started
 from medsynth.training.generate import generate
 from medsynth.training.process import train_in_process
 from medsynth.training.recipe import TARGET_DATA_KINDS, list_recipes
 from medsynth.training.trainer import check_config
-from napari_medsynth.layers import SYNTHETIC_SUFFIX, from_layer, to_layer_data
+from napari_medsynth.layers import SYNTHETIC_SUFFIX, layer_image, to_layer_data
 from napari_medsynth.notify import report_error
 from napari_medsynth.widgets.plot import LinePlot
 from napari_medsynth.widgets.settings_form import SettingsForm
-from napari_medsynth.workers import Failed, RunState, TrainingRun, warm_up_torch
+from napari_medsynth.workers import TRAIN_THREADS, BackgroundRun, EventWorker, Failed, RunState, call, warm_up_torch
 
 if TYPE_CHECKING:
     import napari
@@ -58,35 +57,6 @@ and the progress bar (step and ETA): a matplotlib redraw costs the GUI thread 60
 PREVIEW_REFRESH_MS = 3000
 """At most one preview update per this time (the latest samples win): each update costs the GUI thread
 30 to 100 ms of layer refresh and repaint, and fast training sends samples several times a second."""
-TRAIN_THREADS = max(1, (os.cpu_count() or 2) - 1)
-"""Torch threads of the training process: one core stays with the viewer. On a busy 2-core machine one
-thread also trained about ten times faster than two (docs/benchmarks.md, "Responsiveness")."""
-
-
-def _config_default(name: str) -> Any:
-    return TrainConfig.__dataclass_fields__[name].default
-
-
-@dataclass
-class NormalizationOptions:
-    """How intensities map to the networks' [-1, 1]; `TrainWidget._config` turns them into `TrainConfig` fields."""
-
-    normalization: str = setting(
-        _config_default("normalization"),
-        "Clip intensities at percentiles of the data, or at a fixed window in data units (CT in HU)",
-        choices=NORMALIZATIONS,
-    )
-    percentile_low: float = setting(_config_default("percentiles")[0], "Lower clipping percentile", min=0, max=100)
-    percentile_high: float = setting(_config_default("percentiles")[1], "Upper clipping percentile", min=0, max=100)
-    window_center: float = setting(40.0, "Window centre in data units (40 HU: soft tissue)")
-    window_width: float = setting(400.0, "Window width in data units (400 HU: soft tissue)", min=1e-6)
-
-
-NORMALIZATION_FIELDS = {
-    "percentile": ("percentile_low", "percentile_high"),
-    "window": ("window_center", "window_width"),
-}
-"""The fields each normalisation uses; the others are hidden."""
 
 
 def available_devices() -> list[str]:
@@ -95,14 +65,6 @@ def available_devices() -> list[str]:
 
     devices = ["auto", "cpu"] + [f"cuda:{k}" for k in range(torch.cuda.device_count())]
     return devices + (["mps"] if torch.backends.mps.is_available() else [])
-
-
-def layer_image(layer: Image | Labels) -> MedImage:
-    """A layer as a MedImage whose array is the layer's own (numpy, memmap or dask), not a copy."""
-    data, attributes, _ = layer.as_layer_data_tuple()
-    if layer.multiscale:
-        data = data[0]
-    return from_layer(data, attributes, is_label=True if isinstance(layer, Labels) else None)
 
 
 def preview_image(event: Samples, recipe: str, source: MedImage) -> MedImage:
@@ -137,7 +99,8 @@ class TrainWidget(QWidget):
         super().__init__(parent)
         warm_up_torch()
         self.viewer = napari_viewer
-        self.run = TrainingRun()
+        self.run = BackgroundRun(self)
+        self.generation = BackgroundRun(self)
         self.preview_layer: Image | None = None
         self.checkpoint_path: Path | None = None
         self._recipes = {info.name: info for info in list_recipes()}
@@ -226,6 +189,7 @@ class TrainWidget(QWidget):
         self.load_button.clicked.connect(self._ask_load_checkpoint)
         self.generate_button.clicked.connect(self.generate)
         self.run.state_changed.connect(self._show_state)
+        self.generation.state_changed.connect(self._show_generation_state)
         self.generate_button.enabled = False
         self._show_target_picker()
         self._show_normalization(self.normalization["normalization"].value)
@@ -278,18 +242,14 @@ class TrainWidget(QWidget):
         """The run's frozen configuration from the widgets (SettingsError naming each bad value)."""
         if str(self.out_dir.value) in ("", "."):
             raise InputError("no output folder chosen: choose the folder where checkpoints are written")
-        normalization = self.normalization.values()
-        window = (normalization["window_center"], normalization["window_width"])
         return TrainConfig(
             recipe=self.recipe.value,
             out_dir=Path(self.out_dir.value),
             settings=self.settings.values(),
             device=self.device.value,
             resume=resume,
-            normalization=normalization["normalization"],
-            percentiles=(normalization["percentile_low"], normalization["percentile_high"]),
-            window=window if normalization["normalization"] == "window" else None,
             **self.options.values(),
+            **self.normalization.values(),
         )
 
     def _training_data(self) -> list[MedImage] | list[tuple[MedImage, MedImage]]:
@@ -446,7 +406,7 @@ class TrainWidget(QWidget):
     def _set_checkpoint(self, path: Path) -> None:
         self.checkpoint_path = Path(path)
         self.checkpoint_label.value = f"checkpoint: {self.checkpoint_path.name}"
-        self.generate_button.enabled = True
+        self.generate_button.enabled = self.generation.state is RunState.IDLE
         self.continue_button.enabled = self.run.state is RunState.IDLE
 
     def load_checkpoint(self, path: Path | str) -> Checkpoint | None:
@@ -473,21 +433,24 @@ class TrainWidget(QWidget):
             report_error(exc)
             return None
 
-    def generate(self) -> FunctionWorker | None:
+    def generate(self) -> EventWorker | None:
         """Generate images from the latest checkpoint in a worker; they appear as a new layer."""
         if self.checkpoint_path is None:
             report_error(InputError("no checkpoint yet: train or load a checkpoint before generating"))
             return None
-        worker = FunctionWorker(generate, self.checkpoint_path, self.num_samples.value, self.generate_seed.value, self.device.value)
-        worker.returned.connect(self._add_generated)
-        worker.errored.connect(report_error)
-        worker.finished.connect(lambda: setattr(self.generate_button, "enabled", True))
-        self.generate_button.enabled = False
-        worker.start()
-        return worker
+        work = call(generate, self.checkpoint_path, self.num_samples.value, self.generate_seed.value, self.device.value)
+        return self.generation.start(work, self._on_generation_event, self._add_generated)
 
-    def _add_generated(self, image: MedImage) -> None:
-        self.viewer.add_layer(Layer.create(*to_layer_data(image)))
+    def _on_generation_event(self, event: Any) -> None:
+        if isinstance(event, Failed):
+            report_error(event.error)
+
+    def _add_generated(self, image: MedImage | None) -> None:
+        if image is not None:
+            self.viewer.add_layer(Layer.create(*to_layer_data(image)))
+
+    def _show_generation_state(self, state: RunState) -> None:
+        self.generate_button.enabled = state is RunState.IDLE and self.checkpoint_path is not None
 
     def _ask_save_checkpoint(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save checkpoint", str(self.out_dir.value), "Checkpoints (*.safetensors)")
@@ -514,6 +477,7 @@ class TrainWidget(QWidget):
     def shutdown(self) -> None:
         """Stop training and wait for its final checkpoint (closing the widget or the viewer)."""
         self._pending_samples = None  # no new layer in a viewer that is closing
+        self.generation.shutdown(0.0)  # its images would go to a viewer that is closing
         if self.run.worker is not None and not self.run.shutdown(SHUTDOWN_TIMEOUT_S):
             report_error(RuntimeError(f"training did not stop within {SHUTDOWN_TIMEOUT_S:.0f} s; its last checkpoint may be older"))
 

@@ -1,7 +1,7 @@
 """The error types of medsynth.
 
 Every error is raised where the problem is detected and its message names the file or value, what is
-wrong with it and how to fix it. Callers sort errors by type only: the CLI maps `InputError` to exit
+wrong with it and how to fix it; an `InputWarning` does the same for input read with a fallback. Callers sort errors by type only: the CLI maps `InputError` to exit
 code 2 and every other `MedsynthError` to 1; the plugin shows any of them as a notification.
 """
 
@@ -36,3 +36,8 @@ class MissingWeightsError(MedsynthError, FileNotFoundError):
 
 class TrainingError(MedsynthError, RuntimeError):
     """Training cannot go on (non-finite loss or gradients, ...); no broken model is written."""
+
+
+class InputWarning(UserWarning):
+    """The input was usable only by assuming something (a fallback orientation, ignored bytes, a split series);
+    the message names the file, what was assumed and how to fix the file."""

@@ -8,7 +8,9 @@ A settings class is a plain dataclass whose fields are declared with `setting()`
         resolution: int = setting(64, "Training side length in pixels", choices=(64, 128))
 
 `describe()` lists the fields for a user interface, `parse()` validates a mapping (from the CLI's
-``--set key=value``, a config file or a widget) and reports every bad key at once.
+``--set key=value``, a config file or a widget) and reports every bad key at once. Settings shared by
+several classes are declared once in a base class (e.g. the GAN optimiser's in
+`medsynth.training.gan_optimizer`); a subclass gives one of them another default with `with_default`.
 """
 
 from __future__ import annotations
@@ -49,9 +51,28 @@ def setting(
     return dataclasses.field(default=default, metadata=meta)
 
 
+def with_default(base: type, name: str, default: Any, why: str = "") -> Any:
+    """Setting `name` of settings class `base` with another `default`; `why` joins its help line.
+
+    For a subclass of `base`, or a class that offers a few of `base`'s settings.
+    """
+    meta = next(f for f in dataclasses.fields(base) if f.name == name).metadata
+    help = f"{meta['help']} ({why})" if why else meta["help"]
+    return setting(default, help, min=meta["min"], max=meta["max"], choices=meta["choices"])
+
+
 def describe(settings_cls: type) -> list[SettingInfo]:
-    """The fields of a settings dataclass, in declaration order."""
+    """The fields of a settings dataclass: its own in declaration order, then those declared in its base classes.
+
+    A field counts as declared by the most basic class that has it (a redeclared default stays there), so
+    a recipe's form and listing start with what is particular to it, not with shared optimiser fields.
+    """
     hints = typing.get_type_hints(settings_cls)
+    depth = {}  # field name -> position in the MRO of the most basic class declaring it
+    for position, base in enumerate(settings_cls.__mro__):
+        if dataclasses.is_dataclass(base):
+            depth.update((f.name, position) for f in dataclasses.fields(base))
+    fields = sorted(dataclasses.fields(settings_cls), key=lambda f: depth[f.name])
     return [
         SettingInfo(
             name=f.name,
@@ -62,8 +83,26 @@ def describe(settings_cls: type) -> list[SettingInfo]:
             max=f.metadata.get("max"),
             choices=f.metadata.get("choices"),
         )
-        for f in dataclasses.fields(settings_cls)
+        for f in fields
     ]
+
+
+def valid_values(info: SettingInfo) -> str:
+    """The values `info` accepts, in words (``one of 64, 128``, ``1e-06 to 0.1``, ``at least 1``); empty when any."""
+    if info.choices is not None:
+        return f"one of {', '.join(map(str, info.choices))}"
+    if info.min is not None and info.max is not None:
+        return f"{_number(info.min)} to {_number(info.max)}"
+    if info.min is not None:
+        return f"at least {_number(info.min)}"
+    if info.max is not None:
+        return f"at most {_number(info.max)}"
+    return ""
+
+
+def _number(value: float) -> str:
+    """Whole bounds in full (seeds up to 4294967295), others in short form (1e-06)."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def parse(settings_cls: type, values: Mapping[str, Any] | None = None) -> Any:

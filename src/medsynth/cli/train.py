@@ -25,18 +25,17 @@ log = logging.getLogger("medsynth")
 CONFIG_KEYS_FROM_ARGS = {
     "recipe": "recipe",
     "out": "out_dir",
-    "steps": "steps",
     "device": "device",
-    "seed": "seed",
     "resume": "resume",
-    "slice_axis": "slice_axis",
-    "checkpoint_every": "checkpoint_every",
-    "sample_every": "sample_every",
-    "log_every": "log_every",
 }
+"""Flags that set `TrainConfig` fields besides those generated from its declared parts (`DECLARED_PARTS`)."""
 
 
 def register(subparsers) -> None:
+    from medsynth.cli.flags import add_setting_flags
+    from medsynth.data.normalization import NormalizationOptions
+    from medsynth.training.config import RunOptions
+
     train = subparsers.add_parser(
         "train",
         help="train a recipe on images",
@@ -52,18 +51,14 @@ def register(subparsers) -> None:
         help="target label maps or masks, one per --data image in the same order (recipes marked 'needs --targets')",
     )
     train.add_argument("--out", type=Path, metavar="DIR", help="folder for checkpoints")
-    train.add_argument("--steps", type=int, help="total generator steps (default 2000)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe setting (repeatable)")
     train.add_argument(
         "--config", type=Path, metavar="FILE", help="JSON or TOML file of training options and a [settings] table"
     )
     train.add_argument("--resume", type=Path, metavar="CKPT", help="continue from this checkpoint")
     train.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
-    train.add_argument("--seed", type=int, help="random seed (default 0)")
-    train.add_argument("--slice-axis", type=int, choices=(0, 1, 2), help="axis of 3D volumes to slice (0 = axial)")
-    train.add_argument("--checkpoint-every", type=int, metavar="N", help="steps between checkpoints (default 500)")
-    train.add_argument("--sample-every", type=int, metavar="N", help="steps between preview samples (default 100)")
-    train.add_argument("--log-every", type=int, metavar="N", help="steps between progress reports (default 10)")
+    add_setting_flags(train, RunOptions, "run options")
+    add_setting_flags(train, NormalizationOptions, "intensity normalisation (recipes on a lesion crop use the crop's own range)")
     train.set_defaults(func=run_train)
 
     generate = subparsers.add_parser(
@@ -88,7 +83,8 @@ def register(subparsers) -> None:
 
 
 def run_train(args) -> int:
-    from medsynth.training.config import TrainConfig
+    from medsynth.cli.flags import given_settings
+    from medsynth.training.config import DECLARED_PARTS, TrainConfig
     from medsynth.training.control import TrainControl
     from medsynth.training.distributed import context_from_env
     from medsynth.training.trainer import train
@@ -101,6 +97,8 @@ def run_train(args) -> int:
     for arg, key in CONFIG_KEYS_FROM_ARGS.items():
         if getattr(args, arg) is not None:
             values[key] = getattr(args, arg)
+    for part in DECLARED_PARTS:
+        values.update(given_settings(args, part))
     assignments = parse_assignments(args.set)
     if isinstance(values.get("settings", {}), dict):  # any other value is reported by `from_mapping`
         values["settings"] = {**values.get("settings", {}), **assignments}
@@ -163,12 +161,14 @@ def needing_targets() -> list[str]:
 
 
 def run_generate(args) -> int:
+    from medsynth.atomic import staged_folder
     from medsynth.io import write_dicom, write_nifti
+    from medsynth.io.output import output_format
     from medsynth.training.checkpoint import load_checkpoint
     from medsynth.training.recipe import get_recipe
 
     out: Path = args.out
-    is_nifti = out.name.endswith((".nii", ".nii.gz"))
+    is_nifti = output_format(out) == "nifti"
     if is_nifti and out.exists():
         raise InputError(f"{out} exists; choose a new file name (files are never overwritten)")
     checkpoint = load_checkpoint(args.checkpoint)
@@ -183,8 +183,9 @@ def run_generate(args) -> int:
     else:
         # Independent samples are not the slices of one volume: each becomes its own file
         # (a 2D image, or a multi-frame cine for sequences).
-        for k in range(args.num):
-            write_dicom(sample_image(image, k), out)
+        with staged_folder(out) as stage:
+            for k in range(args.num):
+                write_dicom(sample_image(image, k), stage)
     log.info("wrote %d synthetic %s to %s", args.num, "sequence(s)" if image.has_time else "image(s)", out)
     return 0
 

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medsynth.data.geometry import MIN_CROP_SIDE, Box, label_box
 from medsynth.data.normalization import Normalization, minmax_normalization
 from medsynth.errors import InputError
 from medsynth.io.image import MedImage
-from medsynth.lesions.crop import MIN_CROP_SIDE, Box, label_box
 
 CACHE_BYTES = 256 * 2**20
 FOREGROUND_LEVEL = -0.9

@@ -1,7 +1,9 @@
 """Intensity normalisation: a linear map of data values (HU, MR intensity) to [-1, 1] and back.
 
 Networks train on values in [-1, 1]; the map is stored in every checkpoint and inverted on output so
-that generated images come back in the units of the training data.
+that generated images come back in the units of the training data. `NormalizationOptions` is how a
+training run chooses the map: declared once, it is part of `medsynth.training.config.TrainConfig`,
+the Train widget's Normalisation form and ``medsynth train``'s flags.
 """
 
 from __future__ import annotations
@@ -14,9 +16,16 @@ from typing import Any
 import numpy as np
 
 from medsynth.errors import InputError
+from medsynth.settings import setting
 
 # Enough values for stable 0.5 / 99.5 percentiles while reading only a strided subset of big arrays.
 MAX_PERCENTILE_VALUES = 2_000_000
+NORMALIZATIONS = ("percentile", "window")
+NORMALIZATION_FIELDS = {
+    "percentile": ("percentile_low", "percentile_high"),
+    "window": ("window_center", "window_width"),
+}
+"""The fields of `NormalizationOptions` each method uses (a form hides the others)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,38 @@ class Normalization:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Normalization:
         return cls(low=float(values["low"]), high=float(values["high"]), method=str(values.get("method", "")))
+
+
+@dataclass(kw_only=True)
+class NormalizationOptions:
+    """How a training run maps intensities to the networks' [-1, 1].
+
+    Recipes trained on a lesion crop (SinGAN) ignore it: the crop is mapped by its own minimum and maximum.
+    """
+
+    normalization: str = setting(
+        "percentile",
+        "Clip intensities at percentiles of the data, or at a fixed window in data units (CT in HU)",
+        choices=NORMALIZATIONS,
+    )
+    percentile_low: float = setting(0.5, "Lower clipping percentile", min=0, max=100)
+    percentile_high: float = setting(99.5, "Upper clipping percentile", min=0, max=100)
+    window_center: float = setting(40.0, "Window centre in data units (40 HU: soft tissue)")
+    window_width: float = setting(400.0, "Window width in data units (400 HU: soft tissue)", min=1e-6)
+
+    def percentile_problems(self) -> list[str]:
+        """What the declared ranges cannot say: the lower percentile must lie below the upper one."""
+        if self.normalization == "percentile" and not self.percentile_low < self.percentile_high:
+            return [
+                f"percentile_low={self.percentile_low!r} must be below percentile_high={self.percentile_high!r}"
+            ]
+        return []
+
+    def fit_normalization(self, arrays: Sequence[Any]) -> Normalization:
+        """The map these options choose for the training data `arrays` (read only for percentiles)."""
+        if self.normalization == "window":
+            return window_normalization(self.window_center, self.window_width)
+        return percentile_normalization(arrays, self.percentile_low, self.percentile_high)
 
 
 def window_normalization(center: float, width: float) -> Normalization:

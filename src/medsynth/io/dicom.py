@@ -18,17 +18,26 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medsynth.errors import InputError, MissingDecoderError, UnreadableFileError
+from medsynth.errors import InputError, InputWarning, UnreadableFileError
+from medsynth.io.dicom_pixels import (
+    iter_frames,
+    pixel_data_length,
+    require_decoder,
+    set_transfer_syntax_from_encoding,
+    warn_excess_pixel_data,
+)
 from medsynth.io.image import MedImage, SyntheticProvenance
+from medsynth.io.library_logs import held_back
 from medsynth.io.orientation import dicom_affine, to_medimage_layout
 from medsynth.io.provenance import provenance_from_summary
+from medsynth.io.recognise import is_series_file
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -48,35 +57,29 @@ ENHANCED_VOLUME_SOP_CLASSES = frozenset(
 )
 """Multi-frame objects whose frames are slices of a volume, not time."""
 
-_DECODER_PACKAGES = (
-    ("JPEG 2000", "pylibjpeg pylibjpeg-openjpeg"),
-    ("JPEG-LS", "pylibjpeg pylibjpeg-libjpeg"),
-    ("JPEG", "pylibjpeg pylibjpeg-libjpeg"),
-    ("RLE", "pylibjpeg pylibjpeg-rle"),
-)
 _SYNTHESIZING_EQUIPMENT = "109100"
+_NON_IMAGE_CONTENT = {
+    "RT Structure Set Storage": "whose contours outline structures on an image series but hold no image",
+    "RT Plan Storage": "a treatment plan, which holds no image",
+    "RT Ion Plan Storage": "an ion treatment plan, which holds no image",
+}
 _POSITION_DECIMALS = 3
 """Slice positions closer than 1 µm are the same position (repeated in time)."""
 _UNEVEN_TOLERANCE = 0.01
 """Relative deviation of a slice gap from the median gap above which the spacing is reported uneven."""
-
-
-def has_dicom_preamble(path: Path) -> bool:
-    """True when `path` starts with the 128-byte preamble and ``DICM`` of the DICOM file format."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(132)[128:] == b"DICM"
-    except OSError:
-        return False
+_MIN_DIRECTION = 1e-6
+"""Direction cosines shorter than this are zero."""
+_MIN_SINE = 0.01
+"""Row and column directions closer than about 0.6 degrees are parallel."""
 
 
 def read_dicom_file(path: Path, *, keep_rgb: bool = False) -> list[MedImage]:
     """Read one DICOM file: a 2D image, a volume of frames or a cine (see the module docstring)."""
     ds = read_header(path)
     _require_image(ds, path)
-    _require_decoder(ds, path)
+    require_decoder(ds, path)
     name = str(ds.get("SeriesDescription", "")).strip() or path.stem
-    if int(ds.get("NumberOfFrames") or 1) > 1:
+    if frame_count(ds, path) > 1:
         return [_read_multiframe(path, ds, keep_rgb, name=name)]
     return [_read_stack([_record(path, ds)], ds, keep_rgb, name=name)]
 
@@ -102,13 +105,15 @@ def read_dicom_folder(folder: Path, *, keep_rgb: bool = False) -> list[MedImage]
         raise InputError(_no_images_message(folder, skipped))
 
     images = []
-    for group in _series_groups(headers):
+    groups = _series_groups(headers)
+    _warn_split_series(groups, folder)
+    for group in groups:
         for path, ds in group:
-            _require_decoder(ds, path)
+            require_decoder(ds, path)
         first_path, first = group[0]
         _require_image(first, first_path)
         name = _series_name(first, folder.name)
-        if len(group) == 1 and int(first.get("NumberOfFrames") or 1) > 1:
+        if len(group) == 1 and frame_count(first, first_path) > 1:
             images.append(_read_multiframe(first_path, first, keep_rgb, name=name))
         else:
             records = [_record(p, ds) for p, ds in group]
@@ -122,7 +127,7 @@ def read_dicom_folder(folder: Path, *, keep_rgb: bool = False) -> list[MedImage]
 
 
 def read_header(path: Path) -> Dataset:
-    """The header of a DICOM file, without pixel data.
+    """The header of a DICOM file, without pixel data (whose length, when native, is in ``medsynth_pixel_data_length``).
 
     Raises:
         UnreadableFileError: not DICOM, or a header that cannot be parsed.
@@ -131,7 +136,10 @@ def read_header(path: Path) -> Dataset:
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        with open(path, "rb") as f, held_back("pydicom"):
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            ds.medsynth_pixel_data_length = pixel_data_length(f, ds)
+        return ds
     except InvalidDicomError:
         ds = _forced_header(path)
         if ds is None:
@@ -148,21 +156,24 @@ def read_header(path: Path) -> Dataset:
 
 
 def _forced_header(path: Path) -> Dataset | None:
-    """Datasets written without the file meta header still read; anything else is not DICOM."""
+    """A data set written without the file meta header is DICOM too; anything without a SOP class is not."""
     import pydicom
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-        return ds if "SOPClassUID" in ds and "Rows" in ds else None
     except Exception:
         return None
+    if "SOPClassUID" not in ds:
+        return None
+    set_transfer_syntax_from_encoding(ds)
+    return ds
 
 
 def _folder_header(path: Path) -> Dataset | None:
     """The header of a file in a series folder; None for other files (notes, DICOMDIR, thumbnails)."""
-    if path.name.upper() == "DICOMDIR":
+    if not is_series_file(path):
         return None
     try:
         return read_header(path)
@@ -172,56 +183,31 @@ def _folder_header(path: Path) -> Dataset | None:
         return None
 
 
+def frame_count(ds: Dataset, path: Path) -> int:
+    """Number of Frames, 1 when absent; `InputError` for a value that is not a whole number."""
+    if "NumberOfFrames" not in ds:
+        return 1
+    # pydicom warns and logs about a malformed value as it converts it; our error says more.
+    with held_back("pydicom"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value = ds.get("NumberOfFrames")
+    try:
+        return max(1, int(value)) if value not in (None, "") else 1
+    except (TypeError, ValueError):
+        raise InputError(
+            f"{path}: Number of Frames (0028,0008) is {str(value)!r}, not a whole number, so its frames cannot be "
+            "counted. Correct the value in a copy of the file (e.g. `dcmodify -m NumberOfFrames=1`) or export "
+            "it again."
+        ) from None
+
+
 def _require_image(ds: Dataset, path: Path) -> None:
     if "Rows" not in ds or "Columns" not in ds:
-        kind = ds.get("SOPClassUID", "unknown")
-        kind = getattr(kind, "name", kind)
-        raise UnreadableFileError(
-            f"{path}: holds no image (no Rows/Columns; SOP class {kind}). The file is truncated, or it is "
-            "a non-image object such as a report; open an image file instead."
-        )
+        raise UnreadableFileError(_no_image_message(ds, path))
     if ds.get("PhotometricInterpretation") == "PALETTE COLOR":
         raise InputError(f"{path}: uses PALETTE COLOR, which medsynth does not read; convert it to RGB or grayscale.")
     if int(ds.get("BitsAllocated", 16)) == 1:
         raise InputError(f"{path}: holds 1-bit data (a segmentation or overlay); open the image series instead.")
-
-
-def _require_decoder(ds: Dataset, path: Path) -> None:
-    """Raise `MissingDecoderError` when the pixel data's compression has no installed decoder."""
-    from pydicom.pixels import get_decoder
-    from pydicom.uid import UID, ImplicitVRLittleEndian
-
-    meta = getattr(ds, "file_meta", None)
-    uid = UID(meta.get("TransferSyntaxUID", ImplicitVRLittleEndian) if meta is not None else ImplicitVRLittleEndian)
-    try:
-        decoder = get_decoder(uid)
-    except NotImplementedError:
-        raise MissingDecoderError(
-            f"{path}: pixel data uses transfer syntax {uid.name} ({uid}), which pydicom cannot decode. "
-            "Convert the file to an uncompressed transfer syntax (e.g. `gdcmconv --raw` or `dcmdjpeg`)."
-        ) from None
-    if not decoder.is_available:
-        package = next((pkg for key, pkg in _DECODER_PACKAGES if key in uid.name), "pylibjpeg pylibjpeg-openjpeg")
-        detail = "; ".join(decoder.missing_dependencies)
-        raise MissingDecoderError(
-            f"{path}: pixel data is compressed as {uid.name} ({uid}) and no decoder for it is installed"
-            f"{f' ({detail})' if detail else ''}. Install one with `pip install {package}`."
-        )
-
-
-def _frames(path: Path, *, as_rgb: bool, indices: Sequence[int] | None = None) -> Iterator[np.ndarray]:
-    """Decoded frames of `path`, one at a time; decoding errors become `UnreadableFileError`."""
-    from pydicom.pixels import iter_pixels
-
-    try:
-        yield from iter_pixels(path, as_rgb=as_rgb, indices=indices)
-    except MemoryError:
-        raise
-    except Exception as exc:
-        raise UnreadableFileError(
-            f"{path}: the pixel data cannot be decoded ({type(exc).__name__}: {exc}); the file is probably "
-            "truncated or corrupt. Copy or export it again."
-        ) from exc
 
 
 @dataclass
@@ -271,6 +257,10 @@ class _Record:
     values: _ValueMap
     order_key: tuple[float, ...]
     """Acquisition order among slices at the same position: temporal index, trigger time, instance."""
+    unusable_orientation: str = ""
+    """Image Orientation (Patient) as stored when it was present but unusable (zero or parallel vectors)."""
+    pixel_data_length: int | None = None
+    """Bytes of native pixel data in the file, when known from its header read."""
 
 
 def _number(value: Any, default: float) -> float:
@@ -287,6 +277,37 @@ def _vector(value: Any, size: int) -> np.ndarray | None:
     except (TypeError, ValueError):
         return None
     return out if out.shape == (size,) and np.all(np.isfinite(out)) else None
+
+
+def _orientation(value: Any) -> tuple[np.ndarray | None, str]:
+    """Image Orientation (Patient) when usable, and the stored value when it is present but unusable.
+
+    Zero or (nearly) parallel row and column directions span no plane: nibabel and ITK fall back to
+    the identity orientation, and so do we, saying so (`_warn_unusable_orientation`).
+    """
+    if value is None or value == "":
+        return None, ""
+    vector = _vector(value, 6)
+    if vector is not None:
+        row, column = vector[:3], vector[3:]
+        lengths = np.linalg.norm(row), np.linalg.norm(column)
+        if min(lengths) > _MIN_DIRECTION and np.linalg.norm(np.cross(row, column)) > _MIN_SINE * lengths[0] * lengths[1]:
+            return vector, ""
+    return None, str(value)
+
+
+def _warn_unusable_orientation(records: Sequence[_Record], where: Path) -> None:
+    bad = [r for r in records if r.unusable_orientation]
+    if bad:
+        files = sorted({r.source.name for r in bad})
+        warnings.warn(
+            f"{where}: Image Orientation (Patient) {bad[0].unusable_orientation!r} (in {len(files)} file(s), e.g. "
+            f"{files[0]}) has a zero or parallel row and column direction, so it spans no plane; the identity "
+            "(axial) orientation is assumed and slices keep their file order. Correct the header or export the "
+            "series again.",
+            InputWarning,
+            stacklevel=3,
+        )
 
 
 def _spacing_pair(value: Any) -> tuple[float, float] | None:
@@ -369,11 +390,14 @@ def _frame_group(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
 
 
 def _record(path: Path, ds: Dataset) -> _Record:
+    orientation, unusable = _orientation(ds.get("ImageOrientationPatient"))
     return _Record(
         source=path,
         frame=None,
         position=_vector(ds.get("ImagePositionPatient"), 3),
-        orientation=_vector(ds.get("ImageOrientationPatient"), 6),
+        orientation=orientation,
+        unusable_orientation=unusable,
+        pixel_data_length=getattr(ds, "medsynth_pixel_data_length", None),
         pixel_spacing=_spacing_pair(ds.get("PixelSpacing")),
         values=_value_map(ds),
         order_key=(
@@ -391,6 +415,7 @@ def _frame_records(path: Path, ds: Dataset, count: int) -> list[_Record]:
     for i in range(count):
         plane = _frame_group(ds, i, "PlanePositionSequence")
         orient = _frame_group(ds, i, "PlaneOrientationSequence")
+        orientation, unusable = _orientation((orient or ds).get("ImageOrientationPatient"))
         measures = _frame_group(ds, i, "PixelMeasuresSequence")
         transform = _frame_group(ds, i, "PixelValueTransformationSequence")
         content = _frame_group(ds, i, "FrameContentSequence")
@@ -399,9 +424,8 @@ def _frame_records(path: Path, ds: Dataset, count: int) -> list[_Record]:
                 source=path,
                 frame=i,
                 position=_vector(plane.get("ImagePositionPatient"), 3) if plane else None,
-                orientation=_vector(orient.get("ImageOrientationPatient"), 6)
-                if orient
-                else _vector(ds.get("ImageOrientationPatient"), 6),
+                orientation=orientation,
+                unusable_orientation=unusable,
                 pixel_spacing=_spacing_pair(measures.get("PixelSpacing")) if measures else None,
                 values=_value_map(ds, transform),
                 order_key=(_number(content.get("TemporalPositionIndex"), 0.0) if content else 0.0, float(i)),
@@ -485,9 +509,8 @@ def _slice_fallback(ds: Dataset) -> float:
 
 def _read_stack(records: list[_Record], ds: Dataset, keep_rgb: bool, *, name: str) -> MedImage:
     """Single-frame files (one slice each) -> ``yx`` / ``zyx`` / ``tzyx``, filled slice by slice."""
-    from pydicom.pixels import pixel_array
-
     where = records[0].source if len(records) == 1 else records[0].source.parent
+    _warn_unusable_orientation(records, where)
     order = _stack_order(records, _slice_fallback(ds), where)
     colour, as_rgb = _colour_plan(ds, keep_rgb)
     rows, cols = int(ds.Rows), int(ds.Columns)
@@ -499,13 +522,8 @@ def _read_stack(records: list[_Record], ds: Dataset, keep_rgb: bool, *, name: st
     for t, row in enumerate(order.grid):
         for z, index in enumerate(row):
             record = records[index]
-            try:
-                frame = pixel_array(record.source, as_rgb=as_rgb)
-            except Exception as exc:
-                raise UnreadableFileError(
-                    f"{record.source}: the pixel data cannot be decoded ({type(exc).__name__}: {exc}); the file "
-                    "is probably truncated or corrupt. Copy or export it again."
-                ) from exc
+            warn_excess_pixel_data(record.source, ds, 1, record.pixel_data_length)
+            frame = next(iter_frames(record.source, as_rgb=as_rgb, count=1))
             if frame.shape[:2] != (rows, cols):
                 raise InputError(
                     f"{record.source}: is {frame.shape[0]}x{frame.shape[1]} but its series is {rows}x{cols}; "
@@ -533,11 +551,12 @@ def _series_time_spacing(records: Sequence[_Record], order: _StackOrder) -> floa
 
 def _read_multiframe(path: Path, ds: Dataset, keep_rgb: bool, *, name: str) -> MedImage:
     """A multi-frame file: a volume when its frames have positions (enhanced objects), else a cine."""
-    count = int(ds.NumberOfFrames)
+    count = frame_count(ds, path)
     volume = str(ds.get("SOPClassUID", "")) in ENHANCED_VOLUME_SOP_CLASSES or (
         _frame_group(ds, 0, "PlanePositionSequence") is not None
     )
     records = _frame_records(path, ds, count) if volume else [_record(path, ds)] * count
+    _warn_unusable_orientation(records, path)
     colour, as_rgb = _colour_plan(ds, keep_rgb)
     rows, cols = int(ds.Rows), int(ds.Columns)
     if volume:
@@ -549,7 +568,8 @@ def _read_multiframe(path: Path, ds: Dataset, keep_rgb: bool, *, name: str) -> M
     out = np.empty((n_outer * n_inner, rows, cols) + ((3,) if colour and keep_rgb else ()), dtype=dtype)
     slot = {index: t * n_inner + z for t, row in enumerate(order.grid) for z, index in enumerate(row)}
     photometric = str(ds.get("PhotometricInterpretation", ""))
-    for i, frame in enumerate(_frames(path, as_rgb=as_rgb)):
+    warn_excess_pixel_data(path, ds, count, getattr(ds, "medsynth_pixel_data_length", None))
+    for i, frame in enumerate(iter_frames(path, as_rgb=as_rgb, count=count)):
         _fill(out[slot[i]], frame, records[i].values, photometric, keep_rgb)
     first = records[order.grid[0][0]]
     if volume:
@@ -597,14 +617,14 @@ def _image(
         _invert_window(metadata, first.values)
     if notes:
         metadata["notes"] = notes
-    if layout.plane:
-        metadata["plane"] = layout.plane
+    if layout.geometry.plane:
+        metadata["plane"] = layout.geometry.plane
     return MedImage(
         array=layout.array,
         axes=layout.axes,
-        spacing=layout.spacing,
-        origin=layout.origin,
-        direction=layout.direction,
+        spacing=layout.geometry.spacing,
+        origin=layout.geometry.origin,
+        direction=layout.geometry.direction,
         time_spacing=time_spacing,
         modality=str(ds.get("Modality") or "OT"),
         units=_units(ds, first.values),
@@ -696,7 +716,7 @@ def _series_groups(headers: list[tuple[Path, Dataset]]) -> list[list[tuple[Path,
             int(ds.get("SamplesPerPixel") or 1),
             tuple(np.round(orientation, 3)) if orientation is not None else None,
         )
-        if int(ds.get("NumberOfFrames") or 1) > 1:
+        if frame_count(ds, path) > 1:
             stack = (str(path),)
         groups[(str(ds.get("SeriesInstanceUID", "")), *stack)].append((path, ds))
 
@@ -713,6 +733,52 @@ def _make_names_unique(images: list[MedImage]) -> None:
         seen[image.name] += 1
         if seen[image.name] > 1:
             image.name = f"{image.name} ({seen[image.name]})"
+
+
+def _no_image_message(ds: Dataset, path: Path) -> str:
+    """What a DICOM file without Rows/Columns is, and what to open instead."""
+    from pydicom.uid import UID
+
+    meta = getattr(ds, "file_meta", None)
+    uid = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta is not None else None)
+    kind = UID(str(uid)).name if uid else ""
+    no_meta = "" if meta is not None and "MediaStorageSOPClassUID" in meta else " (written without the file meta header)"
+    if not kind:
+        return (
+            f"{path}: is DICOM{no_meta} but holds no image (no Rows/Columns, no SOP class): the file is truncated or "
+            "a non-image object. Open an image file instead."
+        )
+    if kind == "Media Storage Directory Storage":
+        return f"{path}: is a DICOMDIR, the index of a DICOM disc, not an image. Open a folder holding a series' files."
+    if kind.endswith("Image Storage"):
+        return (
+            f"{path}: holds no image (no Rows/Columns) although its SOP class is {kind}: it is truncated or "
+            "damaged. Copy or export it again."
+        )
+    what = _NON_IMAGE_CONTENT.get(kind, "which holds no image")
+    return f"{path}: is a DICOM {kind} object{no_meta}, {what}. Open the image series it belongs to instead."
+
+
+def _warn_split_series(groups: list[list[tuple[Path, Dataset]]], folder: Path) -> None:
+    """Warn when slices of another size split a series into several images (and leave a gap in it)."""
+    by_series: dict[str, list[list[tuple[Path, Dataset]]]] = defaultdict(list)
+    for group in groups:
+        by_series[str(group[0][1].get("SeriesInstanceUID", ""))].append(group)
+    for uid, parts in by_series.items():
+        sizes = {(int(group[0][1].Rows), int(group[0][1].Columns)) for group in parts}
+        if len(sizes) < 2:
+            continue
+        main = max(parts, key=len)
+        odd = sorted(path.name for group in parts if group is not main for path, _ in group)
+        rows, cols = int(main[0][1].Rows), int(main[0][1].Columns)
+        warnings.warn(
+            f"{folder}: series {uid or '(no Series Instance UID)'} has {len(odd)} file(s) of another size than its "
+            f"{len(main)} slices of {rows}x{cols}: {', '.join(odd[:5])}{' ...' if len(odd) > 5 else ''}. They are read "
+            "as separate images, and the series has a gap where they were. Move them out of the folder if they do "
+            "not belong to the series.",
+            InputWarning,
+            stacklevel=3,
+        )
 
 
 def _no_images_message(folder: Path, skipped: dict[str, str]) -> str:

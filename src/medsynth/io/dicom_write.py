@@ -44,7 +44,7 @@ from pydicom.uid import (
 from pydicom.valuerep import format_number_as_ds
 
 import medsynth
-from medsynth.atomic import atomic_path
+from medsynth.atomic import atomic_path, staged_folder
 from medsynth.errors import InputError, UnreadableFileError
 from medsynth.io.image import MedImage, SyntheticProvenance
 from medsynth.io.orientation import medimage_affine_xyz_lps
@@ -107,9 +107,10 @@ def write_dicom(
     stem = _file_stem(image, provenance is not None)
     paths = [out / f"{stem}{suffix}.dcm" for suffix, _ in named]
     _check_targets(out, paths)
-    out.mkdir(parents=True, exist_ok=True)
-    for path, (_, ds) in zip(paths, named):
-        save_atomic(ds, path)
+    # All files appear together or none: a clash found late, or a crash, leaves no partial series.
+    with staged_folder(out) as stage:
+        for path, (_, ds) in zip(paths, named):
+            ds.save_as(stage / path.name, enforce_file_format=True)
     return paths
 
 
@@ -462,8 +463,7 @@ def _file_stem(image: MedImage, synthetic: bool) -> str:
 
 
 def _check_targets(out: Path, paths: Sequence[Path]) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output folder {out} is a file; give a folder to write the DICOM files into")
+    """Refuse before writing anything when a file to write exists already."""
     clashes = [p for p in paths if p.exists()]
     if clashes:
         raise InputError(

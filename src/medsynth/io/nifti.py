@@ -5,16 +5,21 @@ x -> L, y -> P, z -> S by flips and transposes only (views). An uncompressed fil
 read-only, so a 4D volume costs no more memory than the pages touched; ``scl_slope``/``scl_inter``,
 when set, are applied slab by slab into one float32 array.
 
-Writing: the geometry goes back into a RAS affine stored as both sform and qform, time spacing into
-``pixdim[4]`` (ms), label maps as uint8/uint16, and synthetic images say so in ``descrip`` and
-``intent_name``; a header extension keeps the full provenance, modality and units.
+Writing: an image still on the grid of the file it was read from (``metadata["source_grid"]``) goes
+back on that grid: the file's voxel order, shape, sform and qform with their codes, so that other
+tools pair it with the file by index. Other images get a RAS affine of the `MedImage` layout stored
+as both sform and qform. Time spacing goes into ``pixdim[4]`` (ms), label maps are uint8/uint16, and
+synthetic images say so in ``descrip`` and ``intent_name``; a header extension keeps the full
+provenance, modality and units.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import gzip
 import json
 import os
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -22,9 +27,17 @@ from typing import Any
 import numpy as np
 
 from medsynth.atomic import atomic_path
-from medsynth.errors import InputError, UnreadableFileError
+from medsynth.errors import InputError, InputWarning, UnreadableFileError
 from medsynth.io.image import MedImage, SyntheticProvenance
-from medsynth.io.orientation import RAS_TO_LPS, medimage_affine_xyz_lps, to_medimage_layout
+from medsynth.io.library_logs import held_back
+from medsynth.io.orientation import (
+    RAS_TO_LPS,
+    Geometry,
+    from_medimage_layout,
+    medimage_affine_xyz_lps,
+    medimage_geometry,
+    to_medimage_layout,
+)
 from medsynth.io.provenance import provenance_from_summary
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -38,6 +51,12 @@ _SLAB_BYTES = 64 * 2**20
 _SPACE_TO_MM = {"meter": 1000.0, "micron": 0.001}
 _IMPLAUSIBLE_SECONDS = 100.0
 _TIME_TO_MS = {"sec": 1000.0, "msec": 1.0, "usec": 0.001, "unknown": 1000.0}
+_GRID_TOLERANCE = 1e-4
+"""Relative difference of geometry taken as equal: a layer's scale and translate round-trip in float64."""
+_MIN_VOLUME_RATIO = 1e-6
+"""An affine whose determinant is below this fraction of its column lengths' product is singular."""
+_GZIP_LEVEL = 1
+"""nibabel's own level for .nii.gz: most of the size gain at a fraction of the time of level 9."""
 
 
 def nifti_stem(path: Path) -> str:
@@ -77,7 +96,8 @@ def read_nifti(path: Path, *, as_label: bool | None = None) -> MedImage:
     import nibabel as nib
 
     try:
-        img = nib.load(path, mmap="r")
+        with held_back("nibabel.global") as repairs:
+            img = nib.load(path, mmap="r")
     except Exception as exc:
         raise UnreadableFileError(
             f"{path}: cannot be read as NIfTI ({exc}). Check that the file was copied completely, or "
@@ -97,8 +117,10 @@ def read_nifti(path: Path, *, as_label: bool | None = None) -> MedImage:
         _check_finite(data, path)
 
     space_unit, time_unit = header.get_xyzt_units()
-    affine_lps = RAS_TO_LPS @ img.affine
-    affine_lps[:3] *= _SPACE_TO_MM.get(space_unit, 1.0)
+    notes = [_repaired(path, repairs)] if repairs else []
+    affine_ras, affine_note = _world_affine(header, img.shape, path)
+    notes += [affine_note] if affine_note else []
+    affine_lps = _affine_lps(affine_ras, space_unit)
     label = as_label if as_label is not None else (data.dtype.kind in "iu" and looks_like_label_name(path))
     if label and data.dtype.kind == "f":
         data = _label_array(data, path)
@@ -109,16 +131,16 @@ def read_nifti(path: Path, *, as_label: bool | None = None) -> MedImage:
     metadata: dict[str, Any] = {
         "source": str(path),
         "format": "NIfTI",
-        "nifti_affine_ras": img.affine.tolist(),
-        "sform_code": int(header["sform_code"]),
-        "qform_code": int(header["qform_code"]),
+        "source_grid": _source_grid(header, img.shape, file_axes, affine_ras),
         "descrip": _text(header["descrip"]),
         "intent_name": _text(header["intent_name"]),
     }
     if scaled:
         metadata["scl_slope"], metadata["scl_inter"] = float(slope), float(inter)
-    if layout.plane:
-        metadata["plane"] = layout.plane
+    if notes:
+        metadata["notes"] = notes
+    if layout.geometry.plane:
+        metadata["plane"] = layout.geometry.plane
     time_spacing = None
     if "t" in axes:
         time_spacing, note = _time_spacing_ms(float(header.get_zooms()[3]), time_unit)
@@ -127,9 +149,9 @@ def read_nifti(path: Path, *, as_label: bool | None = None) -> MedImage:
     return MedImage(
         array=layout.array,
         axes=layout.axes,
-        spacing=layout.spacing,
-        origin=layout.origin,
-        direction=layout.direction,
+        spacing=layout.geometry.spacing,
+        origin=layout.geometry.origin,
+        direction=layout.geometry.direction,
         time_spacing=time_spacing,
         modality=stored.get("modality", "OT"),
         units=stored.get("units", ""),
@@ -143,9 +165,12 @@ def read_nifti(path: Path, *, as_label: bool | None = None) -> MedImage:
 def write_nifti(image: MedImage, path: str | os.PathLike[str]) -> Path:
     """Write `image` to a ``.nii``/``.nii.gz`` file atomically and return its path.
 
-    The array is stored ``(x, y, z[, t])`` with a RAS affine (sform and qform, code 1), spacing in mm
-    and time spacing in ms; label maps as uint8 or uint16; a synthetic image gets ``descrip``
-    ``"SYNTHETIC by medsynth ..."`` (80 bytes at most) and ``intent_name`` ``"SYNTHETIC"``.
+    An image read from a NIfTI file, whose geometry and spatial shape are still those read, is written
+    on that file's grid: its voxel order, shape, sform and qform with their codes, and spatial units.
+    Any other image is stored ``(x, y, z[, t])`` in the `MedImage` layout with a RAS affine (sform and
+    qform, code 1) in mm; a 2D sequence as ``(x, y, 1, t)``. Time spacing goes to ``pixdim[4]`` in ms,
+    label maps are uint8 or uint16, and a synthetic image gets ``descrip`` ``"SYNTHETIC by medsynth ..."``
+    (80 bytes at most) and ``intent_name`` ``"SYNTHETIC"``.
 
     Raises:
         InputError: wrong suffix, RGB data, non-finite values, or labels that are negative, not
@@ -164,18 +189,13 @@ def write_nifti(image: MedImage, path: str | os.PathLike[str]) -> Path:
     data = _label_array(image.array, path) if image.is_label else _nifti_dtype(image.array)
     if data.dtype.kind == "f":
         _check_finite(data, path)
-    file_order = "".join(a for a in "xyzt" if a in image.axes)
-    data = data.transpose([image.axes.index(a) for a in file_order])
-
-    affine_ras = RAS_TO_LPS @ _affine_xyz_lps(image)
-    img = nib.Nifti1Image(data, affine_ras)
+    img = _on_source_grid(image, data)
+    if img is None:
+        img = _in_medimage_layout(image, data)
     header = img.header
-    img.set_sform(affine_ras, code=1)
-    img.set_qform(affine_ras, code=1)
-    header.set_xyzt_units("mm", "msec")
     if image.has_time:
         zooms = header.get_zooms()
-        header.set_zooms(zooms[:-1] + (float(image.time_spacing or 1.0),))
+        header.set_zooms(zooms[:3] + (float(image.time_spacing or 1.0),) + zooms[4:])
     if image.is_label:
         header.set_intent("label")
     if image.synthetic is not None:
@@ -185,6 +205,153 @@ def write_nifti(image: MedImage, path: str | os.PathLike[str]) -> Path:
         header["descrip"] = _ascii(image.name, 80)
     header.extensions.append(nib.nifti1.Nifti1Extension(_EXTENSION_CODE, _extension_bytes(image)))
     return _save_atomically(img, path)
+
+
+def _in_medimage_layout(image: MedImage, data: np.ndarray) -> Any:
+    """`data` as ``(x, y, z[, t])`` (``(x, y, 1, t)`` for a 2D sequence) with the image's RAS affine."""
+    import nibabel as nib
+
+    file_order = "".join(a for a in "xyzt" if a in image.axes)
+    data = data.transpose([image.axes.index(a) for a in file_order])
+    if image.has_time and image.ndim_spatial == 2:
+        data = data[:, :, np.newaxis]  # time is NIfTI's fourth axis, after a single slice
+    affine_ras = RAS_TO_LPS @ _affine_xyz_lps(image)
+    img = nib.Nifti1Image(data, affine_ras)
+    img.set_sform(affine_ras, code=1)
+    img.set_qform(affine_ras, code=1)
+    img.header.set_xyzt_units("mm", "msec")
+    return img
+
+
+def _on_source_grid(image: MedImage, data: np.ndarray) -> Any | None:
+    """`data` in its source file's voxel order with that file's sform, qform and codes, or None.
+
+    None unless the image came from a NIfTI file (``metadata["source_grid"]``) and still has the
+    geometry and spatial shape read from it; a layer the user moved or resampled is no longer on it.
+    """
+    import nibabel as nib
+
+    grid = image.metadata.get("source_grid")
+    if not isinstance(grid, dict) or grid.get("format") != "NIfTI" or (image.has_time and "t" not in grid["axes"]):
+        return None
+    stored_axes = grid["axes"] if image.has_time else grid["axes"].partition("t")[0]
+    spatial = "".join(a for a in stored_axes if a in "xyz")
+    if spatial != "".join(a for a in "xyz" if a in image.axes):
+        return None
+    shape = dict(zip(grid["axes"], grid["shape"]))
+    shape_xyz = tuple(shape.get(a, 1) for a in "xyz")
+    affine_ras = np.asarray(grid["affine"], dtype=float)
+    affine_lps = _affine_lps(affine_ras, grid["units"][0])
+    if not _same_geometry(image, medimage_geometry(affine_lps, shape_xyz, image.ndim_spatial == 2)):
+        return None
+    stored = from_medimage_layout(data, image.axes, affine_lps, stored_axes.replace("-", ""))
+    if tuple(stored.shape[: len(spatial)]) != tuple(shape[a] for a in spatial):
+        return None
+    for i, axis in enumerate(stored_axes):
+        if axis == "-":
+            stored = np.expand_dims(stored, i)
+    img = nib.Nifti1Image(stored, None)
+    for name, setter in (("qform", img.set_qform), ("sform", img.set_sform)):
+        # An unusable matrix was replaced by the affine used on reading; write that one back.
+        matrix = np.asarray(grid[name], dtype=float)
+        setter(matrix if _usable(matrix) else affine_ras, code=int(grid[f"{name}_code"]))
+    img.header.set_xyzt_units(grid["units"][0], "msec")
+    return img
+
+
+def _same_geometry(image: MedImage, geometry: Geometry) -> bool:
+    """True when `image` has `geometry` up to the rounding of a trip through napari's scale and translate."""
+    return (
+        np.allclose(image.spacing, geometry.spacing, rtol=_GRID_TOLERANCE, atol=0)
+        and np.allclose(image.origin, geometry.origin, rtol=0, atol=_GRID_TOLERANCE * min(geometry.spacing))
+        and np.allclose(image.direction, geometry.direction, rtol=0, atol=_GRID_TOLERANCE)
+    )
+
+
+def _world_affine(header: Any, shape: tuple[int, ...], path: Path) -> tuple[np.ndarray, str]:
+    """The voxel -> RAS affine, chosen as nibabel and ITK do, and a note when a header field was unusable.
+
+    The sform when its code is set, else the qform when its code is set, else a diagonal from pixdim
+    (nibabel's base affine); a zero, singular or non-finite one is passed over with an `InputWarning`.
+    A 2D file's zero slice axis is the plane's normal, not a defect.
+    """
+    candidates = [
+        (name, _with_slice_normal(getter(), shape))
+        for name, getter in (("sform", header.get_sform), ("qform", header.get_qform))
+        if int(header[f"{name}_code"]) > 0
+    ]
+    unusable = [name for name, affine in candidates if not _usable(affine)]
+    chosen = next(((name, affine) for name, affine in candidates if _usable(affine)), None)
+    if chosen is None:
+        # nibabel has set zero voxel sizes to 1 on loading (`_repaired` says so).
+        base = header.get_base_affine()
+        if not _usable(base):
+            unusable.append("pixdim")
+        chosen = ("pixdim", base if _usable(base) else np.eye(4))
+    if not unusable:
+        return chosen[1], ""
+    used = {"qform": "the qform", "pixdim": "a diagonal from pixdim" if _usable(chosen[1]) else "1 mm voxels"}[chosen[0]]
+    note = (
+        f"{path}: its {' and '.join(unusable)} {'is' if len(unusable) == 1 else 'are'} zero, singular or not finite, "
+        f"so {used} is used instead, as nibabel and ITK do. Fix the header and save the file again (e.g. with "
+        "nibabel: img.set_sform(affine, code=1))."
+    )
+    warnings.warn(note, InputWarning, stacklevel=3)
+    return chosen[1], note
+
+
+def _repaired(path: Path, repairs: list[str]) -> str:
+    """Warn about the header fields nibabel repaired while loading `path`; returns the warning."""
+    note = (
+        f"{path}: its header was repaired on reading ({'; '.join(repairs)}), as nibabel does. Fix the header "
+        "and save the file again."
+    )
+    warnings.warn(note, InputWarning, stacklevel=3)
+    return note
+
+
+def _with_slice_normal(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """`affine` with a zero third column of a single-slice file replaced by the unit normal of its plane."""
+    if (len(shape) > 2 and shape[2] > 1) or np.any(affine[:3, 2]):
+        return affine
+    normal = np.cross(affine[:3, 0], affine[:3, 1])
+    length = np.linalg.norm(normal)
+    if not np.isfinite(length) or length == 0:
+        return affine
+    out = affine.copy()
+    out[:3, 2] = normal / length
+    return out
+
+
+def _usable(affine: np.ndarray) -> bool:
+    """A finite affine whose axes are neither zero nor (nearly) parallel."""
+    if not np.all(np.isfinite(affine)):
+        return False
+    linear = affine[:3, :3]
+    lengths = np.linalg.norm(linear, axis=0)
+    return bool(np.all(lengths > 0) and abs(np.linalg.det(linear)) > _MIN_VOLUME_RATIO * np.prod(lengths))
+
+
+def _affine_lps(affine_ras: np.ndarray, space_unit: str) -> np.ndarray:
+    """Voxel -> LPS mm from a file's voxel -> RAS affine in its spatial unit."""
+    affine_lps = RAS_TO_LPS @ affine_ras
+    affine_lps[:3] *= _SPACE_TO_MM.get(space_unit, 1.0)
+    return affine_lps
+
+
+def _source_grid(header: Any, shape: tuple[int, ...], file_axes: str, affine_ras: np.ndarray) -> dict[str, Any]:
+    """What writing back on the file's grid needs, as plain values (it travels in layer metadata)."""
+    return {
+        "format": "NIfTI",
+        "shape": [int(n) for n in shape],
+        "axes": file_axes,
+        "affine": affine_ras.tolist(),
+        "sform": header.get_sform().tolist(),
+        "sform_code": int(header["sform_code"]),
+        "qform": header.get_qform().tolist(),
+        "qform_code": int(header["qform_code"]),
+        "units": list(header.get_xyzt_units()),
+    }
 
 
 def _file_axes(path: Path, shape: tuple[int, ...]) -> str:
@@ -364,7 +531,12 @@ def _synthetic_from_header(header: Any, stored: dict[str, Any]) -> SyntheticProv
 
 
 def _save_atomically(img: Any, path: Path) -> Path:
-    # nibabel picks gzip by the temporary file's suffix, so it must end like the destination.
-    with atomic_path(path, suffix=".nii.gz" if path.name.lower().endswith(".gz") else ".nii") as tmp:
-        img.to_filename(tmp)
+    # Streamed rather than saved by name: nibabel would pick gzip by the temporary's suffix, and a
+    # temporary ending in .nii.gz is one that folder readers take for data.
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw:
+        if path.name.lower().endswith(".gz"):
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=_GZIP_LEVEL) as stream:
+                img.to_stream(stream)
+        else:
+            img.to_stream(raw)
     return path

@@ -19,17 +19,23 @@ RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _MEDIMAGE_ORDER = "tzyxc"
 
 
-class Layout(NamedTuple):
-    """An array in `MedImage` axis order with its geometry in array order (see `medsynth.io.image`)."""
+class Geometry(NamedTuple):
+    """Spacing, origin and direction in `MedImage` array order (see `medsynth.io.image`)."""
 
-    array: np.ndarray
-    axes: str
     spacing: tuple[float, ...]
     origin: tuple[float, ...]
     direction: np.ndarray
     plane: str
     """World axes of a 2D image's (y, x) plane: ``"PL"`` for an axial one, ``""`` for 3D data, and
     ``"stored"`` when a non-axial 2D image is kept as stored (its 3D placement lives in the metadata)."""
+
+
+class Layout(NamedTuple):
+    """An array in `MedImage` axis order with its geometry."""
+
+    array: np.ndarray
+    axes: str
+    geometry: Geometry
 
 
 def dicom_affine(
@@ -71,35 +77,81 @@ def to_medimage_layout(array: np.ndarray, axes: str, affine_xyz_lps: np.ndarray)
         direction in that order. A 2D image is reoriented only when it is axial; other planes (a
         sagittal MR slice, an ultrasound frame) keep their stored orientation, as viewers show them.
     """
-    from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
+    from nibabel.orientations import apply_orientation
 
     is_2d = "z" not in axes
     if is_2d:
         array, axes = array[..., np.newaxis], axes + "z"
     others = "".join(a for a in axes if a not in "xyz")
     xyz_first = array.transpose([axes.index(a) for a in "xyz" + others])
+    ornt, axial = _orientation(affine_xyz_lps, is_2d)
+    oriented = apply_orientation(xyz_first, ornt)
+    oriented_axes = "xyz" + others
+    target = "".join(a for a in _MEDIMAGE_ORDER if a in oriented_axes)
+    out = oriented.transpose([oriented_axes.index(a) for a in target])
+    if is_2d:
+        out, target = out.squeeze(axis=target.index("z")), target.replace("z", "")
+    return Layout(out, target, _geometry(affine_xyz_lps, ornt, axial, xyz_first.shape[:3], is_2d))
+
+
+def medimage_geometry(affine_xyz_lps: np.ndarray, shape_xyz: tuple[int, ...], is_2d: bool) -> Geometry:
+    """The geometry `to_medimage_layout` gives stored data of `shape_xyz` (``(X, Y, Z)``) with this affine."""
+    ornt, axial = _orientation(affine_xyz_lps, is_2d)
+    return _geometry(affine_xyz_lps, ornt, axial, shape_xyz, is_2d)
+
+
+def from_medimage_layout(array: np.ndarray, axes: str, affine_xyz_lps: np.ndarray, file_axes: str) -> np.ndarray:
+    """Undo `to_medimage_layout`: `array` in `MedImage` order (`axes`) back in the stored order `file_axes`.
+
+    `affine_xyz_lps` is the stored data's affine, as given to `to_medimage_layout`; the result is a
+    view (flips and transposes) whose axes are named by `file_axes` (e.g. ``"xyzt"``, or ``"xyt"``
+    for a 2D sequence).
+    """
+    from nibabel.orientations import apply_orientation
+
+    is_2d = "z" not in axes
+    if is_2d:
+        array, axes = array[..., np.newaxis], axes + "z"
+    others = "".join(a for a in file_axes if a not in "xyz")
+    xyz_first = array.transpose([axes.index(a) for a in "xyz" + others])
+    ornt, _ = _orientation(affine_xyz_lps, is_2d)
+    inverse = np.empty_like(ornt)
+    for source, (target, flip) in enumerate(ornt):
+        inverse[int(target)] = (source, flip)
+    stored = apply_orientation(xyz_first, inverse)
+    if "z" not in file_axes:
+        stored = stored[:, :, 0]
+    stored_axes = "xy" + ("z" if "z" in file_axes else "") + others
+    return stored.transpose([stored_axes.index(a) for a in file_axes])
+
+
+def _orientation(affine_xyz_lps: np.ndarray, is_2d: bool) -> tuple[np.ndarray, bool]:
+    """nibabel's orientation array that `to_medimage_layout` applies, and whether the data is axial."""
+    from nibabel.orientations import io_orientation
+
     ornt = io_orientation(affine_xyz_lps)
     axial = int(ornt[2, 0]) == 2
     if is_2d and not axial:
         ornt = np.array([[0, 1], [1, 1], [2, 1]])
-    oriented = apply_orientation(xyz_first, ornt)
-    affine = affine_xyz_lps @ inv_ornt_aff(ornt, xyz_first.shape[:3])
+    return ornt, axial
 
-    oriented_axes = "xyz" + others
-    target = "".join(a for a in _MEDIMAGE_ORDER if a in oriented_axes)
-    out = oriented.transpose([oriented_axes.index(a) for a in target])
+
+def _geometry(
+    affine_xyz_lps: np.ndarray, ornt: np.ndarray, axial: bool, shape_xyz: tuple[int, ...], is_2d: bool
+) -> Geometry:
+    from nibabel.orientations import inv_ornt_aff
+
+    affine = affine_xyz_lps @ inv_ornt_aff(ornt, tuple(shape_xyz))
     # Array order is (z, y, x) and world order (S, P, L): both reversed from the affine's.
     linear = affine[:3, :3][::-1, ::-1]
     spacing = np.linalg.norm(linear, axis=0)
     direction = linear / spacing
     origin = affine[:3, 3][::-1]
     if not is_2d:
-        return Layout(out, target, tuple(spacing), tuple(origin), direction, "")
-    out = out.squeeze(axis=target.index("z"))
-    target = target.replace("z", "")
+        return Geometry(tuple(spacing), tuple(origin), direction, "")
     if axial:
-        return Layout(out, target, tuple(spacing[1:]), tuple(origin[1:]), direction[1:, 1:], "PL")
-    return Layout(out, target, tuple(spacing[1:]), (0.0, 0.0), np.eye(2), "stored")
+        return Geometry(tuple(spacing[1:]), tuple(origin[1:]), direction[1:, 1:], "PL")
+    return Geometry(tuple(spacing[1:]), (0.0, 0.0), np.eye(2), "stored")
 
 
 def medimage_affine_xyz_lps(spacing, origin, direction) -> np.ndarray:

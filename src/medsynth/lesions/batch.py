@@ -6,9 +6,10 @@ image, `per_image` lesions are drawn from the SinGAN (size factor uniform in `si
 with an empty generated mask is drawn again), placed in ``C_final`` (the top candidates of the
 location model's heatmap on the background plane, weighted by their density, or every permissible
 pixel without one) with no lesion pixel in the danger zone and no two lesions overlapping, then fused
-(`medsynth.lesions.fusion`). The location model is the kernel-density prior or a learned heatmap
-(`medsynth.lesions.location.LocationModel`).
-Volumes get their lesions in one slice (`slice_index`, the middle one by default).
+as a scene (`medsynth.lesions.scene.fuse_scene`, as the Lesions widget fuses its own). Each lesion's
+manifest record is a `medsynth.lesions.manifest.LesionRecord`, the record of the widget's export.
+The location model is the kernel-density prior or a learned heatmap
+(`medsynth.lesions.location.LocationModel`). Volumes get their lesions in one slice (`slice_index`, the middle one by default).
 """
 
 from __future__ import annotations
@@ -24,59 +25,15 @@ import numpy as np
 
 import medsynth
 from medsynth.atomic import write_text
+from medsynth.data.geometry import image_plane
 from medsynth.errors import InputError
 from medsynth.io.image import MedImage, SyntheticProvenance
-from medsynth.lesions.crop import image_plane
-from medsynth.lesions.fusion import Lesion, fuse
+from medsynth.lesions.fusion import Blend, Lesion
 from medsynth.lesions.location import LocationModel, top_candidates
+from medsynth.lesions.manifest import LesionRecord, lesion_records
 from medsynth.lesions.placement import sample_placements
-from medsynth.lesions.scene import assemble, check_compatible, draw_lesion
+from medsynth.lesions.scene import Placement, check_compatible, draw_lesion, fuse_scene
 from medsynth.lesions.singan_training import LesionGenerator
-
-
-@dataclass(frozen=True)
-class LesionRecord:
-    """One placed lesion, as the manifest lists it (pixel indices of the background plane).
-
-    The box and centroid are those of the lesion's label pixels (what a detector trains on); the
-    patch is the generated ``(patch_height, patch_width)`` image centred at ``(centre_y, centre_x)``,
-    whose footprint (the label pixels) is usually smaller.
-    """
-
-    label_id: int
-    bbox_y0: int
-    bbox_x0: int
-    bbox_y1: int
-    """Exclusive end row of the tight bounding box."""
-    bbox_x1: int
-    """Exclusive end column of the tight bounding box."""
-    centroid_y: float
-    centroid_x: float
-    pixels: int
-    centre_y: int
-    centre_x: int
-    patch_height: int
-    patch_width: int
-    size_factor: float
-    lesion_seed: int
-
-
-def label_geometry(labels: np.ndarray, label_id: int) -> dict[str, int | float]:
-    """Tight bounding box ``bbox_y0, bbox_x0, bbox_y1, bbox_x1`` (ends exclusive), centroid and pixel count of `label_id` in ``(H, W)`` `labels`."""
-    pixels = np.argwhere(np.asarray(labels) == label_id)
-    if len(pixels) == 0:
-        raise InputError(f"label {label_id} has no pixel in the label map; place the lesion again")
-    (y0, x0), (y1, x1) = pixels.min(axis=0), pixels.max(axis=0) + 1
-    cy, cx = pixels.mean(axis=0)
-    return {
-        "bbox_y0": int(y0),
-        "bbox_x0": int(x0),
-        "bbox_y1": int(y1),
-        "bbox_x1": int(x1),
-        "centroid_y": round(float(cy), 3),
-        "centroid_x": round(float(cx), 3),
-        "pixels": len(pixels),
-    }
 
 
 @dataclass(frozen=True)
@@ -158,40 +115,27 @@ def synthesize_case(
     centres = sample_placements(
         permissible, [l.mask for l in lesions], rng, candidates=candidates, weights=weights, min_spacing=options.min_spacing
     )
-    result = fuse(plane, lesions, centres, blend=options.blend)
-    records = [
-        LesionRecord(
-            label_id=i + 1,
-            **label_geometry(result.labels, i + 1),
-            centre_y=c[0],
-            centre_x=c[1],
-            patch_height=l.mask.shape[0],
-            patch_width=l.mask.shape[1],
-            size_factor=size,
-            lesion_seed=s,
-        )
-        for i, (l, c, size, s) in enumerate(zip(lesions, centres, sizes, seeds))
-    ]
-    description = f"{len(lesions)} SinGAN lesions fused into {background.name} (image {index}, blend {options.blend})"
-    if background.synthetic is not None:  # a generated background: name its model too
-        description += f"; background {background.synthetic.summary()}"
+    scene = tuple(
+        Placement(lesion, centre, i + 1, lesion_seed, size)
+        for i, (lesion, centre, size, lesion_seed) in enumerate(zip(lesions, centres, sizes, seeds))
+    )
     provenance = SyntheticProvenance(
         model="singan",
         model_version=medsynth.__version__,
         checkpoint=options.checkpoint,
         seed=seed,
-        description=description,
+        description=f"{len(lesions)} SinGAN lesions fused into {background.name} (image {index}, blend {options.blend})",
     )
-    image, labels = assemble(background.array, result.image, result.labels, slice_index)
     name = f"synthetic_{index:04d}"
+    fused = fuse_scene(background, slice_index, scene, Blend(options.blend), provenance, (name, f"{name}_mask"))
     return SyntheticCase(
         index=index,
-        image=background.with_array(image, synthetic=provenance, name=name),
-        labels=background.with_array(labels, synthetic=provenance, name=f"{name}_mask", is_label=True, units=""),
+        image=fused.image,
+        labels=fused.labels,
         background=str(background.metadata.get("source", background.name)),
         seed=seed,
         slice_index=slice_index,
-        lesions=records,
+        lesions=lesion_records(scene, image_plane(fused.labels.array, slice_index)),
     )
 
 

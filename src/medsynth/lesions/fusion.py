@@ -48,6 +48,14 @@ class Lesion:
 
 
 @dataclass(frozen=True)
+class Blend:
+    """How lesions are fused: the published hard seam or a feathered one (`feather_px` wide)."""
+
+    name: str = "published"
+    feather_px: float = 3.0
+
+
+@dataclass(frozen=True)
 class FusionResult:
     image: np.ndarray
     """``(H, W)`` float32 fused image in the background's units."""

@@ -27,7 +27,9 @@ from scipy import ndimage
 from skimage.feature import peak_local_max
 
 from medsynth.atomic import write_text
+from medsynth.data.geometry import lesion_centroids
 from medsynth.errors import CheckpointError, InputError
+from medsynth.settings import setting
 
 FORMAT = "medsynth-location-prior"
 FORMAT_VERSION = 1
@@ -45,6 +47,22 @@ class LocationModel(Protocol):
     def describe(self) -> str:
         """A few words for a status line, e.g. "location prior from 12 lesions"."""
         ...
+
+
+@dataclass
+class PriorOptions:
+    """How a location model's heatmap becomes candidate positions."""
+
+    top_k: int = setting(10, "Candidate positions: the top-k peaks of the prior", min=1, max=10_000)
+    min_distance: int = setting(5, "Minimum distance between candidates (px)", min=1, max=10_000)
+
+
+def prior_candidates(
+    model: LocationModel, plane: np.ndarray, options: PriorOptions
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The heatmap ``(H, W)`` of `model` on `plane`, its top-k candidates ``(k', 2)`` and their densities ``(k',)``."""
+    heat = model.plane_heatmap(plane)
+    return (heat, *top_candidates(heat, options.top_k, options.min_distance))
 
 
 def top_candidates(heat: np.ndarray, k: int, min_distance: int = 5) -> tuple[np.ndarray, np.ndarray]:
@@ -90,23 +108,6 @@ class LocationPrior:
             "points": self.points.tolist(),
             "bandwidth": list(self.bandwidth),
         }
-
-
-def lesion_centroids(labels: np.ndarray) -> np.ndarray:
-    """``(N, 2)`` centroids (y, x) in pixels of every connected component of every id of a label map.
-
-    A ``(Z, H, W)`` map gives the in-plane centroid of each 3D component.
-    """
-    labels = np.asarray(labels)
-    found = []
-    for label_id in np.unique(labels):
-        if label_id == 0:
-            continue
-        components, count = ndimage.label(labels == label_id)
-        if count:
-            centres = np.asarray(ndimage.center_of_mass(components > 0, components, range(1, count + 1)))
-            found.append(centres[:, -2:])
-    return np.concatenate(found) if found else np.zeros((0, 2))
 
 
 def fit_location_prior(label_maps: Sequence[np.ndarray]) -> LocationPrior:

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from medsynth.errors import InputError
-from medsynth.lesions.crop import pixel_index
+from medsynth.data.geometry import pixel_index
 
 Point = tuple[int, int]
 
@@ -109,7 +109,7 @@ def sample_placements(
     footprint is removed from the permissible mask for the next ones, and every centre keeps at least
     `min_spacing` pixels from the others and from the `existing` centres ``(y, x)`` of lesions placed
     earlier, whose footprints the caller removes from `permissible` (for lesions known only as a
-    label map: ``permissible & (labels == 0)`` and `medsynth.lesions.location.lesion_centroids`).
+    label map: ``permissible & (labels == 0)`` and `medsynth.data.geometry.lesion_centroids`).
 
     The draw is greedy and never returns fewer centres than footprints: when a lesion finds no place,
     InputError says how many were placed and what to change.

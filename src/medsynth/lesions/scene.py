@@ -1,7 +1,8 @@
-"""A scene: the lesions placed on one background plane, as immutable values.
+"""A scene: the lesions placed on one background plane, as immutable values, and its fusion.
 
-The Lesions widget keeps its placements as a `Scene` (so Undo is keeping the previous tuple) and the
-batch tool draws its lesions with `draw_lesion`; both fuse with `medsynth.lesions.fusion.fuse`.
+The Lesions widget's session (`medsynth.lesions.session.LesionSession`) keeps its placements as a
+`Scene` (so Undo is keeping the previous tuple) and the batch tool (`medsynth.lesions.batch`) makes
+one scene per image; both draw lesions with `draw_lesion` and fuse with `fuse_scene`.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from medsynth.data.geometry import Box, image_plane
 from medsynth.errors import InputError
-from medsynth.io.image import MedImage
-from medsynth.lesions.fusion import Lesion
-from medsynth.lesions.placement import Point, footprint_slices, place_by_hand
+from medsynth.io.image import MedImage, SyntheticProvenance
+from medsynth.lesions.fusion import Blend, Lesion, fuse
+from medsynth.lesions.placement import Point, box_centre, footprint_slices, place_by_hand
 from medsynth.lesions.singan_training import LesionGenerator, sample_lesions
 
 MAX_DRAWS = 20
@@ -22,15 +24,27 @@ MAX_DRAWS = 20
 
 @dataclass(frozen=True)
 class Placement:
-    """One placed lesion: its patch, its centre ``(y, x)`` in the background plane, label id and seed."""
+    """One placed lesion: its patch, its centre ``(y, x)`` in the background plane, label id, seed and size factor."""
 
     lesion: Lesion
     centre: Point
     label_id: int
     seed: int
+    size: float = 1.0
+    """The size factor the lesion was drawn with (relative to the model's training crop)."""
 
 
 Scene = tuple[Placement, ...]
+
+
+@dataclass(frozen=True)
+class FusedScene:
+    """A scene fused into its background: both on the background's grid, marked synthetic."""
+
+    image: MedImage
+    """The fused image, in the background's units."""
+    labels: MedImage
+    """The label map, one id per lesion, 0 elsewhere."""
 
 
 def lesion_seed(seed: int, label_id: int) -> int:
@@ -71,12 +85,32 @@ def check_compatible(generator: LesionGenerator, background: MedImage) -> None:
         )
 
 
+def box_placement(generator: LesionGenerator, box: Box) -> tuple[Point, float]:
+    """Centre and size factor of a lesion drawn to fill `box` (the model's crop scaled to the box, within 0.1 to 8)."""
+    height, width = generator.model.shapes[-1]
+    size = float(np.clip(min((box[2] - box[0]) / height, (box[3] - box[1]) / width), 0.1, 8.0))
+    return box_centre(box), size
+
+
+def next_label_id(scene: Scene) -> int:
+    """The label id of the next lesion placed into `scene`."""
+    return max((p.label_id for p in scene), default=0) + 1
+
+
 def placed_mask(placement: Placement, shape: tuple[int, int]) -> np.ndarray:
     """``(H, W)`` boolean footprint of `placement` in a plane of `shape`."""
     mask = np.zeros(shape, dtype=bool)
     rows, cols = footprint_slices(placement.centre, placement.lesion.mask.shape)
     mask[rows, cols] = placement.lesion.mask
     return mask
+
+
+def taken_pixels(scene: Scene, shape: tuple[int, int]) -> np.ndarray:
+    """``(H, W)`` pixels covered by the lesions of `scene`."""
+    taken = np.zeros(shape, dtype=bool)
+    for placement in scene:
+        taken |= placed_mask(placement, shape)
+    return taken
 
 
 def edited_scene(scene: Scene, labels: np.ndarray) -> Scene:
@@ -115,3 +149,35 @@ def assemble(background: np.ndarray, plane: np.ndarray, labels: np.ndarray, slic
     label_volume = np.zeros(volume.shape, dtype=np.uint16)
     label_volume[slice_index] = labels
     return volume, label_volume
+
+
+def plane_of(array: np.ndarray, slice_index: int | None) -> np.ndarray:
+    """`image_plane` of `array`, reading only that slice of a memory-mapped or dask volume."""
+    return np.asarray(image_plane(array, slice_index))
+
+
+def fuse_scene(
+    background: MedImage,
+    slice_index: int | None,
+    scene: Scene,
+    blend: Blend,
+    provenance: SyntheticProvenance,
+    names: tuple[str, str],
+) -> FusedScene:
+    """The lesions of `scene` fused into plane `slice_index` of `background` (None: a 2D image), on its grid.
+
+    `names` are those of the image and of the label map; `provenance` marks both synthetic.
+    """
+    result = fuse(
+        plane_of(background.array, slice_index),
+        [p.lesion for p in scene],
+        [p.centre for p in scene],
+        ids=[p.label_id for p in scene],
+        blend=blend.name,
+        feather_px=blend.feather_px,
+    )
+    image, labels = assemble(background.array, result.image, result.labels, slice_index)
+    return FusedScene(
+        image=background.with_array(image, synthetic=provenance, name=names[0]),
+        labels=background.with_array(labels, synthetic=provenance, name=names[1], is_label=True, units=""),
+    )

@@ -5,7 +5,10 @@ method); this module is its entry for the Lesions widget, ``medsynth lesions`` a
 hold the crop as arrays or as a 2D `MedImage` (which keeps its modality, units and spacing).
 `train_singan` is `medsynth.training.trainer.train` with that recipe on ``[(values, mask)]``: the
 same events (`Progress.phase` names the scale), a preview per scale, stop and pause through
-`TrainControl`, and one engine checkpoint at the end. Its crop is the mask's
+`TrainControl`, and one engine checkpoint at the end. Given ``trainer=train_in_process``
+(`medsynth.training.process`), it trains in a child process, as every recipe does from the viewer.
+The recipe's settings (`SinGANSettings`) and the run's options (`SinGANRunOptions`: seed, progress
+interval) are separate; the rest of the run follows from the pyramid. Its crop is the mask's
 bounding box plus `margin` pixels of `values` (``margin=-1``: all of `values`), normalised to
 [-1, 1] by its own minimum and maximum, which the checkpoint stores.
 
@@ -25,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,19 +44,19 @@ from medsynth.errors import CheckpointError, InputError
 from medsynth.io.image import MedImage
 from medsynth.lesions.fusion import Lesion
 from medsynth.models.singan import SinGAN
-from medsynth.settings import parse, setting, to_dict
+from medsynth.settings import parse, to_dict, with_default
 from medsynth.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from medsynth.training.config import TrainConfig
+from medsynth.training.config import RunOptions, TrainConfig
 from medsynth.training.control import TrainControl
 from medsynth.training.events import CheckpointSaved, Event, Finished, drain
 from medsynth.training.generate import load_recipe
-from medsynth.training.recipes import singan as recipe
-from medsynth.training.recipes.singan import finished_state, pyramid_shapes
+from medsynth.training.recipes.singan import SinGANRecipe, SinGANSettings, finished_state, pyramid_shapes
 from medsynth.training.trainer import train
 
 __all__ = [
     "RECIPE",
     "LesionGenerator",
+    "SinGANRunOptions",
     "SinGANSettings",
     "crop_tensor",
     "load_singan",
@@ -64,17 +67,20 @@ __all__ = [
     "train_to_end",
 ]
 
-RECIPE = recipe.SinGANRecipe.name
+RECIPE = SinGANRecipe.name
 PREVIEW_SAMPLES = 4
 _NO_INTERMEDIATE_CHECKPOINTS = 2**31 - 1
 
+Trainer = Callable[[TrainConfig, Sequence[Any], TrainControl | None], Iterator[Event]]
+"""`medsynth.training.trainer.train`, or `medsynth.training.process.train_in_process` for a child process."""
 
-@dataclass
-class SinGANSettings(recipe.SinGANSettings):
-    """The ``singan`` recipe's settings plus the run options that ``medsynth train`` takes from its own flags."""
 
-    seed: int = setting(0, "Random seed of weights and noise", min=0)
-    log_every: int = setting(25, "Rounds between progress events", min=1)
+@dataclass(kw_only=True)
+class SinGANRunOptions:
+    """The run options of training a lesion model (`RunOptions`' declarations); the rest follows from the pyramid."""
+
+    seed: int = with_default(RunOptions, "seed", 0)
+    log_every: int = with_default(RunOptions, "log_every", 25, "a step is one round of a scale")
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,8 @@ class LesionGenerator:
     model: SinGAN
     normalization: Normalization
     settings: SinGANSettings
+    seed: int = 0
+    """The seed the model was trained with."""
     path: Path | None = None
     data: dict[str, Any] = field(default_factory=dict)
     """The training crop's description from the checkpoint (spacing, modality, units, hash)."""
@@ -105,9 +113,11 @@ def train_singan(
     mask: np.ndarray,
     settings: SinGANSettings | None = None,
     *,
+    run: SinGANRunOptions | None = None,
     control: TrainControl | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     device: str = "cpu",
+    trainer: Trainer = train,
 ) -> Generator[Event, None, LesionGenerator]:
     """Train a SinGAN on a ``(H, W)`` crop in data units and its ``(H, W)`` lesion mask, yielding the engine's events.
 
@@ -122,24 +132,24 @@ def train_singan(
     it. The generator's return value (``StopIteration.value``, napari's ``worker.returned``) is the
     trained `LesionGenerator`.
     """
-    settings = settings or SinGANSettings()
+    settings, run = settings or SinGANSettings(), run or SinGANRunOptions()
     if checkpoint is not None:
         _check_suffix(Path(checkpoint))
     with tempfile.TemporaryDirectory(prefix="medsynth-singan-") as work:
         config = TrainConfig(
             recipe=RECIPE,
             out_dir=Path(work),
-            settings=_recipe_settings(settings),
+            settings=to_dict(settings),
             device=device,
-            seed=settings.seed,
-            log_every=settings.log_every,
+            seed=run.seed,
+            log_every=run.log_every,
             sample_every=settings.iterations,
             checkpoint_every=_NO_INTERMEDIATE_CHECKPOINTS,
             preview_samples=PREVIEW_SAMPLES,
             mixed_precision=False,
         )
         path, finished = None, None
-        for event in train(config, [(values, mask)], control):
+        for event in trainer(config, [(values, mask)], control):
             if isinstance(event, Finished):
                 finished = event
             elif not isinstance(event, CheckpointSaved):
@@ -153,7 +163,9 @@ def train_singan(
     return dataclasses.replace(trained, path=path)
 
 
-def train_to_end(values: np.ndarray | MedImage, mask: np.ndarray, settings: SinGANSettings | None = None, **options) -> LesionGenerator:
+def train_to_end(
+    values: np.ndarray | MedImage, mask: np.ndarray, settings: SinGANSettings | None = None, **options: Any
+) -> LesionGenerator:
     """Run `train_singan` synchronously, ignoring its events; the trained generator (for scripts and tests)."""
     return drain(train_singan(values, mask, settings, **options))
 
@@ -167,15 +179,14 @@ def save_singan(
     """
     path = Path(path)
     _check_suffix(path)
-    settings = lesion_generator.settings
     checkpoint = Checkpoint(
         recipe=RECIPE,
-        settings=_recipe_settings(settings),
+        settings=to_dict(lesion_generator.settings),
         step=lesion_generator.step if step is None else step,
         normalization=lesion_generator.normalization,
         data=lesion_generator.data,
-        state=finished_state(lesion_generator.model, settings.iterations),
-        seed=settings.seed,
+        state=finished_state(lesion_generator.model, lesion_generator.settings.iterations),
+        seed=lesion_generator.seed,
         extra={"reason": reason},
     )
     return save_checkpoint(checkpoint, path)
@@ -216,16 +227,15 @@ def sample_lesions(
 def _lesion_generator(checkpoint: Checkpoint) -> LesionGenerator:
     """The trained pyramid of a ``singan`` checkpoint (its current scale included once it trained a round), on CPU."""
     singan = load_recipe(checkpoint, "cpu")
-    settings = parse(SinGANSettings, {**checkpoint.settings, "seed": checkpoint.seed})
     return LesionGenerator(
-        singan.trained_pyramid(), checkpoint.normalization, settings, checkpoint.path, checkpoint.data, checkpoint.step
+        singan.trained_pyramid(),
+        checkpoint.normalization,
+        parse(SinGANSettings, checkpoint.settings),
+        checkpoint.seed,
+        checkpoint.path,
+        checkpoint.data,
+        checkpoint.step,
     )
-
-
-def _recipe_settings(settings: SinGANSettings) -> dict[str, Any]:
-    """The recipe's part of `settings` (without the run options seed and log_every)."""
-    names = {f.name for f in dataclasses.fields(recipe.SinGANSettings)}
-    return {name: value for name, value in to_dict(settings).items() if name in names}
 
 
 def _check_suffix(path: Path) -> None:

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medsynth.data.normalization import NormalizationOptions
 from medsynth.errors import SettingsError
-from medsynth.settings import parse, setting
+from medsynth.settings import SettingInfo, describe, parse, setting, valid_values
 
-NORMALIZATIONS = ("percentile", "window")
 SEED_LIMIT = 2**32
 """Seeds are 0 <= seed < SEED_LIMIT: numpy's `SeedSequence` (step seeds, batch order) refuses negative
 seeds and `torch.manual_seed` overflows beyond 64 bits; 32 bits is the range seeds conventionally take."""
@@ -21,12 +21,13 @@ REQUIRED = {"recipe": "--recipe NAME", "out_dir": "--out DIR"}
 """The keys a run cannot do without, with the command-line flags that give them."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunOptions:
     """The run options every user interface offers, with their valid ranges.
 
-    `TrainConfig.validate` checks a config's values of these fields against the declared ranges,
-    and the Train widget shows them as its form, so both accept the same values.
+    `TrainConfig` takes them as its own fields, `TrainConfig.validate` checks them against the
+    declared ranges, the Train widget shows them as its form and ``medsynth train`` as its flags, so
+    all accept the same values.
     """
 
     steps: int = setting(2000, "Total generator updates; a resumed run continues up to this step", min=1)
@@ -39,9 +40,14 @@ class RunOptions:
     seed: int = setting(0, "Random seed (the same seed repeats a CPU run)", min=0, max=SEED_LIMIT - 1)
 
 
+DECLARED_PARTS = (RunOptions, NormalizationOptions)
+"""The settings classes whose fields `TrainConfig` takes as its own, each declared once with its ranges."""
+
+
 @dataclass
-class TrainConfig:
-    """One training run.
+class TrainConfig(RunOptions, NormalizationOptions):
+    """One training run: the fields below, the run options (`RunOptions`) and the normalisation
+    (`NormalizationOptions`), keyword arguments all but `recipe`, `out_dir` and `settings`.
 
     `settings` are the recipe's settings by name (strings are converted); they are validated with
     `medsynth.settings.parse` against the recipe's settings class before training starts.
@@ -50,23 +56,9 @@ class TrainConfig:
     recipe: str
     out_dir: Path
     settings: dict[str, Any] = field(default_factory=dict)
-    steps: int = RunOptions.steps
-    """Total generator updates; a resumed run continues up to this step."""
     device: str = "auto"
     """``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``."""
-    seed: int = RunOptions.seed
-    checkpoint_every: int = RunOptions.checkpoint_every
-    sample_every: int = RunOptions.sample_every
-    """Steps between preview samples (0: none)."""
-    log_every: int = RunOptions.log_every
     resume: Path | None = None
-    slice_axis: int = RunOptions.slice_axis
-    """Axis of 3D volumes to slice: 0 = z (axial), 1 = y (coronal), 2 = x (sagittal)."""
-    normalization: str = "percentile"
-    """``"percentile"``: clip at `percentiles` of the data; ``"window"``: clip at `window` (CT)."""
-    percentiles: tuple[float, float] = (0.5, 99.5)
-    window: tuple[float, float] | None = None
-    """(center, width) in data units, e.g. (40, 400) HU for soft tissue; required for ``"window"``."""
     augment: bool | None = None
     """Flips and small affine transforms; None: on when the data has fewer than `SMALL_DATA` items."""
     min_foreground: float = 0.05
@@ -78,24 +70,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
         self.resume = Path(self.resume) if self.resume is not None else None
-        self.percentiles = tuple(float(p) for p in self.percentiles)
-        self.window = tuple(float(w) for w in self.window) if self.window is not None else None
 
     def validate(self) -> None:
         """SettingsError naming every bad field."""
         problems = []
-        try:
-            parse(RunOptions, {f.name: getattr(self, f.name) for f in dataclasses.fields(RunOptions)})
-        except SettingsError as exc:
-            problems.append(str(exc))
+        for part in DECLARED_PARTS:
+            try:
+                parse(part, {f.name: getattr(self, f.name) for f in dataclasses.fields(part)})
+            except SettingsError as exc:
+                problems.append(str(exc))
+        problems += self.percentile_problems()
         if self.preview_samples < 1:
             problems.append(f"preview_samples={self.preview_samples!r}: must be at least 1")
-        if self.normalization not in NORMALIZATIONS:
-            problems.append(f"normalization={self.normalization!r}: must be one of {', '.join(NORMALIZATIONS)}")
-        if self.normalization == "window" and (self.window is None or len(self.window) != 2 or self.window[1] <= 0):
-            problems.append(f"window={self.window!r}: must be (center, width) with width > 0 for normalization='window'")
-        if len(self.percentiles) != 2 or not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
-            problems.append(f"percentiles={self.percentiles!r}: must be (lower, upper) with 0 <= lower < upper <= 100")
         if not 0.0 <= self.min_foreground < 1.0:
             problems.append(f"min_foreground={self.min_foreground!r}: must be in [0, 1)")
         if problems:
@@ -146,32 +132,28 @@ def _path(value: Any) -> bool:
     return isinstance(value, (str, os.PathLike)) and str(value) != ""
 
 
-def _pair(value: Any) -> bool:
-    return isinstance(value, (list, tuple)) and len(value) == 2 and all(_number(v) for v in value)
-
-
 def _or_none(accepts: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda value: value is None or accepts(value)
+
+
+def _declared_type(info: SettingInfo) -> tuple[Callable[[Any], bool], str]:
+    """What a config file's value of a declared setting must be (its range is checked by `TrainConfig.validate`)."""
+    accepts = {int: _whole, float: _number, str: _text}[info.type]
+    if info.choices is not None:
+        return accepts, valid_values(info)
+    return accepts, {int: "a whole number", float: "a number", str: "text"}[info.type]
 
 
 VALUE_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "recipe": (_text, "a recipe name, see `medsynth recipes`"),
     "out_dir": (_path, "a folder path"),
     "settings": (lambda value: isinstance(value, dict), "a table of recipe settings, e.g. [settings] batch_size = 16"),
-    "steps": (_whole, "a whole number"),
     "device": (_text, "auto, cpu, cuda, cuda:N or mps"),
-    "seed": (_whole, "a whole number"),
-    "checkpoint_every": (_whole, "a whole number"),
-    "sample_every": (_whole, "a whole number"),
-    "log_every": (_whole, "a whole number"),
     "resume": (_or_none(_path), "a checkpoint file path"),
-    "slice_axis": (_whole, "0, 1 or 2"),
-    "normalization": (_text, f"one of {', '.join(NORMALIZATIONS)}"),
-    "percentiles": (_pair, "[lower, upper], two numbers"),
-    "window": (_or_none(_pair), "[center, width], two numbers"),
     "augment": (_or_none(lambda value: isinstance(value, bool)), "true or false"),
     "min_foreground": (_number, "a number"),
     "preview_samples": (_whole, "a whole number"),
     "mixed_precision": (lambda value: isinstance(value, bool), "true or false"),
+    **{info.name: _declared_type(info) for part in DECLARED_PARTS for info in describe(part)},
 }
 """For each `TrainConfig` field: what a config file's value must be, and how to say so."""

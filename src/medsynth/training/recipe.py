@@ -44,6 +44,7 @@ from torch import nn
 
 from medsynth.errors import SettingsError, TrainingError
 from medsynth.models.ema import EMA
+from medsynth.training.gan_optimizer import GANOptimizerSettings
 
 RECIPE_PACKAGE = "medsynth.training.recipes"
 DATA_KINDS = ("image2d", "sequence", "patch", "paired", "lesion")
@@ -122,16 +123,21 @@ class Recipe(ABC):
     def adopt_gan(self, generator: nn.Module, discriminator: nn.Module, discriminator_name: str = "discriminator") -> None:
         """Take a generator/discriminator pair as this recipe's models, with one Adam each and the generator EMA.
 
-        Reads ``lr_g``, ``lr_d``, ``beta1``, ``beta2`` and ``ema_decay`` from the settings.
+        The recipe's settings must derive from `GANOptimizerSettings`, whose fields configure both.
         """
-        s = self.settings
-        betas = (s.beta1, s.beta2)
+        optimizer = self.settings
+        if not isinstance(optimizer, GANOptimizerSettings):
+            raise TypeError(
+                f"recipe {self.name!r}: adopt_gan takes its Adam and EMA settings from GANOptimizerSettings; "
+                f"derive {type(optimizer).__name__} from medsynth.training.gan_optimizer.GANOptimizerSettings"
+            )
+        betas = (optimizer.beta1, optimizer.beta2)
         self.models = {"generator": generator, discriminator_name: discriminator}
         self.optimizers = {
-            "generator": torch.optim.Adam(generator.parameters(), lr=s.lr_g, betas=betas),
-            discriminator_name: torch.optim.Adam(discriminator.parameters(), lr=s.lr_d, betas=betas),
+            "generator": torch.optim.Adam(generator.parameters(), lr=optimizer.lr_g, betas=betas),
+            discriminator_name: torch.optim.Adam(discriminator.parameters(), lr=optimizer.lr_d, betas=betas),
         }
-        self.ema = EMA(generator, s.ema_decay)
+        self.ema = EMA(generator, optimizer.ema_decay)
 
     def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
         """Wrap every trained model (e.g. in DistributedDataParallel) for the steps that optimise it."""

@@ -31,7 +31,7 @@ from medsynth.data.datasets import (
     StepSampler,
     as_medimage,
 )
-from medsynth.data.normalization import Normalization, percentile_normalization, window_normalization
+from medsynth.data.normalization import Normalization
 from medsynth.data.paired import PairedSliceDataset, split_pairs
 from medsynth.errors import CheckpointError, InputError, SettingsError, TrainingError
 from medsynth.io.image import MedImage
@@ -114,7 +114,7 @@ def _run(
         dataset = _lesion_dataset(config, settings, images, targets or [], resume)
         normalization, augment = dataset.normalization, False
     else:
-        normalization = resume.normalization if resume is not None else _fit_normalization(config, images)
+        normalization = resume.normalization if resume is not None else config.fit_normalization([image.array for image in images])
         dataset = _make_dataset(recipe_cls, settings, images, normalization, config, targets)
         augment = config.augment if config.augment is not None else len(dataset) < SMALL_DATA
     data_description = dataset.describe()
@@ -263,12 +263,6 @@ def _save(
         extra={"rank_parameter_sha256": digests} if context.is_distributed else {},
     )
     return save_checkpoint(checkpoint, checkpoint_path(config.out_dir, step))
-
-
-def _fit_normalization(config: TrainConfig, images: list[MedImage]) -> Normalization:
-    if config.normalization == "window":
-        return window_normalization(*config.window)
-    return percentile_normalization([image.array for image in images], *config.percentiles)
 
 
 def _lesion_dataset(

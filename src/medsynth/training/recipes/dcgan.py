@@ -8,28 +8,24 @@ import torch
 import torch.nn.functional as F
 
 from medsynth.models.dcgan import DCGANDiscriminator, DCGANGenerator
-from medsynth.settings import setting
+from medsynth.settings import setting, with_default
+from medsynth.training.gan_optimizer import GANOptimizerSettings
 from medsynth.training.recipe import LatentGANRecipe, register_recipe
 
 
 @dataclass
-class DCGANSettings:
+class DCGANSettings(GANOptimizerSettings):
     resolution: int = setting(64, "Training image side length in pixels", choices=(64, 128))
     batch_size: int = setting(16, "Real images per batch and process", min=1, max=1024)
     latent_dim: int = setting(100, "Length of the generator's latent vector", min=8, max=1024)
     g_channels: int = setting(16, "Generator width at full resolution (doubles at each halving)", min=4, max=256)
     d_channels: int = setting(16, "Discriminator width at full resolution (doubles at each halving)", min=4, max=256)
-    lr_g: float = setting(2e-4, "Generator Adam learning rate", min=1e-6, max=1e-1)
-    lr_d: float = setting(
+    lr_d: float = with_default(
+        GANOptimizerSettings,
+        "lr_d",
         5e-5,
-        "Discriminator Adam learning rate (paper: 2e-4; lower here because on a few hundred slices the "
-        "discriminator otherwise wins within about 100 steps)",
-        min=1e-6,
-        max=1e-1,
+        "paper: 2e-4; lower here because on a few hundred slices the discriminator otherwise wins within about 100 steps",
     )
-    beta1: float = setting(0.5, "Adam beta1 (DCGAN paper: 0.5)", min=0.0, max=0.999)
-    beta2: float = setting(0.999, "Adam beta2", min=0.0, max=0.9999)
-    ema_decay: float = setting(0.999, "Decay per step of the generator EMA used for samples", min=0.0, max=0.99999)
 
 
 @register_recipe

@@ -34,6 +34,7 @@ from medsynth.models.hrgan import (
     modality_index,
 )
 from medsynth.settings import setting
+from medsynth.training.gan_optimizer import GANOptimizerSettings
 from medsynth.training.recipe import SAMPLE_CHUNK, Recipe, register_recipe
 
 DTCR_PATCH = 64
@@ -45,7 +46,7 @@ REAL_MOTION_DECAY = 0.9
 
 
 @dataclass
-class HRGANSettings:
+class HRGANSettings(GANOptimizerSettings):
     resolution: int = setting(128, "Training side length in pixels (final stage)", choices=(16, 32, 64, 128, 256, 512))
     base_resolution: int = setting(64, "Side length of the first stage; later stages double it", choices=(16, 32, 64))
     frames: int = setting(8, "Frames per training clip (T)", min=2, max=64)
@@ -66,11 +67,6 @@ class HRGANSettings:
     dtcr_validate_every: int = setting(50, "Steps between lambda adjustments of the 'validation' schedule", min=1, max=1_000_000)
     dtcr_features: str = setting("vgg16", "DTCR features: ImageNet VGG (needs its weight file) or the discriminator's", choices=("vgg16", "vgg19", "discriminator"))
     vgg_weights: str = setting("", "Path of the VGG weight file or its folder (empty: the usual places)")
-    lr_g: float = setting(2e-4, "Generator Adam learning rate", min=1e-6, max=1e-1)
-    lr_d: float = setting(2e-4, "Discriminator Adam learning rate", min=1e-6, max=1e-1)
-    beta1: float = setting(0.5, "Adam beta1", min=0.0, max=0.999)
-    beta2: float = setting(0.999, "Adam beta2", min=0.0, max=0.9999)
-    ema_decay: float = setting(0.999, "Decay per step of the generator EMA used for samples", min=0.0, max=0.99999)
 
 
 def growth_schedule(step: int, n_stages: int, stage_steps: int, fade_steps: int) -> tuple[int, float]:

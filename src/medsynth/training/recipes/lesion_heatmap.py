@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from medsynth.lesions.location import lesion_centroids
+from medsynth.data.geometry import lesion_centroids
 from medsynth.settings import setting
 from medsynth.training.recipe import register_recipe
 from medsynth.training.recipes.pixel_map import PixelMapRecipe, PixelMapSettings

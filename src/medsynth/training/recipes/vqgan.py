@@ -46,7 +46,9 @@ from medsynth.models.dcgan import init_weights
 from medsynth.models.patchgan import PatchDiscriminator
 from medsynth.models.token_prior import TokenPrior, next_token_loss
 from medsynth.models.vqgan import BLOCKS, LEVELS, VQAutoencoder
-from medsynth.settings import setting
+from medsynth.models.ema import EMA
+from medsynth.settings import setting, with_default
+from medsynth.training.gan_optimizer import GANOptimizerSettings
 from medsynth.training.recipe import SAMPLE_CHUNK, Recipe, register_recipe
 
 PREVIEW_ITEMS = 8
@@ -60,7 +62,7 @@ PRIOR_BETAS = (0.9, 0.95)
 
 
 @dataclass
-class VQGANSettings:
+class VQGANSettings(GANOptimizerSettings):
     resolution: int = setting(128, "Training image side length in pixels", choices=(32, 64, 128, 256, 512, 1024))
     batch_size: int = setting(8, "Real images per batch and process (paper: 8)", min=1, max=1024)
     block: str = setting("resblock", "Block of encoder and decoder: plain residual block or HDFB", choices=BLOCKS)
@@ -85,16 +87,20 @@ class VQGANSettings:
     disc_start: int = setting(1000, "Autoencoder steps before the adversarial loss is switched on", min=0, max=10_000_000)
     disc_channels: int = setting(32, "Width of the patch discriminator's first layer (taming: 64)", min=4, max=512)
     disc_layers: int = setting(3, "Stride-2 layers of the patch discriminator", min=1, max=5)
-    lr: float = setting(2.25e-5, "Adam learning rate of autoencoder and discriminator", min=1e-7, max=1e-1)
-    beta1: float = setting(0.5, "Adam beta1", min=0.0, max=0.999)
-    beta2: float = setting(0.9, "Adam beta2", min=0.0, max=0.9999)
-    eps: float = setting(1e-8, "Adam epsilon", min=1e-12, max=1e-3)
+    eps: float = setting(1e-8, "Adam epsilon of every optimiser (paper: 1e-8)", min=1e-12, max=1e-3)
     autoencoder_steps: int = setting(2000, "Steps of the autoencoder stage", min=1, max=10_000_000)
     prior_steps: int = setting(1000, "Steps of the token prior stage (0: no prior, no sampling)", min=0, max=10_000_000)
     prior_dim: int = setting(128, "Width of the prior transformer", min=8, max=2048)
     prior_layers: int = setting(4, "Blocks of the prior transformer", min=1, max=48)
     prior_heads: int = setting(4, "Attention heads of the prior transformer (divides prior_dim)", min=1, max=32)
     prior_lr: float = setting(3e-4, "Adam learning rate of the prior", min=1e-7, max=1e-1)
+    lr_g: float = with_default(GANOptimizerSettings, "lr_g", 2.25e-5, "here the autoencoder's; paper: 2.25e-5")
+    lr_d: float = with_default(GANOptimizerSettings, "lr_d", 2.25e-5, "paper: 2.25e-5")
+    beta1: float = with_default(GANOptimizerSettings, "beta1", 0.5, "paper: 0.5")
+    beta2: float = with_default(GANOptimizerSettings, "beta2", 0.9, "paper: 0.9")
+    ema_decay: float = with_default(
+        GANOptimizerSettings, "ema_decay", 0.0, "here of the autoencoder; 0: none, as published"
+    )
 
 
 @dataclass
@@ -208,12 +214,13 @@ class VQGANRecipe(Recipe):
             "discriminator": discriminator.to(device),
             "prior": prior.to(device),
         }
-        adam = {"lr": s.lr, "betas": (s.beta1, s.beta2), "eps": s.eps}
+        adam = {"betas": (s.beta1, s.beta2), "eps": s.eps}
         self.optimizers = {
-            "autoencoder": torch.optim.Adam(autoencoder.parameters(), **adam),
-            "discriminator": torch.optim.Adam(discriminator.parameters(), **adam),
+            "autoencoder": torch.optim.Adam(autoencoder.parameters(), lr=s.lr_g, **adam),
+            "discriminator": torch.optim.Adam(discriminator.parameters(), lr=s.lr_d, **adam),
             "prior": torch.optim.Adam(prior.parameters(), lr=s.prior_lr, betas=PRIOR_BETAS, eps=s.eps),
         }
+        self.ema = EMA(autoencoder, s.ema_decay) if s.ema_decay > 0 else None
         if self.preview is not None:  # training (prepare ran): a missing VGG file stops the run before its first step
             self._perceptual_distance()
 
@@ -224,6 +231,11 @@ class VQGANRecipe(Recipe):
             weights = s.vgg_weights or None
             self._perceptual = perceptual_distance(s.perceptual, self.models["discriminator"], weights, self.device)
         return self._perceptual
+
+    @property
+    def coder(self) -> VQAutoencoder:
+        """The autoencoder that encodes for the prior, reconstructs and decodes samples: its average when kept."""
+        return self.ema.module if self.ema is not None else self.models["autoencoder"]
 
     @property
     def token_grid(self) -> int:
@@ -266,6 +278,8 @@ class VQGANRecipe(Recipe):
         discriminator.requires_grad_(True)
         autoencoder.quantizer.record(quantized.indices, step)
         revived = autoencoder.quantizer.revive(quantized.latents, step, s.revive_after)
+        if self.ema is not None:
+            self.ema.update()
 
         # Discriminator: hinge loss on the real batch and this step's reconstructions.
         d_loss = d_real = d_fake = l1.new_zeros(())
@@ -292,7 +306,7 @@ class VQGANRecipe(Recipe):
 
     def _prior_step(self, real: torch.Tensor) -> dict[str, float]:
         """One cross-entropy step of the prior on the token maps of the real batch (the autoencoder frozen)."""
-        autoencoder, prior = self.models["autoencoder"], self.models["prior"]
+        autoencoder, prior = self.coder, self.models["prior"]
         with evaluating(autoencoder):
             tokens = autoencoder.encode(real).indices.flatten(1)
         logits, _ = self.trainable("prior")(prior.inputs(tokens))
@@ -304,7 +318,7 @@ class VQGANRecipe(Recipe):
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 1, S, S)`` images in [-1, 1] (S a multiple of the downsampling) -> their reconstructions."""
-        autoencoder = self.models["autoencoder"]
+        autoencoder = self.coder
         chunk = max(1, DECODE_PIXELS // (images.shape[-1] * images.shape[-2]))
         with evaluating(autoencoder):
             parts = [autoencoder(x.to(self.device))[0].float().clamp(-1, 1).cpu() for x in images.split(chunk)]
@@ -322,7 +336,7 @@ class VQGANRecipe(Recipe):
                     "images"
                 )
             return self.reconstruct(self.preview[torch.arange(n) % len(self.preview)])
-        autoencoder, prior = self.models["autoencoder"], self.models["prior"]
+        autoencoder, prior = self.coder, self.models["prior"]
         grid = self.token_grid
         decode_chunk = max(1, DECODE_PIXELS // self.resolution**2)
         out = []

@@ -8,12 +8,13 @@ import torch
 
 from medsynth.models.dcgan import DCGANGenerator
 from medsynth.models.wgan_gp import Critic, gradient_penalty
-from medsynth.settings import setting
+from medsynth.settings import setting, with_default
+from medsynth.training.gan_optimizer import GANOptimizerSettings
 from medsynth.training.recipe import LatentGANRecipe, register_recipe
 
 
 @dataclass
-class WGANGPSettings:
+class WGANGPSettings(GANOptimizerSettings):
     resolution: int = setting(64, "Training image side length in pixels", choices=(64, 128))
     batch_size: int = setting(16, "Real images per critic batch and process", min=1, max=1024)
     latent_dim: int = setting(128, "Length of the generator's latent vector", min=8, max=1024)
@@ -24,11 +25,10 @@ class WGANGPSettings:
     )
     n_critic: int = setting(5, "Critic updates per generator update", min=1, max=20)
     gp_lambda: float = setting(10.0, "Weight of the gradient penalty", min=0.0, max=1000.0)
-    lr_g: float = setting(1e-4, "Generator Adam learning rate", min=1e-6, max=1e-1)
-    lr_d: float = setting(1e-4, "Critic Adam learning rate", min=1e-6, max=1e-1)
-    beta1: float = setting(0.0, "Adam beta1 (paper: 0)", min=0.0, max=0.999)
-    beta2: float = setting(0.9, "Adam beta2 (paper: 0.9)", min=0.0, max=0.9999)
-    ema_decay: float = setting(0.999, "Decay per step of the generator EMA used for samples", min=0.0, max=0.99999)
+    lr_g: float = with_default(GANOptimizerSettings, "lr_g", 1e-4, "paper: 1e-4")
+    lr_d: float = with_default(GANOptimizerSettings, "lr_d", 1e-4, "paper: 1e-4")
+    beta1: float = with_default(GANOptimizerSettings, "beta1", 0.0, "paper: 0")
+    beta2: float = with_default(GANOptimizerSettings, "beta2", 0.9, "paper: 0.9")
 
 
 @register_recipe
