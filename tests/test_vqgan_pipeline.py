@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
@@ -12,13 +13,17 @@ import pytest
 
 from medsynth.cli import main
 from medsynth.data.samples import load_sample, sample_path
-from medsynth.errors import InputError
+from medsynth.errors import CheckpointError, InputError, SettingsError
 from medsynth.io import read_image
 from medsynth.lesions.backgrounds import generate_backgrounds
 from medsynth.lesions.crop import lesion_crop
 from medsynth.lesions.singan_training import SinGANSettings, train_to_end
+from medsynth.training.checkpoint import load_checkpoint, save_checkpoint
 from medsynth.training.config import TrainConfig
+from medsynth.training.generate import generate
+from medsynth.training.reconstruct import reconstruct
 from medsynth.training.trainer import train
+from test_source_grid import _assert_same_grid, ras_file  # noqa: F401 - the fixture is used by name
 
 pytestmark = pytest.mark.slow
 
@@ -118,3 +123,26 @@ def test_reconstruct_cli_writes_on_the_inputs_grid(background_model, tmp_path, c
     assert np.allclose(read_image(difference).array, read_image(out).array - np.asarray(original.array), atol=1e-2)
     assert main(["reconstruct", str(background_model), str(source), "--out", str(out)]) == 2  # never overwrites
     assert "exists" in capsys.readouterr().err
+
+
+def test_reconstruct_cli_writes_on_a_ras_files_grid(background_model, ras_file, tmp_path):
+    out = tmp_path / "recon.nii.gz"
+    assert main(["reconstruct", str(background_model), str(ras_file), "--out", str(out), "--device", "cpu"]) == 0
+    _assert_same_grid(out, ras_file)
+
+
+def test_a_checkpoint_whose_settings_are_bad_or_do_not_fit_its_weights_is_refused(background_model, ct, tmp_path):
+    checkpoint = load_checkpoint(background_model)
+
+    def with_settings(name: str, **changes):
+        edited = replace(checkpoint, settings={**checkpoint.settings, **changes}, path=None)
+        return save_checkpoint(edited, tmp_path / f"{name}.safetensors")
+
+    with pytest.raises(SettingsError, match="codebook_size=1: must be at least 2"):
+        generate(with_settings("codebook", codebook_size=1), 1, device="cpu")
+    with pytest.raises(SettingsError, match="channel_mult='1,2' must give 4 multipliers"):
+        reconstruct(with_settings("mult", channel_mult="1,2"), ct, device="cpu")
+    changes = {"wider": {"base_channels": 16}, "resblock": {"block": "resblock"}, "average": {"ema_decay": 0.9}}
+    for name, change in changes.items():
+        with pytest.raises(CheckpointError, match=f"{name}.safetensors.* does not match its recipe.s models"):
+            generate(with_settings(name, **change), 1, device="cpu")
