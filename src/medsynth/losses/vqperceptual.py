@@ -12,17 +12,18 @@ where ``G_L`` is the decoder's last layer, lambda is clamped to [0, 1e4] and not
 and ``f(step)`` is 0 before `disc_start` (the adversarial warm-up) and 1 after. The discriminator
 minimises the hinge loss ``0.5 * (mean relu(1 - D(x)) + mean relu(1 + D(x_hat)))``.
 
-The perceptual distance ``P`` compares feature maps of a network (`perceptual_distance`):
+The perceptual distance ``P`` compares feature maps of a network (`PERCEPTUAL`, built by the recipe
+from these functions):
 
-- ``"lpips"``: LPIPS itself (`medsynth.metrics.lpips`: VGG16 features weighted by the published
-  linear heads); needs the ``vgg16`` and ``lpips-vgg`` weight files.
-- ``"vgg16"``: LPIPS-style on VGG16 alone: at relu1_2 ... relu5_3 each pixel's feature vector is
-  scaled to unit length, and the squared distance of the two vectors (summed over channels, as LPIPS
-  with every channel weight 1) is averaged over the pixels, then over the layers; needs ``vgg16``.
+- ``"vgg16"``: LPIPS-style on VGG16 (`features_distance` of `medsynth.losses.dtcr.vgg_features` at
+  `LPIPS_LAYERS`): at relu1_2 ... relu5_3 each pixel's feature vector is scaled to unit length, and
+  the squared distance of the two vectors (summed over channels, as LPIPS with every channel weight
+  1) is averaged over the pixels, then over the layers; needs the ``vgg16`` weight file.
 - ``"discriminator"``: the weight-free fallback, the same formula on the patch discriminator's
-  stage activations (run on both images in one batch, so that batch norm treats them alike).
-  These features change as the discriminator learns (a moving target) and are random features
-  during the warm-up; the fallback is meant for machines without the VGG file and for tests.
+  stage activations (`paired_activations_distance`: both images in one batch, so that batch norm
+  treats them alike). These features change as the discriminator learns (a moving target) and are
+  random features during the warm-up; the fallback is meant for machines without the VGG file and
+  for tests.
 - ``"off"``: no perceptual term.
 
 As for DTCR (`medsynth.losses.dtcr`, docs/hrgan-dtcr.md) nothing falls back silently: asking for
@@ -31,16 +32,15 @@ VGG features without the file raises `MissingWeightsError` before training, nami
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from medsynth.losses.dtcr import unit_channels, vgg_features
-from medsynth.models.patchgan import PatchDiscriminator
+from medsynth.losses.dtcr import FeatureFn, unit_channels
 
-PERCEPTUAL = ("lpips", "vgg16", "discriminator", "off")
+PERCEPTUAL = ("vgg16", "discriminator", "off")
+LPIPS_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
 ADAPTIVE_WEIGHT_MAX = 1e4
 ADAPTIVE_EPS = 1e-4
 
@@ -54,32 +54,19 @@ def feature_distance(fx: Sequence[torch.Tensor], fy: Sequence[torch.Tensor]) -> 
     return torch.stack(per_layer).mean()
 
 
-def perceptual_distance(
-    kind: str, discriminator: PatchDiscriminator, weights: str | os.PathLike | None, device: torch.device
-) -> Distance | None:
-    """The perceptual distance `kind` (`PERCEPTUAL`); None for ``"off"``; `MissingWeightsError` without the file."""
-    if kind == "off":
-        return None
-    if kind == "discriminator":
+def features_distance(features: FeatureFn) -> Distance:
+    """`feature_distance` of the two batches' features from `features` (a frozen network)."""
+    return lambda x, y: feature_distance(features(x), features(y))
 
-        def from_discriminator(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            _, features = discriminator.activations(torch.cat([x, y]))
-            return feature_distance(*zip(*(f.chunk(2) for f in features)))
 
-        return from_discriminator
-    if kind == "lpips":
-        from medsynth.metrics.lpips import load_lpips
+def paired_activations_distance(activations: Callable[[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]) -> Distance:
+    """`feature_distance` of the stage activations of both batches, computed in one batch (``(logits, [stage])``)."""
 
-        model = load_lpips(weights).to(device)
-        return lambda x, y: model((x + 1) / 2, (y + 1) / 2).mean()
-    if kind == "vgg16":
-        from medsynth.metrics.lpips import LAYERS
-        from medsynth.models.vgg import load_vgg
+    def distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        _, features = activations(torch.cat([x, y]))
+        return feature_distance(*zip(*(f.chunk(2) for f in features)))
 
-        vgg = load_vgg(16, weights).to(device).requires_grad_(False).eval()
-        features = vgg_features(vgg, LAYERS)
-        return lambda x, y: feature_distance(features(x), features(y))
-    raise ValueError(f"perceptual {kind!r} is not one of {PERCEPTUAL}")
+    return distance
 
 
 def hinge_discriminator_loss(

@@ -35,12 +35,15 @@ from torch import nn
 
 from medsynth.data.datasets import SliceDataset
 from medsynth.errors import InputError, SettingsError
+from medsynth.losses.dtcr import vgg_features
 from medsynth.losses.vqperceptual import (
+    LPIPS_LAYERS,
     PERCEPTUAL,
     Distance,
     adaptive_weight,
+    features_distance,
     hinge_discriminator_loss,
-    perceptual_distance,
+    paired_activations_distance,
 )
 from medsynth.models.dcgan import init_weights
 from medsynth.models.patchgan import PatchDiscriminator
@@ -79,9 +82,9 @@ class VQGANSettings(GANOptimizerSettings):
     beta: float = setting(0.25, "Weight of the commitment loss", min=0.0, max=10.0)
     revive_after: int = setting(100, "Steps unused after which a codebook entry is revived (0: never)", min=0, max=1_000_000)
     rec_weight: float = setting(1.0, "Weight of the L1 reconstruction loss", min=0.0, max=100.0)
-    perceptual: str = setting("vgg16", "Perceptual features: LPIPS, VGG16 (weight files) or the discriminator's", choices=PERCEPTUAL)
+    perceptual: str = setting("vgg16", "Perceptual features: VGG16's (weight file) or the discriminator's", choices=PERCEPTUAL)
     perceptual_weight: float = setting(1.0, "Weight of the perceptual loss", min=0.0, max=100.0)
-    vgg_weights: str = setting("", "Path of the VGG16/LPIPS weight file or its folder (empty: the usual places)")
+    vgg_weights: str = setting("", "Path of the VGG16 weight file or its folder (empty: the usual places)")
     codebook_weight: float = setting(1.0, "Weight of codebook + beta * commitment", min=0.0, max=100.0)
     disc_weight: float = setting(0.8, "Factor of the adaptive adversarial weight", min=0.0, max=100.0)
     disc_start: int = setting(1000, "Autoencoder steps before the adversarial loss is switched on", min=0, max=10_000_000)
@@ -227,9 +230,13 @@ class VQGANRecipe(Recipe):
     def _perceptual_distance(self) -> Distance | None:
         """The perceptual distance, built on first use: generation and reconstruction never need its weight file."""
         s = self.settings
-        if self._perceptual is None and s.perceptual != "off":
-            weights = s.vgg_weights or None
-            self._perceptual = perceptual_distance(s.perceptual, self.models["discriminator"], weights, self.device)
+        if self._perceptual is None and s.perceptual == "discriminator":
+            self._perceptual = paired_activations_distance(self.models["discriminator"].activations)
+        elif self._perceptual is None and s.perceptual == "vgg16":
+            from medsynth.models.vgg import load_vgg
+
+            vgg = load_vgg(16, s.vgg_weights or None).to(self.device).requires_grad_(False).eval()
+            self._perceptual = features_distance(vgg_features(vgg, LPIPS_LAYERS))
         return self._perceptual
 
     @property
