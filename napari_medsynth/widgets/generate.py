@@ -161,7 +161,8 @@ class GenerateWidget(QWidget):
         self.progress.value = 0
         if get_recipe(checkpoint.recipe).data_kind != "sequence":
             self.progress.max = 1
-            self.run.start(call(generate, checkpoint, options["count"], options["seed"], device), self._on_event, self._add_layer)
+            images = call(generate, checkpoint, options["count"], options["seed"], device)
+            self.run.start(images, self._on_event, self._add_layer)
             return
         self.progress.max = options["count"] * options["frames"]
         sequences = (checkpoint, options["count"], options["seed"], options["frames"], options["resolution"],

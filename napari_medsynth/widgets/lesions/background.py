@@ -35,7 +35,7 @@ class BackgroundSection(Section):
         self.model_file = FileEdit(
             name="background_model", mode="r", filter="*.safetensors", tooltip="A vqgan-hdfb or vqgan checkpoint"
         )
-        self.seed = SpinBox(name="seed", value=0, min=0, max=2**31 - 1, tooltip="The same seed gives the same background")
+        self.seed = SpinBox(name="seed", value=0, min=0, max=2**31 - 1, tooltip="Same seed, same background")
         self.generate_button = PushButton(text="Generate background")
         generated = Container(widgets=[self.model_file, self.seed, self.generate_button], label="or generate")
         self.show_controls("1. Background", self.layer, generated)

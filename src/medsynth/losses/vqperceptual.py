@@ -59,7 +59,11 @@ def features_distance(features: FeatureFn) -> Distance:
     return lambda x, y: feature_distance(features(x), features(y))
 
 
-def paired_activations_distance(activations: Callable[[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]) -> Distance:
+Activations = Callable[[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]
+"""A discriminator's ``(logits, [stage activation])`` of a batch (`PatchDiscriminator.activations`)."""
+
+
+def paired_activations_distance(activations: Activations) -> Distance:
     """`feature_distance` of the stage activations of both batches, computed in one batch (``(logits, [stage])``)."""
 
     def distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
