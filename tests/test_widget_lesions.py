@@ -439,7 +439,8 @@ def test_a_generated_background_becomes_the_synthetic_background_lesions_go_into
     section = widget.background
     section.device = "cpu"
     section.generate_button.native.click()  # no model chosen yet
-    assert "choose a vqgan-hdfb or vqgan checkpoint" in notifications[-1] and len(viewer.layers) == 0
+    assert notifications[-1] == "InputError: no background model chosen; choose a vqgan-hdfb or vqgan checkpoint"
+    assert len(viewer.layers) == 0
     section.model_file.value = singan_file  # a lesion model is no background model
     section.generate_button.native.click()
     qtbot.waitUntil(lambda: section.run.state is RunState.IDLE, timeout=WAIT_MS)

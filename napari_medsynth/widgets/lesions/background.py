@@ -70,9 +70,10 @@ class BackgroundSection(Section):
     @reported
     def generate(self) -> None:
         """Sample one background from the chosen model in a worker; it arrives in `_add_background`."""
-        path = Path(self.model_file.value)
+        path = Path(self.model_file.value or "")
         if not path.is_file():
-            raise InputError(f"background model {path} is not a file; choose a vqgan-hdfb or vqgan checkpoint")
+            problem = "no background model chosen" if str(path) == "." else f"background model {path} is not a file"
+            raise InputError(f"{problem}; choose a vqgan-hdfb or vqgan checkpoint")
         if self.run.state is not RunState.IDLE:
             return
         work = call(generate_backgrounds, path, 1, self.seed.value, self.device)

@@ -170,7 +170,8 @@ def fuse_scene(
     background's own provenance joins its description, so that the result names both models.
     """
     if background.synthetic is not None:
-        provenance = replace(provenance, description=f"{provenance.description}; background {background.synthetic.summary()}")
+        background_note = f"; background {background.synthetic.summary()}"
+        provenance = replace(provenance, description=provenance.description + background_note)
     result = fuse(
         plane_of(background.array, slice_index),
         [p.lesion for p in scene],
