@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import replace
 
 import nibabel as nib
@@ -23,7 +24,10 @@ from medsynth.training.config import TrainConfig
 from medsynth.training.generate import generate
 from medsynth.training.reconstruct import reconstruct
 from medsynth.training.trainer import train
+from corpus import CASES, fingerprint
 from test_source_grid import _assert_same_grid, ras_file  # noqa: F401 - the fixture is used by name
+
+BAD_FILES = [case for case in CASES if case.error is not None]
 
 pytestmark = pytest.mark.slow
 
@@ -146,3 +150,16 @@ def test_a_checkpoint_whose_settings_are_bad_or_do_not_fit_its_weights_is_refuse
     for name, change in changes.items():
         with pytest.raises(CheckpointError, match=f"{name}.safetensors.* does not match its recipe.s models"):
             generate(with_settings(name, **change), 1, device="cpu")
+
+
+@pytest.mark.parametrize("case", BAD_FILES, ids=[case.name for case in BAD_FILES])
+def test_reconstruct_refuses_each_bad_input_of_the_corpus_as_read_does(case, background_model, tmp_path, capsys):
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    path = case.build(folder)
+    before = fingerprint(folder)
+    out = tmp_path / "recon.nii.gz"
+    code = main(["reconstruct", str(background_model), str(path), "--out", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == (2 if issubclass(case.error, InputError) else 1) and re.search(case.match, err), err
+    assert "Traceback" not in err and not out.exists() and fingerprint(folder) == before
