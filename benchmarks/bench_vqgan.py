@@ -247,7 +247,7 @@ def lesions(workdir: Path, checkpoint_path: Path, train_only: bool = False, seed
         generator = load_singan(saved)
     else:
         cpu = time.process_time()
-        generator = train_to_end(values, mask, SinGANSettings(min_size=16, iterations=100), checkpoint=saved)
+        generator = train_to_end(values, mask, SinGANSettings(min_size=17, iterations=100), checkpoint=saved)
         print(f"SinGAN on the 20 x 20 crop: {time.process_time() - cpu:.0f} CPU s")
     print(f"background spacing {spacing}")
     if train_only:

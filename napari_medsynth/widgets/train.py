@@ -37,6 +37,7 @@ from medsynth.training.events import CheckpointSaved, Finished, Paused, Progress
 from medsynth.training.generate import generate
 from medsynth.training.process import train_in_process
 from medsynth.training.recipe import TARGET_DATA_KINDS, list_recipes
+from medsynth.training.runs import run_folder
 from medsynth.training.trainer import check_config
 from napari_medsynth.layers import SYNTHETIC_SUFFIX, layer_image, to_layer_data
 from napari_medsynth.notify import report_error
@@ -244,7 +245,7 @@ class TrainWidget(QWidget):
             raise InputError("no output folder chosen: choose the folder where checkpoints are written")
         return TrainConfig(
             recipe=self.recipe.value,
-            out_dir=Path(self.out_dir.value),
+            out_dir=run_folder(Path(self.out_dir.value), self.recipe.value, resume=resume),
             settings=self.settings.values(),
             device=self.device.value,
             resume=resume,
@@ -405,7 +406,9 @@ class TrainWidget(QWidget):
 
     def _set_checkpoint(self, path: Path) -> None:
         self.checkpoint_path = Path(path)
-        self.checkpoint_label.value = f"checkpoint: {self.checkpoint_path.name}"
+        # The run's folder names the run (start time and recipe), so the label says which run this is.
+        self.checkpoint_label.value = f"checkpoint: {self.checkpoint_path.parent.name}/{self.checkpoint_path.name}"
+        self.checkpoint_label.tooltip = str(self.checkpoint_path)
         self.generate_button.enabled = self.generation.state is RunState.IDLE
         self.continue_button.enabled = self.run.state is RunState.IDLE
 

@@ -79,17 +79,22 @@ def target_on_grid(image: MedImage, target: MedImage | Any, name: str) -> MedIma
     return target
 
 
+def pad_square(x: torch.Tensor, fill: float) -> torch.Tensor:
+    """``(..., H, W)`` padded with `fill` to a centred square of side ``max(H, W)``, keeping the aspect ratio."""
+    h, w = x.shape[-2:]
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    return F.pad(x, (left, side - w - left, top, side - h - top), value=fill)
+
+
 def fit_square(x: torch.Tensor, size: int) -> torch.Tensor:
     """Pad normalised ``(C, H, W)`` to a centred square with -1 (background), resize to ``(C, size, size)``.
 
     Padding first keeps the aspect ratio. The antialiased bilinear filter has non-negative weights,
     so values stay in [-1, 1] up to rounding, which the final clamp removes.
     """
-    h, w = x.shape[-2:]
-    side = max(h, w)
-    top, left = (side - h) // 2, (side - w) // 2
-    x = F.pad(x, (left, side - w - left, top, side - h - top), value=-1.0)
-    if side == size:
+    x = pad_square(x, -1.0)
+    if x.shape[-1] == size:
         return x
     x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
     return x.clamp_(-1.0, 1.0)

@@ -105,6 +105,10 @@ class VQGANSettings(GANOptimizerSettings):
         GANOptimizerSettings, "ema_decay", 0.0, "here of the autoencoder; 0: none, as published"
     )
 
+    def __post_init__(self) -> None:
+        # Combinations are checked wherever settings are parsed: a config, the Train form, a checkpoint's.
+        check_settings(self)
+
 
 @dataclass
 class HDFBSettings(VQGANSettings):
