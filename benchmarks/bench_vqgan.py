@@ -255,7 +255,8 @@ def lesions(workdir: Path, checkpoint_path: Path, train_only: bool = False, seed
     options = BatchOptions(per_image=2, size_range=(0.4, 0.6), checkpoint="lesion.safetensors")  # 8-12 px on 64 px planes
     print("| backgrounds | images | SSIM outside lesion masks | SSIM outside masks and seams | global SSIM |")
     print("|---|---|---|---|---|")
-    for label, images in (("generated (vqgan-hdfb, seed 0 run)", backgrounds), ("real held-out slices", real)):
+    generated = f"generated ({checkpoint.recipe}, {Path(checkpoint_path).parent.parent.name})"
+    for label, images in ((generated, backgrounds), ("real held-out slices", real)):
         dangers = [bootstrap_danger(image) for image in images]
         cases = list(synthesize(images, dangers, generator, len(images), seed, options))
         low, high = checkpoint.normalization.low, checkpoint.normalization.high
