@@ -1,4 +1,4 @@
-"""The Generate dock widget: synthetic images or sequences from a checkpoint, as new layers.
+"""The Generate dock widget: synthetic sequences (4D layers with a time slider) or 2D images from a checkpoint.
 
 The widget is thin. The options form (`GenerateOptions`, rendered by `SettingsForm`) becomes the
 arguments of `medsynth.training.sequences.iter_sequences` for a sequence recipe (4D layers with a
@@ -8,6 +8,10 @@ sequence-only options are hidden). Either runs in the plugin's background runner
 in `_add_layer`, on the GUI thread, the only place that touches layers. "Side by side"
 switches napari's grid mode so real and synthetic layers show next to each other, each with the
 same time slider.
+
+For checkpoints with an autoencoder (``vqgan-hdfb``, ``vqgan``), Reconstruct runs the chosen image layer
+through it (`medsynth.training.reconstruct.reconstruct`) and shows input | reconstruction |
+difference side by side, on the input's grid.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import (
     CheckBox,
+    ComboBox,
     Container,
     FileEdit,
     Label,
     ProgressBar,
     PushButton,
 )
+from napari.layers import Image
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from medsynth.errors import MedsynthError
@@ -32,9 +38,10 @@ from medsynth.models.hrgan import MODALITIES
 from medsynth.settings import setting
 from medsynth.training.checkpoint import Checkpoint, load_checkpoint
 from medsynth.training.generate import generate
+from medsynth.training.reconstruct import Reconstruction, reconstruct
 from medsynth.training.recipe import get_recipe
 from medsynth.training.sequences import SequenceProgress, iter_sequences
-from napari_medsynth.layers import to_layer_data
+from napari_medsynth.layers import layer_image, to_layer_data
 from napari_medsynth.notify import report_error
 from napari_medsynth.widgets.settings_form import SettingsForm
 from napari_medsynth.workers import BackgroundRun, Failed, RunState, call, until_stopped
@@ -54,12 +61,12 @@ class GenerateOptions:
     modality: str = setting("US", "Modality the generator is conditioned on", choices=MODALITIES)
     frames: int = setting(16, "Frames per sequence", min=1, max=1000)
     resolution: int = setting(128, "Frame side length in pixels (the training side times a multiple of 1/4)", min=8, max=4096)
-    count: int = setting(1, "Number of sequences (several are stacked on a slice axis)", min=1, max=256)
-    seed: int = setting(0, "Random seed (the same seed gives the same sequences)", min=0, max=2**31 - 1)
+    count: int = setting(1, "Number of sequences or images (several are stacked on a slice axis)", min=1, max=256)
+    seed: int = setting(0, "Random seed (the same seed gives the same output)", min=0, max=2**31 - 1)
 
 
 class GenerateWidget(QWidget):
-    """Generate sequences from a checkpoint into new layers; see the module docstring."""
+    """Generate sequences or images from a checkpoint into new layers; see the module docstring."""
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None, device: str = "auto") -> None:
         super().__init__(parent)
@@ -69,13 +76,18 @@ class GenerateWidget(QWidget):
         self.checkpoint: Checkpoint | None = None
         self.layer = None
 
-        self.checkpoint_file = FileEdit(name="checkpoint", mode="r", filter="*.safetensors", tooltip="A checkpoint to generate from")
+        self.checkpoint_file = FileEdit(name="checkpoint", mode="r", filter="*.safetensors", tooltip="A sequence or 2D checkpoint")
         self.checkpoint_label = Label(value="no checkpoint")
         self.options = SettingsForm(GenerateOptions)
         self.generate_button = PushButton(text="Generate")
         self.stop_button = PushButton(text="Stop")
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.side_by_side = CheckBox(text="Real and synthetic side by side", value=False)
+        self.source = ComboBox(name="input", choices=self._image_choices, tooltip="Image layer to reconstruct")
+        self.reconstruct_button = PushButton(text="Reconstruct (input | reconstruction | difference)")
+        self.reconstruction = Container(
+            widgets=[self.source, self.reconstruct_button], label="Autoencoder", visible=False
+        )
         form = Container(
             widgets=[
                 self.checkpoint_file,
@@ -84,6 +96,7 @@ class GenerateWidget(QWidget):
                 Container(widgets=[self.generate_button, self.stop_button], layout="horizontal", labels=False),
                 self.progress,
                 self.side_by_side,
+                self.reconstruction,
             ]
         )
         layout = QVBoxLayout(self)
@@ -92,6 +105,7 @@ class GenerateWidget(QWidget):
 
         self.checkpoint_file.changed.connect(lambda path: self.load(path))
         self.generate_button.clicked.connect(self.generate)
+        self.reconstruct_button.clicked.connect(self.reconstruct)
         self.stop_button.clicked.connect(self.run.stop)
         self.side_by_side.changed.connect(self._show_side_by_side)
         self.run.state_changed.connect(self._show_state)
@@ -105,16 +119,32 @@ class GenerateWidget(QWidget):
             report_error(exc)
             return
         self.checkpoint = checkpoint
-        for name in SEQUENCE_ONLY:
-            self.options[name].visible = self._sequences()
         settings = checkpoint.settings
         self.checkpoint_label.value = f"{checkpoint.recipe}, step {checkpoint.step}, {settings.get('resolution')} px"
-        known = {key: settings[key] for key in ("modality", "frames", "resolution") if key in settings}
+        known = {key: settings[key] for key in SEQUENCE_ONLY if key in settings}
         try:
             self.options.set_values(known)
         except MedsynthError as exc:
             report_error(exc)
+        for name in SEQUENCE_ONLY:
+            self.options[name].visible = self._sequences()
+        self.reconstruction.visible = hasattr(get_recipe(checkpoint.recipe), "reconstruct")
         self._show_state(self.run.state)
+
+    def reset_choices(self, *_: Any) -> None:
+        """Refresh the input layer list (napari calls this when layers are added, removed or renamed)."""
+        self.source.reset_choices()
+
+    def _image_choices(self, _widget: Any) -> list[tuple[str, Image]]:
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image) and not layer.rgb]
+
+    def reconstruct(self) -> None:
+        """Reconstruct the chosen image layer with the checkpoint's autoencoder, in a worker."""
+        layer = self.source.value
+        if self.checkpoint is None or layer is None or self.run.state is not RunState.IDLE:
+            return
+        work = call(reconstruct, self.checkpoint, layer_image(layer), self.device)
+        self.run.start(work, self._on_event, self._add_reconstruction)
 
     def generate(self) -> None:
         """Start generating with the form's values in a worker."""
@@ -147,20 +177,31 @@ class GenerateWidget(QWidget):
             report_error(event.error)
 
     def _add_layer(self, image: MedImage | None) -> None:
-        """The generated sequences as a new layer (None: stopped before the end)."""
+        """The generated sequences or images as a new layer (None: stopped before the end)."""
         if image is None:
             return
         self.progress.value = self.progress.max
         data, kwargs, _ = to_layer_data(image)
         self.layer = self.viewer.add_image(data, **kwargs)
+        self.progress.value = self.progress.max
         # Show the first frame with the time slider at the front, ready to play.
         self.viewer.dims.set_current_step(0, 0)
+
+    def _add_reconstruction(self, result: Reconstruction | None) -> None:
+        """Reconstruction and difference beside the input, side by side (None: the work failed)."""
+        if result is None:
+            return
+        for image in (result.reconstruction, result.difference):
+            data, kwargs, _ = to_layer_data(image)
+            self.viewer.add_image(data, **kwargs)
+        self.side_by_side.value = True
 
     def _show_side_by_side(self, on: bool) -> None:
         self.viewer.canvas.grid.enabled = bool(on)
 
     def _show_state(self, state: RunState) -> None:
         self.generate_button.enabled = state is RunState.IDLE and self.checkpoint is not None
+        self.reconstruct_button.enabled = self.generate_button.enabled
         self.stop_button.enabled = state is RunState.RUNNING
 
     def closeEvent(self, event: Any) -> None:

@@ -171,7 +171,8 @@ class _LazyDataset:
             del spacing[self.slice_axis]
         return float(spacing[0]), float(spacing[1])
 
-    def _plane_shape(self, image: MedImage) -> tuple[int, int]:
+    def plane_shape(self, image: MedImage) -> tuple[int, int]:
+        """(rows, columns) of the 2D planes taken from `image`, at its own resolution."""
         shape = [image.array.shape[image.axes.index(a)] for a in image.spatial_axes]
         if len(shape) == 3:
             del shape[self.slice_axis]
@@ -236,7 +237,7 @@ class SliceDataset(_LazyDataset):
         return fit_square(torch.from_numpy(normalised)[None], self.size)
 
     def _item_spacing(self, image: MedImage) -> tuple[float, float]:
-        scale = max(self._plane_shape(image)) / self.size
+        scale = max(self.plane_shape(image)) / self.size
         row, col = self._plane_spacing(image)
         return row * scale, col * scale
 
@@ -283,7 +284,7 @@ class ClipDataset(_LazyDataset):
         return fit_square(torch.from_numpy(normalised), self.size)[None]
 
     def _item_spacing(self, image: MedImage) -> tuple[float, float]:
-        scale = max(self._plane_shape(image)) / self.size
+        scale = max(self.plane_shape(image)) / self.size
         row, col = self._plane_spacing(image)
         return row * scale, col * scale
 

@@ -27,7 +27,7 @@ def load_recipe(checkpoint: Checkpoint, device: str = "auto") -> Recipe:
     return recipe
 
 
-def synthetic_provenance(checkpoint: Checkpoint, seed: int, details: str = "") -> SyntheticProvenance:
+def synthetic_provenance(checkpoint: Checkpoint, seed: int | None, details: str = "") -> SyntheticProvenance:
     """What made an output of `checkpoint`: recipe, package version, checkpoint, seed, step and `details`."""
     description = f"step {checkpoint.step}; {details}" if details else f"step {checkpoint.step}"
     return SyntheticProvenance(
