@@ -1,6 +1,16 @@
-"""Throughput of SSIM and SWD on 256x256 images versus reference implementations, and FID/KID cost.
+"""Throughput of SSIM and SWD on 256x256 images versus reference implementations, FID/KID cost, and memory.
 
     python benchmarks/bench_metrics.py [--images 1000] [--ref-images 250] [--fid-images 8] [--fid-features 2048]
+    python benchmarks/bench_metrics.py --memory BASELINE_SRC [--volume-mb 250 1000] [--modes volume slices]
+                                       [--no-baseline]
+
+Memory (``--memory``): peak resident memory of ``medsynth evaluate --real R.nii --fake F.nii`` (PSNR,
+SSIM, SWD; each volume one item, then ``--slices``) on MNI152 volumes upsampled (nearest) to about
+``--volume-mb`` MB of float32 each, fake = real + noise, run from this tree and from the package in
+BASELINE_SRC (``git archive main src | tar -x -C /tmp/base``, then ``/tmp/base/src``) in the same run;
+a command that passes ``--cap-gb`` is killed and reported as above it (`rss.py`). ``--no-baseline``
+measures this tree only (when the baseline's figures are known from an earlier run, and running it
+again would take the machine's memory up to the cap).
 
 Data: axial slices of the MNI152 T1 template resized to 256x256, randomly shifted, as the "real"
 set; the "fake" set is the same slices blurred and with noise. Both sets are the same for every
@@ -27,7 +37,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import tempfile
 import time
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -197,15 +209,64 @@ def bench_frechet(features: int, samples: int = 3000, seed: int = 0):
     )
 
 
+def write_volume_pair(folder: Path, megabytes: float) -> tuple[Path, Path, tuple[int, ...]]:
+    """Real and fake ``.nii`` volumes of about `megabytes` MB of float32 each, written slab by slab."""
+    from medsynth.io import read_image
+    from medsynth.io.stream import nifti_stream
+
+    mni = read_image(sample_path("mni152"))
+    source = np.asarray(mni.array, dtype=np.float32)
+    factor = max(1, round((megabytes * 1e6 / 4 / source.size) ** (1 / 3)))
+    shape = tuple(n * factor for n in source.shape)
+    like = mni.with_array(source[:1], spacing=tuple(s / factor for s in mni.spacing))
+    rng = np.random.default_rng(0)
+    paths = folder / "real.nii", folder / "fake.nii"
+    with nifti_stream(paths[0], like, shape) as real, nifti_stream(paths[1], like, shape) as fake:
+        for z, plane in enumerate(source):
+            slab = np.repeat(np.repeat(np.repeat(plane[None], factor, 0), factor, 1), factor, 2)
+            real.write((z * factor,), slab)
+            fake.write((z * factor,), slab + rng.normal(0, 8.0, slab.shape).astype(np.float32))
+    return *paths, shape
+
+
+def bench_memory(baseline_src: Path | None, sizes: list[float], cap_gb: float, modes: list[str]) -> None:
+    from rss import run_medsynth
+
+    for megabytes in sizes:
+        with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+            real, fake, shape = write_volume_pair(Path(tmp), megabytes)
+            size = real.stat().st_size
+            load = os.getloadavg()[0]
+            print(f"\nevaluate on two float32 volumes {shape}, {size / 2**30:.2f} GiB each (load {load:.1f})")
+            for mode in ([] if m == "volume" else ["--slices"] for m in modes):
+                argv = ["evaluate", "--real", str(real), "--fake", str(fake), *mode]
+                trees = [("main", baseline_src)] if baseline_src is not None else []
+                for label, src in [*trees, ("this tree", None)]:
+                    m = run_medsynth(argv, src, int(cap_gb * 2**30))
+                    ratio = m.peak_rss / size
+                    print(f"  {' '.join(['evaluate', *mode]):<20} {label:<10} {m.describe()}, {ratio:.2f}x one input")
+                    if m.exit_code not in (0, -9):
+                        print("    " + m.stderr_tail.strip().replace("\n", "\n    "))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--ref-images", type=int, default=250)
     parser.add_argument("--fid-images", type=int, default=8)
     parser.add_argument("--fid-features", type=int, default=2048)
+    parser.add_argument("--memory", type=Path, metavar="BASELINE_SRC", help="measure evaluate's memory instead")
+    parser.add_argument("--volume-mb", type=float, nargs="+", default=[250, 1000])
+    parser.add_argument("--cap-gb", type=float, default=8.0)
+    parser.add_argument("--modes", nargs="+", choices=("volume", "slices"), default=["volume", "slices"])
+    parser.add_argument("--no-baseline", action="store_true", help="with --memory: measure this tree only")
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
     print(f"load average at the start: {os.getloadavg()}")
+    if args.memory is not None:
+        bench_memory(None if args.no_baseline else args.memory, args.volume_mb, args.cap_gb, args.modes)
+        print(f"load average at the end: {os.getloadavg()}")
+        return
     real, fake = make_sets(args.images)
     print(f"data: {len(real)} real and {len(fake)} fake images of {SIZE}x{SIZE} (MNI152 slices)")
     bench_ssim(real, fake, min(args.ref_images, args.images))

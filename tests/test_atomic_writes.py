@@ -132,14 +132,15 @@ def test_a_staged_folder_appears_whole_or_not_at_all(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["series"]
 
 
-def test_generate_into_a_dicom_folder_that_clashes_on_a_later_file_writes_nothing(tmp_path, capsys):
+def test_generate_into_a_folder_holding_part_of_an_earlier_output_writes_nothing(tmp_path, capsys):
     volume = tmp_path / "ct.nii.gz"
     from medsynth.io import read_image, write_nifti
 
     write_nifti(read_image(sample_path("ct_slice")), volume)
-    run = tmp_path / "run"
-    assert main(["train", "--recipe", "dcgan", "--data", str(volume), "--out", str(run), "--steps", "1", *TINY]) == 0
-    checkpoint = str(run / "checkpoint-0000001.safetensors")
+    runs = tmp_path / "runs"
+    argv = ["train", "--recipe", "dcgan", "--data", str(volume), "--out", str(runs), "--name", "tiny", "--steps", "1"]
+    assert main([*argv, *TINY]) == 0
+    checkpoint = str(runs / "tiny" / "checkpoint-0000001.safetensors")
     folder = tmp_path / "dicom"
     assert main(["generate", checkpoint, "-n", "3", "--out", str(folder)]) == 0
     first = sorted(folder.iterdir())
@@ -147,8 +148,9 @@ def test_generate_into_a_dicom_folder_that_clashes_on_a_later_file_writes_nothin
     (first[0]).unlink()
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
 
+    # Refused before the model is loaded; a clash found while moving staged files would be too (staged_folder).
     assert main(["generate", checkpoint, "-n", "3", "--out", str(folder)]) == 2
-    assert "2 of the 3 files to write exist already" in capsys.readouterr().err
+    assert "holds DICOM files already; choose a new or empty folder" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 

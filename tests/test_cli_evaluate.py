@@ -125,19 +125,61 @@ def test_sharpness_and_temporal_rows(fmri):
 
 def test_paired_metrics_need_equal_counts_distribution_metrics_do_not(slices):
     real, fake = slices
-    with pytest.raises(InputError, match="24 real and 10 fake"):
-        evaluate(real, fake[:10], metrics=["psnr", "swd"])
-    (result,) = evaluate(real, fake[:10], metrics=["swd"])
-    assert np.isfinite(result.mean)
+    psnr_row, swd_row = evaluate(real, fake[:10], metrics=["psnr", "swd"])
+    assert "24 real and 10 fake" in psnr_row.error and psnr_row.n == 0 and math.isnan(psnr_row.mean)
+    assert not swd_row.error and swd_row.mean == pytest.approx(evaluate(real, fake[:10], metrics=["swd"])[0].mean)
+
+
+@pytest.mark.parametrize(
+    ("metrics", "fake", "failing", "reason"),
+    [
+        (["ms_ssim", "psnr"], None, "ms_ssim", "at least 176"),  # 96 x 128 px slices
+        (["ssim_inside", "ssim"], None, "ssim_inside", "needs a mask"),
+        (["fid", "swd"], None, "fid", "no Inception weights"),
+        (["kid", "swd"], "one", "kid", "fake has 1 image(s); this distribution metric needs at least 2"),
+        (["psnr", "swd"], "small", "psnr", "real items have shape (96, 128) and fake items (64, 64)"),
+    ],
+)
+def test_a_metric_that_cannot_run_gets_its_reason_in_its_row_and_the_others_are_kept(
+    slices, tmp_path, monkeypatch, metrics, fake, failing, reason
+):
+    monkeypatch.setenv("MEDSYNTH_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    real, same = slices
+    fakes = {None: same, "one": same[:1], "small": same[:, 16:80, 32:96]}
+    rows = {r.name: r for r in evaluate(real, fakes[fake], metrics=metrics)}
+    assert list(rows) == metrics
+    assert reason in rows[failing].error and math.isnan(rows[failing].mean) and rows[failing].n == 0
+    kept = [rows[name] for name in metrics if name != failing]
+    assert all(not r.error and np.isfinite(r.mean) for r in kept)
+
+
+def test_distribution_metrics_resample_sets_of_different_sizes_to_a_stated_common_side(slices):
+    real, fake = slices  # 96 x 128 px real slices
+    from medsynth.metrics.resample import resample_images
+
+    small = resample_images(fake, 64, "pad", fill=float(real.min()))  # as a 64 px model would see them
+    (row,) = evaluate(real, small, metrics=["swd"])
+    assert row.details["resampled_side"] == 64
+    assert "real 96x128 and fake 64x64 resampled to 64x64 (padded to squares with the background" in row.note
+    same_size = swd(resample_images(real, 64, "pad", fill=float(real.min())), small)["mean"]
+    assert row.mean == pytest.approx(same_size)
+    # The same anatomy at another size scores far better than noise of that size.
+    noise = np.random.default_rng(0).uniform(real.min(), real.max(), small.shape)
+    assert row.mean < evaluate(real, noise, metrics=["swd"])[0].mean / 2
+    stretched = evaluate(real, small, metrics=["swd"], resample="stretch")[0]
+    assert "stretched" in stretched.note and stretched.mean != row.mean
+    with pytest.raises(InputError, match="resample method 'zoom' is not one of pad, stretch"):
+        evaluate(real, small, metrics=["swd"], resample="zoom")
 
 
 @pytest.mark.parametrize(
     "fake, kwargs, message",
     [
         (None, {"metrics": ["psnr", "bogus"]}, "unknown metric"),
-        (np.zeros((24, 64, 64)), {}, "resample"),
         (np.full((24, 96, 128), np.nan), {}, "NaN"),
-        (None, {"metrics": ["ssim_inside"]}, "needs a mask"),
+        (np.zeros((24, 96)), {}, "give a batch of images"),
     ],
 )
 def test_evaluate_rejects_bad_input(slices, fake, kwargs, message):
@@ -243,8 +285,8 @@ def test_cli_bad_input_exits_2(example4d_path, fake_file, tmp_path, capsys):
     cases = [
         ["--real", str(tmp_path / "missing.nii.gz"), "--fake", str(fake_file)],
         ["--real", real, "--fake", str(fake_file), "--metrics", "psnr,nonsense"],
-        ["--real", real, "--fake", str(data_path / "anatomical.nii")],  # other shape
-        ["--real", real, real, "--fake", str(fake_file)],  # 4 real volumes vs 2 fake for paired metrics
+        ["--real", real, "--fake", str(data_path / "anatomical.nii"), "--metrics", "psnr,ssim"],  # other shape
+        ["--real", real, real, "--fake", str(fake_file), "--metrics", "psnr"],  # 4 real volumes vs 2 fake
     ]
     for extra in cases:
         assert main(["evaluate", *extra]) == 2

@@ -48,7 +48,7 @@ def lesion_model(tmp_path_factory):
     plane = np.asarray(load_sample("ct_slice").array, dtype=np.float32)
     values, mask = lesion_crop(plane, (96, 40, 112, 56))
     path = tmp_path_factory.mktemp("model") / "lesion.safetensors"
-    settings = SinGANSettings(min_size=16, iterations=15, width=8, layers=3)
+    settings = SinGANSettings(min_size=17, iterations=15, width=8, layers=3)
     train_to_end(values, mask, settings, run=SinGANRunOptions(log_every=100), checkpoint=path)
     return path
 
@@ -195,11 +195,11 @@ def test_train_singan_with_the_cli_then_fuse_its_lesions_refusing_another_modali
     mask = np.zeros(ct.array.shape, dtype=np.uint8)
     mask[98:110, 42:54] = 1
     mask_path = write_nifti(ct.with_array(mask, is_label=True, name="lesion"), tmp_path / "lesion_mask.nii.gz")
-    tiny = ["min_size=16", "iterations=15", "width=8", "layers=3", "margin=4"]
+    tiny = ["min_size=17", "iterations=15", "width=8", "layers=3", "margin=4"]
     train_argv = ["train", "--recipe", "singan", "--data", str(ct_path), "--targets", str(mask_path),
                   "--out", str(tmp_path / "run"), "--device", "cpu"] + [a for kv in tiny for a in ("--set", kv)]  # fmt: skip
     assert main(train_argv) == 0
-    checkpoint = max((tmp_path / "run").glob("*.safetensors"))
+    checkpoint = max((tmp_path / "run").glob("*_singan/*.safetensors"))
     model = load_singan(checkpoint)
     # The checkpoint knows the crop's kind: CT in HU at the slice's pixel spacing.
     assert model.data["modality"] == "CT" and model.data["units"] == "HU"

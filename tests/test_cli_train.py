@@ -36,12 +36,12 @@ def small_volume(tmp_path_factory):
 
 def test_train_then_generate_nifti_with_training_spacing(tmp_path, small_volume, caplog):
     caplog.set_level(logging.INFO, logger="medsynth")
-    out = tmp_path / "run"
-    code = main(["train", "--recipe", "dcgan", "--data", str(small_volume), "--out", str(out), "--steps", "3", *TINY])
+    runs = tmp_path / "runs"
+    code = main(["train", "--recipe", "dcgan", "--data", str(small_volume), "--out", str(runs), "--steps", "3", *TINY])
     assert code == 0
     log = caplog.text
     assert "step 3/3" in log and "d_loss=" in log and "completed at step 3" in log
-    checkpoint = out / "checkpoint-0000003.safetensors"
+    (checkpoint,) = runs.glob("*_dcgan/checkpoint-0000003.safetensors")
     assert load_checkpoint(checkpoint).settings["g_channels"] == 8
 
     nifti = tmp_path / "synthetic.nii.gz"
@@ -80,7 +80,8 @@ def test_generate_dicom_folder(tmp_path, small_volume):
         == 0
     )
     folder = tmp_path / "dicom"
-    assert main(["generate", str(out / "checkpoint-0000001.safetensors"), "-n", "2", "--out", str(folder)]) == 0
+    (checkpoint,) = out.glob("*/checkpoint-0000001.safetensors")
+    assert main(["generate", str(checkpoint), "-n", "2", "--out", str(folder)]) == 0
     files = sorted(folder.glob("*.dcm"))
     assert len(files) == 2
     ds = pydicom.dcmread(files[0])
@@ -95,7 +96,8 @@ def test_config_file_and_set_override(tmp_path, small_volume):
         "[settings]\nbatch_size = 4\ng_channels = 8\nd_channels = 8\nlatent_dim = 16\nlr_g = 0.001\n"
     )
     assert main(["train", "--config", str(config), "--set", "lr_g=0.0005"]) == 0
-    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint-0000002.safetensors")
+    (path,) = (tmp_path / "run").glob("*_dcgan/checkpoint-0000002.safetensors")
+    ckpt = load_checkpoint(path)
     assert ckpt.settings["lr_g"] == 0.0005 and ckpt.settings["batch_size"] == 4
 
 
@@ -133,7 +135,7 @@ def test_train_danger_unet_from_files_then_use_the_checkpoint(tmp_path, ct_files
             "--steps", "40", "--sample-every", "0", "--device", "cpu", *SMALL_UNET]  # fmt: skip
     assert main(argv) == 0
     assert "completed at step 40" in caplog.text and "bce=" in caplog.text
-    checkpoint = load_checkpoint(out / "checkpoint-0000040.safetensors")
+    checkpoint = load_checkpoint(next(out.glob("*/checkpoint-0000040.safetensors")))
     assert checkpoint.recipe == "danger-unet" and checkpoint.settings["width"] == 8
 
     # The checkpoint predicts the danger zone of the image read back from the file: it learnt the
@@ -207,7 +209,8 @@ def test_sigterm_stops_cleanly_with_a_checkpoint(tmp_path, small_volume):
     _, rest = proc.communicate(timeout=120)
     assert proc.returncode == 0, "".join(lines) + rest
     assert "stopped at step" in rest
-    (checkpoint,) = out.iterdir()
+    (folder,) = out.iterdir()
+    (checkpoint,) = folder.glob("*.safetensors")
     step = load_checkpoint(checkpoint).step
     assert 2 <= step < 100000 and checkpoint.name == f"checkpoint-{step:07d}.safetensors"
     assert np.isfinite(load_checkpoint(checkpoint).state["models"]["generator"]["main.0.weight"].numpy()).all()
@@ -265,4 +268,4 @@ def test_a_failure_during_training_exits_1_with_the_reason(tmp_path, small_volum
     assert main([*argv, *TINY]) == 1
     err = capsys.readouterr().err
     assert "medsynth: failed: step 1: loss g_loss=nan is not finite" in err and "Traceback" not in err
-    assert not list((tmp_path / "run").glob("*.safetensors"))  # no broken model written
+    assert not list((tmp_path / "run").glob("*/*.safetensors"))  # no broken model written

@@ -11,6 +11,7 @@ import pytest
 from medsynth.training.checkpoint import load_checkpoint
 from medsynth.training.distributed import parameter_digest
 from medsynth.training.generate import load_recipe
+from medsynth.training.runs import RUN_FILE
 
 
 @pytest.mark.slow
@@ -31,6 +32,8 @@ def test_two_gloo_processes_keep_identical_weights(tmp_path, mni152_path):
         str(mni152_path),
         "--out",
         str(out),
+        "--name",
+        "ddp",
         "--steps",
         "3",
         "--log-every",
@@ -54,9 +57,9 @@ def test_two_gloo_processes_keep_identical_weights(tmp_path, mni152_path):
     # Only rank 0 reports: one start line and one report per step, not two.
     assert result.stderr.count("training wgan-gp on cpu (2 processes)") == 1
     assert result.stderr.count("step 3/3") == 1
-    assert [p.name for p in out.iterdir()] == ["checkpoint-0000003.safetensors"]
+    assert sorted(p.name for p in (out / "ddp").iterdir()) == ["checkpoint-0000003.safetensors", RUN_FILE]
 
-    ckpt = load_checkpoint(out / "checkpoint-0000003.safetensors")
+    ckpt = load_checkpoint(out / "ddp" / "checkpoint-0000003.safetensors")
     digests = ckpt.extra["rank_parameter_sha256"]
     assert len(digests) == 2 and digests[0] == digests[1]
     # The digest is that of the saved weights, so the ranks really held these weights.

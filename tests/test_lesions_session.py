@@ -23,7 +23,7 @@ from medsynth.lesions.scene import Placement, draw_lesion, placed_mask
 from medsynth.lesions.session import LesionSession, PlacementOptions, check_fits
 from medsynth.lesions.singan_training import SinGANRunOptions, SinGANSettings, save_singan, train_to_end
 
-TINY = SinGANSettings(min_size=16, iterations=30, width=8, layers=4, d_steps=1, g_steps=1)
+TINY = SinGANSettings(min_size=17, iterations=30, width=8, layers=4, d_steps=1, g_steps=1)
 
 
 @pytest.fixture(scope="module")

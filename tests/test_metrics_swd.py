@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from itertools import pairwise
 
 import nibabel as nib
@@ -21,6 +22,8 @@ from medsynth.metrics.swd import (
     sliced_wasserstein,
     wasserstein_1d_sorted,
 )
+
+swd_module = importlib.import_module("medsynth.metrics.swd")  # `medsynth.metrics.swd` is the function
 
 KERNEL_5x5 = np.outer([1, 4, 6, 4, 1], [1, 4, 6, 4, 1]).astype(np.float32) / 256.0
 
@@ -178,6 +181,22 @@ def test_swd_is_reproducible_and_independent_of_batching(mni_slices, mni_other_s
     assert swd(mni_slices, mni_other_slices, batch_size=5, **kw) == pytest.approx(a, rel=1e-6)
     assert swd(torch.from_numpy(mni_slices), torch.from_numpy(mni_other_slices), **kw) == pytest.approx(a, rel=1e-6)
     assert swd(mni_slices, mni_other_slices, patches_per_image=32, seed=8)["mean"] != a["mean"]
+
+
+def test_large_images_are_read_in_batches_of_at_most_batch_voxels(mni_slices, mni_other_slices, monkeypatch):
+    kw = {"patches_per_image": 32, "seed": 7}
+    whole = swd(mni_slices, mni_other_slices, **kw)
+    sizes = []
+    batches = swd_module._Images.batches
+
+    def recorded(self, size):
+        sizes.append(size)
+        return batches(self, size)
+
+    monkeypatch.setattr(swd_module._Images, "batches", recorded)
+    monkeypatch.setattr(swd_module, "BATCH_VOXELS", 5 * 99 * 117)  # five of these 99x117 slices
+    assert swd(mni_slices, mni_other_slices, **kw) == pytest.approx(whole, rel=1e-6)
+    assert sizes == [5, 5]
 
 
 def test_swd_ignores_global_affine_intensity_changes(mni_slices, mni_other_slices):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -199,3 +200,59 @@ def test_csv_rows_are_plain_csv(study, tmp_path):
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and tuple(rows[0]) == CSV_FIELDS
     assert rows[0]["answer"] == SYNTHETIC and rows[0]["rater"] == "ann" and float(rows[0]["seconds"]) >= 0
+
+
+@pytest.fixture(scope="module")
+def mni_study_sources():
+    """The 189 axial slices of the MNI152 template as real, 20 blurred noisy central slices as 'synthetic'."""
+    from medsynth.data.samples import load_sample
+
+    volume = np.asarray(load_sample("mni152").array, dtype=np.float32)
+    rng = np.random.default_rng(1)
+    fake = np.stack([ndimage.gaussian_filter(s, 1.5) + rng.normal(0, 3, s.shape) for s in volume[80:100]])
+    return [("mni152", volume)], [("gan", fake)]
+
+
+def test_near_empty_slices_are_left_out_by_the_rule_training_uses(mni_study_sources):
+    from medsynth.data.datasets import SliceDataset
+    from medsynth.data.normalization import percentile_normalization
+    from medsynth.data.samples import load_sample
+
+    real, fake = mni_study_sources
+    items = build_items(real, fake, min_foreground=0.05)
+    kept = [item.index for item in items if item.truth == REAL]
+    mni = load_sample("mni152")
+    dataset = SliceDataset([mni], percentile_normalization([mni.array]), 64, min_foreground=0.05)
+    assert kept == [index[0] for _, index in dataset.items] and len(kept) == 137  # the air slices go
+    assert 0 not in kept and 188 not in kept and 94 in kept
+    assert len(build_items(real, fake)) == 189 + 20  # off by default
+
+
+def test_balanced_trials_have_as_many_real_as_synthetic_items_and_repeat_with_the_seed(mni_study_sources, tmp_path):
+    real, fake = mni_study_sources
+    items = build_items(real, fake, min_foreground=0.05, balance=True, seed=7)
+    truths = [item.truth for item in items]
+    assert truths.count(REAL) == truths.count(SYNTHETIC) == 20
+    assert [i.item_id for i in build_items(real, fake, min_foreground=0.05, balance=True, seed=7)] == [
+        i.item_id for i in items
+    ]
+    other = build_items(real, fake, min_foreground=0.05, balance=True, seed=8)
+    assert {i.item_id for i in other if i.truth == REAL} != {i.item_id for i in items if i.truth == REAL}
+    # A rater who calls everything real is at chance on a balanced study.
+    session = ReaderSession(items, "always-real", tmp_path / "a.csv", seed=7)
+    while not session.done:
+        session.answer(REAL)
+    assert session.summary()["accuracy"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"min_foreground": 1.0}, "min_foreground 1.0 must be in [0, 1)"),
+        ({"min_foreground": 0.99}, "every real image is nearly empty"),
+    ],
+)
+def test_bad_study_options_are_refused(mni_study_sources, options, message):
+    real, fake = mni_study_sources
+    with pytest.raises(InputError, match=re.escape(message)):
+        build_items(real, fake, **options)

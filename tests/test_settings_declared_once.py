@@ -19,7 +19,7 @@ from medsynth.training.config import DECLARED_PARTS, TrainConfig
 from medsynth.training.gan_optimizer import GANOptimizerSettings
 from medsynth.training.recipe import Recipe, get_recipe
 
-GAN_RECIPES = ("dcgan", "wgan-gp", "hrgan-dtcr")
+GAN_RECIPES = ("dcgan", "wgan-gp", "hrgan-dtcr", "hagan")
 OPTIMIZER_FIELDS = [f.name for f in dataclasses.fields(GANOptimizerSettings)]
 
 

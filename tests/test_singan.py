@@ -32,9 +32,9 @@ from medsynth.training.generate import generate
 from medsynth.training.recipe import TARGET_DATA_KINDS, list_recipes
 from medsynth.training.trainer import check_config, train
 
-TINY = SinGANSettings(min_size=16, scale_factor=0.6, iterations=40, width=16)
+TINY = SinGANSettings(min_size=17, scale_factor=0.6, iterations=40, width=16)
 EVERY_10 = SinGANRunOptions(log_every=10)
-ENGINE_TINY = {"min_size": 16, "scale_factor": 0.6, "iterations": 4, "width": 8, "layers": 3, "d_steps": 1, "g_steps": 1}
+ENGINE_TINY = {"min_size": 17, "scale_factor": 0.6, "iterations": 4, "width": 8, "layers": 3, "d_steps": 1, "g_steps": 1}
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +257,7 @@ def test_tiny_singan_trains_reconstructs_samples_and_round_trips(crop, tmp_path)
 def test_stop_keeps_the_trained_scales_and_bad_input_is_refused(crop, tmp_path):
     values, mask = crop
     control = TrainControl()
-    settings, run = SinGANSettings(min_size=16, scale_factor=0.6, iterations=5, width=8), SinGANRunOptions(log_every=1)
+    settings, run = SinGANSettings(min_size=17, scale_factor=0.6, iterations=5, width=8), SinGANRunOptions(log_every=1)
     generator = train_singan(values, mask, settings, run=run, control=control, checkpoint=tmp_path / "stopped.safetensors")
     seen = []
     for event in generator:
@@ -354,3 +354,25 @@ def test_concurrent_resume_mid_scale_continues_exactly_and_samples(concurrent, m
     assert not np.allclose(lesions[0].values, lesions[1].values)
     low, high = model.normalization.low, model.normalization.high
     assert all(low - 1e-3 <= l.values.min() and l.values.max() <= high + 1e-3 for l in lesions)
+
+
+@pytest.mark.parametrize("layers", [3, 8])
+def test_the_smallest_allowed_min_size_trains_with_any_allowed_depth(tmp_path, mni_lesion, layers):
+    info = {s.name: s for s in describe(SinGANSettings)}
+    smallest = int(info["min_size"].min)
+    assert layers in (info["layers"].min, info["layers"].max)
+    settings = {"min_size": smallest, "layers": layers, "iterations": 1, "width": 4}
+    got = list(train(engine_config(tmp_path, settings=settings, sample_every=0), [mni_lesion]))
+    assert got[-1].reason == "completed" and load_checkpoint(got[-1].checkpoint).settings["min_size"] == smallest
+    with pytest.raises(SettingsError, match=f"min_size={smallest - 1}: must be at least {smallest}"):
+        check_config(engine_config(tmp_path / "below", settings={"min_size": smallest - 1}))
+
+
+def test_a_crop_smaller_than_the_critics_patch_is_refused_naming_the_fix(tmp_path, mni_lesion):
+    image, mask = mni_lesion
+    tiny = np.zeros_like(mask)
+    tiny[5, 100:106, 84:90] = 1  # 6x6 px of lesion; margin 2 gives a 10x10 crop, the 8-layer critic sees 17 px
+    config = engine_config(tmp_path, settings={"layers": 8, "margin": 2})
+    with pytest.raises(InputError, match="10x10 px, smaller than the 17 px patch a 8-layer critic sees"):
+        list(train(config, [(image, tiny)]))
+    assert not tmp_path.exists() or not list(tmp_path.iterdir())

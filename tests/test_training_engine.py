@@ -74,6 +74,7 @@ def test_baseline_trains_on_mni_axial_slices(runs, recipe):
     assert sorted(p.name for p in out_dir.iterdir()) == [
         "checkpoint-0000002.safetensors",
         "checkpoint-0000004.safetensors",
+        "medsynth-run.json",
     ]
 
 
@@ -153,7 +154,7 @@ def test_nan_loss_stops_training_and_keeps_only_good_checkpoints(tmp_path, mni, 
             seen.append(event)
     assert "discriminator" in str(excinfo.value)
     assert [e.step for e in seen if isinstance(e, events.CheckpointSaved)] == [2]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-0000002.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-0000002.safetensors", "medsynth-run.json"]
     good = load_checkpoint(tmp_path / "checkpoint-0000002.safetensors")
     assert all(torch.isfinite(t).all() for t in good.state["models"]["generator"].values() if t.is_floating_point())
 
@@ -164,7 +165,7 @@ def test_non_finite_reported_loss_is_refused(tmp_path, mni, monkeypatch):
     monkeypatch.setattr(DCGANRecipe, "train_step", lambda self, batch, step: {"g_loss": float("inf")})
     with pytest.raises(TrainingError, match="step 1: loss g_loss=inf is not finite"):
         list(train(tiny_config(tmp_path), [mni]))
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.glob("*.safetensors")) == []
 
 
 def test_stop_and_pause_are_honoured_within_one_step(tmp_path, mni):

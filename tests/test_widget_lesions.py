@@ -15,6 +15,7 @@ from scipy import ndimage
 
 from medsynth.data.samples import load_sample
 from medsynth.io import MedImage, read_image, write_nifti
+from medsynth.lesions.backgrounds import generate_backgrounds
 from medsynth.lesions.crop import lesion_crop
 from medsynth.lesions.danger import bootstrap_danger
 from medsynth.lesions.learned import HeatmapModel, predict_danger
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.gui
 
 # Two pyramid scales on a 20x20 crop, a few rounds each: seconds on a 2-core CPU, yet the lesion
 # mask channel is learnt well enough that sampled lesions have footprints.
-TINY = {"min_size": 16, "iterations": 30, "width": 8, "layers": 4, "d_steps": 1, "g_steps": 1}
+TINY = {"min_size": 17, "iterations": 30, "width": 8, "layers": 4, "d_steps": 1, "g_steps": 1}
 CROP_BOX = (44, 44, 64, 64)
 WAIT_MS = 60_000
 
@@ -71,6 +72,17 @@ def learned_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
                              device="cpu", settings=small, normalization="window", window_center=40, window_width=400)  # fmt: skip
         checkpoints.append(list(train(config, [(ct, target)]))[-1].checkpoint)
     return checkpoints[0], checkpoints[1]
+
+
+@pytest.fixture(scope="module")
+def background_model(tmp_path_factory) -> Path:
+    """A tiny vqgan-hdfb (autoencoder and token prior, a few steps) trained on the CT slice at 64 px."""
+    settings = {"resolution": 64, "batch_size": 2, "base_channels": 8, "channel_mult": "1,1,2,2", "codebook_size": 16,
+                "codebook_dim": 8, "perceptual": "discriminator", "disc_channels": 8, "autoencoder_steps": 2,
+                "prior_steps": 1, "prior_dim": 16, "prior_layers": 1, "prior_heads": 2}  # fmt: skip
+    config = TrainConfig(recipe="vqgan-hdfb", out_dir=tmp_path_factory.mktemp("vqgan"), sample_every=0, device="cpu",
+                         settings=settings)  # fmt: skip
+    return list(train(config, [load_sample("ct_slice")]))[-1].checkpoint
 
 
 def open_widget(viewer) -> LesionWidget:
@@ -551,3 +563,45 @@ def test_a_lesion_larger_than_what_fits_is_refused_naming_the_size_option(
     widget.placement.options.set_values({"size": suggested, "count": 1})
     widget.placement.sample_button.native.click()
     assert len(widget.placement.scene) == 1
+
+
+@pytest.mark.slow
+def test_a_generated_background_becomes_the_synthetic_background_lesions_go_into(
+    make_napari_viewer, qtbot, background_model, singan_file, notifications
+):
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    section = widget.background
+    section.device = "cpu"
+    section.generate_button.native.click()  # no model chosen yet
+    assert notifications[-1] == "InputError: no background model chosen; choose a vqgan-hdfb or vqgan checkpoint"
+    assert len(viewer.layers) == 0
+    section.model_file.value = singan_file  # a lesion model is no background model
+    section.generate_button.native.click()
+    qtbot.waitUntil(lambda: section.run.state is RunState.IDLE, timeout=WAIT_MS)
+    assert len(viewer.layers) == 0 and "singan" in notifications[-1].lower()
+
+    section.model_file.value = background_model
+    section.seed.value = 5
+    section.generate_button.native.click()
+    assert not section.generate_button.enabled  # one background at a time
+    qtbot.waitUntil(lambda: len(viewer.layers) == 1 and section.run.state is RunState.IDLE, timeout=WAIT_MS)
+    layer = viewer.layers[0]
+    expected = generate_backgrounds(background_model, 1, seed=5, device="cpu")[0]  # the same seed, the same image
+    assert section.layer.value is layer and layer.name.endswith(SYNTHETIC_SUFFIX) and section.generate_button.enabled
+    np.testing.assert_array_equal(layer.data, expected.array)
+    image = layer_image(layer)
+    assert image.synthetic.model == "vqgan-hdfb" and (image.modality, image.units) == ("CT", "HU")
+    np.testing.assert_allclose(image.spacing, expected.spacing)
+
+    # Lesions go into it as into any background; the fused image names both models.
+    assert widget.model.load(singan_file) is not None
+    widget.danger.new_button.native.click()
+    widget.placement.options.set_values({"count": 1, "seed": 3, "size": 0.8})
+    widget.placement.sample_button.native.click()
+    assert len(widget.placement.scene) == 1
+    provenance = widget.dock_layers.result.metadata["medsynth"]["synthetic"]
+    assert provenance["model"] == "singan" and "background SYNTHETIC" in provenance["description"]
+    assert "recipe=vqgan-hdfb" in provenance["description"] and "seed=5" in provenance["description"]
+    assert widget.dock_layers.result.data.shape == layer.data.shape
+    np.testing.assert_array_equal(layer.data, expected.array)  # the generated layer itself is never modified

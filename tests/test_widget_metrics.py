@@ -14,7 +14,7 @@ from scipy import ndimage
 from medsynth.data.samples import load_sample
 from medsynth.metrics.evaluate import evaluate
 from medsynth.metrics.temporal import temporal_consistency
-from napari_medsynth.widgets.metrics import DEFAULT_RESAMPLE, same_size
+from medsynth.metrics.resample import Resampled, common_side
 
 pytestmark = pytest.mark.gui
 
@@ -178,27 +178,27 @@ def test_a_metric_that_fails_is_its_rows_note_and_the_others_are_kept(make_napar
     widget.real.select("real")
     widget.fake.select("small")
     _choose(widget, ("psnr", "ms_ssim", "swd", "sf"))
-    assert widget.resample.currentData() == DEFAULT_RESAMPLE == "pad"
+    assert widget.resample.currentData() == "pad"
 
     results = {r.name: r for r in _compute(widget, qtbot)}
 
     assert list(results) == ["psnr", "ms_ssim", "swd", "sf_real", "sf_fake"]
     for name in ("psnr", "ms_ssim"):
-        assert np.isnan(results[name].mean) and results[name].note.startswith("failed: ")
+        assert np.isnan(results[name].mean) and results[name].note.startswith("not computed: ")
     assert "shape" in results["psnr"].note
-    assert _table(widget)["psnr"][0] == "-" and _table(widget)["psnr"][3].startswith("failed: ")
-    # mixed-size SWD: both sets at 64 x 64, as the core computes it
-    resized = same_size(real, small)
-    assert resized[0].shape == resized[1].shape == (5, 64, 64)
-    assert np.all(resized[0][:, :, :5] == real.min())  # padded to a square with the background, not stretched
-    [expected] = evaluate(*resized, metrics=("swd",))
+    assert _table(widget)["psnr"][0] == "-" and _table(widget)["psnr"][3].startswith("not computed: ")
+    # mixed-size SWD: both sets at 64 x 64 (medsynth.metrics.resample), as medsynth evaluate computes it
+    assert common_side(real.shape, small.shape) == 64
+    padded = np.asarray(Resampled(real, 64, "pad", float(real.min()))[:])
+    assert padded.shape == (5, 64, 64) and np.all(padded[:, :, :5] == real.min())  # padded with the background
+    [expected] = evaluate(real, small, metrics=("swd",))
     assert results["swd"].mean == pytest.approx(expected.mean) and np.isfinite(expected.mean)
     assert np.isfinite(results["sf_real"].mean) and np.isfinite(results["sf_fake"].mean)
 
     widget.resample.setCurrentIndex(widget.resample.findData("stretch"))
     _choose(widget, ("swd",))
     [swd] = _compute(widget, qtbot)
-    assert swd.mean == pytest.approx(evaluate(*same_size(real, small, "stretch"), metrics=("swd",))[0].mean)
+    assert swd.mean == pytest.approx(evaluate(real, small, metrics=("swd",), resample="stretch")[0].mean)
     assert swd.mean != pytest.approx(expected.mean)
 
 

@@ -62,8 +62,9 @@ def shown(widget) -> bool:
     return not widget.native.isHidden()
 
 
-def checkpoints(folder: Path) -> list[Path]:
-    return sorted(folder.glob("checkpoint-*.safetensors"))
+def checkpoints(parent: Path) -> list[Path]:
+    """The checkpoints of the runs under the widget's output folder (each run has a folder of its own)."""
+    return sorted(parent.glob("*/checkpoint-*.safetensors"))
 
 
 @pytest.mark.slow
@@ -120,6 +121,8 @@ def test_start_shows_progress_losses_and_preview_pause_holds_it_then_stop_writes
     assert not multiprocessing.active_children()
     saved = checkpoints(tmp_path / "run")
     assert saved and widget.checkpoint_path == saved[-1]
+    run_name = saved[-1].parent.name  # the run's own folder, named by its start time and recipe
+    assert run_name.endswith("_dcgan") and widget.checkpoint_label.value == f"checkpoint: {run_name}/{saved[-1].name}"
     checkpoint = load_checkpoint(saved[-1])
     assert checkpoint.step >= 4 and widget.status.value == f"stopped at step {checkpoint.step}"
     assert widget.progress.value() <= checkpoint.step  # the bar keeps the last step reported

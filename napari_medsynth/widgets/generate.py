@@ -1,13 +1,19 @@
-"""The Generate dock widget: synthetic sequences from a checkpoint, as 4D layers with a time slider.
+"""The Generate dock widget: synthetic sequences (4D layers with a time slider) or 2D images from a checkpoint.
 
 The widget is thin. The options form (`GenerateOptions`, rendered by `SettingsForm`) becomes the
-arguments of `medsynth.training.sequences.iter_sequences`, which runs in the plugin's background
-runner (`napari_medsynth.workers.BackgroundRun`); progress arrives in `_on_event` and the finished
-image in `_add_layer`, on the GUI thread, the only place that touches layers. Several sequences
-become one layer ``(sample, t, y, x)`` (`napari_medsynth.axes.samples_first`), so that its time
-shares the slider of a real cine ``(t, y, x)``; it is placed beside the layers shown and the view
-is reset to show it at its first frame (`napari_medsynth.placement`). "Side by side" switches
-napari's grid mode instead, each layer in its own cell with the same time slider.
+arguments of `medsynth.training.sequences.iter_sequences` for a sequence recipe (4D layers with a
+time slider) or of `medsynth.training.generate.generate` for a 2D one (a stack of images; the
+sequence-only options are hidden). Either runs in the plugin's background runner
+(`napari_medsynth.workers.BackgroundRun`); progress arrives in `_on_event` and the finished image
+in `_add_layer`, on the GUI thread, the only place that touches layers. Several sequences become
+one layer ``(sample, t, y, x)`` (`napari_medsynth.axes.samples_first`), so that its time shares the
+slider of a real cine ``(t, y, x)``; it is placed beside the layers shown and the view is reset to
+show it at its first frame (`napari_medsynth.placement`). "Side by side" switches napari's grid
+mode instead, each layer in its own cell with the same time slider.
+
+For checkpoints with an autoencoder (``vqgan-hdfb``, ``vqgan``), Reconstruct runs the chosen image layer
+through it (`medsynth.training.reconstruct.reconstruct`) and shows input | reconstruction |
+difference side by side, on the input's grid.
 """
 
 from __future__ import annotations
@@ -18,13 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import (
     CheckBox,
+    ComboBox,
     Container,
     FileEdit,
     Label,
     ProgressBar,
     PushButton,
 )
-from napari.layers import Layer
+from napari.layers import Image, Layer
 from qtpy.QtWidgets import QWidget
 
 from medsynth.errors import MedsynthError
@@ -32,14 +39,17 @@ from medsynth.io.image import MedImage
 from medsynth.models.hrgan import MODALITIES
 from medsynth.settings import setting
 from medsynth.training.checkpoint import Checkpoint, load_checkpoint
+from medsynth.training.generate import generate
+from medsynth.training.reconstruct import Reconstruction, reconstruct
+from medsynth.training.recipe import get_recipe
 from medsynth.training.sequences import SequenceProgress, iter_sequences
 from napari_medsynth.axes import samples_first
-from napari_medsynth.layers import to_layer_data
+from napari_medsynth.layers import layer_image, to_layer_data
 from napari_medsynth.notify import report_error
 from napari_medsynth.placement import place_beside, show_new
 from napari_medsynth.widgets.dock import advanced_group, reset_button, scrolled_content, wrap
 from napari_medsynth.widgets.settings_form import SettingsForm
-from napari_medsynth.workers import BackgroundRun, Failed, RunState, until_stopped
+from napari_medsynth.workers import BackgroundRun, Failed, RunState, call, until_stopped
 
 if TYPE_CHECKING:
     import napari
@@ -47,21 +57,25 @@ if TYPE_CHECKING:
 SHUTDOWN_TIMEOUT_S = 30.0
 ADVANCED_OPTIONS = ("modality", "resolution")
 """Options under "Advanced"; a checkpoint fills them in with its own values."""
+SEQUENCE_ONLY = ("modality", "frames", "resolution")
+"""Options that only a sequence recipe's checkpoint takes; a 2D recipe draws images at its training size."""
 
 
 @dataclass
 class GenerateOptions:
-    """What to generate; a loaded checkpoint fills in its own modality, clip length and resolution."""
+    """What to generate; a loaded sequence checkpoint fills in its own modality, clip length and resolution."""
 
     modality: str = setting("US", "Modality the generator is conditioned on", choices=MODALITIES)
     frames: int = setting(16, "Frames per sequence", min=1, max=1000)
     resolution: int = setting(128, "Frame side length in pixels (the training side times a multiple of 1/4)", min=8, max=4096)
-    count: int = setting(1, "Number of sequences (several share one layer, on a sample axis before time)", min=1, max=256)
-    seed: int = setting(0, "Random seed (the same seed gives the same sequences)", min=0, max=2**31 - 1)
+    count: int = setting(
+        1, "Number of sequences or images (several share one layer, on a sample axis before time)", min=1, max=256
+    )
+    seed: int = setting(0, "Random seed (the same seed gives the same output)", min=0, max=2**31 - 1)
 
 
 class GenerateWidget(QWidget):
-    """Generate sequences from a checkpoint into new layers; see the module docstring."""
+    """Generate sequences or images from a checkpoint into new layers; see the module docstring."""
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None, device: str = "auto") -> None:
         super().__init__(parent)
@@ -71,7 +85,7 @@ class GenerateWidget(QWidget):
         self.checkpoint: Checkpoint | None = None
         self.layer = None
 
-        self.checkpoint_file = FileEdit(name="checkpoint", mode="r", filter="*.safetensors", tooltip="A hrgan-dtcr checkpoint")
+        self.checkpoint_file = FileEdit(name="checkpoint", mode="r", filter="*.safetensors", tooltip="A sequence or 2D checkpoint")
         self.checkpoint_label = Label(value="no checkpoint")
         fields = list(GenerateOptions.__dataclass_fields__)
         self.options = SettingsForm(GenerateOptions, fields=[name for name in fields if name not in ADVANCED_OPTIONS])
@@ -80,6 +94,11 @@ class GenerateWidget(QWidget):
         self.stop_button = PushButton(text="Stop")
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.side_by_side = CheckBox(text="Real and synthetic side by side (grid)", value=False)
+        self.source = ComboBox(name="input", choices=self._image_choices, tooltip="Image layer to reconstruct")
+        self.reconstruct_button = PushButton(text="Reconstruct (input | reconstruction | difference)")
+        self.reconstruction = Container(
+            widgets=[self.source, self.reconstruct_button], label="Autoencoder", visible=False
+        )
         form = Container(
             widgets=[
                 self.checkpoint_file,
@@ -88,6 +107,7 @@ class GenerateWidget(QWidget):
                 Container(widgets=[self.generate_button, self.stop_button], layout="horizontal", labels=False),
                 self.progress,
                 self.side_by_side,
+                self.reconstruction,
             ]
         )
         wrap(self.checkpoint_label.native)
@@ -98,13 +118,14 @@ class GenerateWidget(QWidget):
 
         self.checkpoint_file.changed.connect(lambda path: self.load(path))
         self.generate_button.clicked.connect(self.generate)
+        self.reconstruct_button.clicked.connect(self.reconstruct)
         self.stop_button.clicked.connect(self.run.stop)
         self.side_by_side.changed.connect(self._show_side_by_side)
         self.run.state_changed.connect(self._show_state)
         self._show_state(self.run.state)
 
     def load(self, path: Path | str) -> None:
-        """Read the checkpoint at `path` and show its own modality, clip length and resolution."""
+        """Read the checkpoint at `path`; of a sequence recipe, show its own modality, clip length and resolution."""
         try:
             checkpoint = load_checkpoint(path)
         except MedsynthError as exc:
@@ -114,12 +135,19 @@ class GenerateWidget(QWidget):
         settings = checkpoint.settings
         self.checkpoint_label.value = f"{checkpoint.recipe}, step {checkpoint.step}, {settings.get('resolution')} px"
         self._show_checkpoint_values()
+        for name in SEQUENCE_ONLY:
+            self._option(name).visible = self._sequences()
+        self.reconstruction.visible = hasattr(get_recipe(checkpoint.recipe), "reconstruct")
         self._show_state(self.run.state)
+
+    def _option(self, name: str) -> Any:
+        """The field of option `name`, basic or advanced."""
+        return (self.advanced_options if name in ADVANCED_OPTIONS else self.options)[name]
 
     def _show_checkpoint_values(self) -> None:
         """Fill in the loaded checkpoint's own modality, clip length and resolution."""
         settings = self.checkpoint.settings
-        known = {key: settings[key] for key in ("modality", "frames", "resolution") if key in settings}
+        known = {key: settings[key] for key in SEQUENCE_ONLY if key in settings}
         try:
             for form in (self.options, self.advanced_options):
                 form.set_values(known)
@@ -134,6 +162,21 @@ class GenerateWidget(QWidget):
             self._show_checkpoint_values()
         self.side_by_side.value = False
 
+    def reset_choices(self, *_: Any) -> None:
+        """Refresh the input layer list (napari calls this when layers are added, removed or renamed)."""
+        self.source.reset_choices()
+
+    def _image_choices(self, _widget: Any) -> list[tuple[str, Image]]:
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image) and not layer.rgb]
+
+    def reconstruct(self) -> None:
+        """Reconstruct the chosen image layer with the checkpoint's autoencoder, in a worker."""
+        layer = self.source.value
+        if self.checkpoint is None or layer is None or self.run.state is not RunState.IDLE:
+            return
+        work = call(reconstruct, self.checkpoint, layer_image(layer), self.device)
+        self.run.start(work, self._on_event, self._add_reconstruction)
+
     def generate(self) -> None:
         """Start generating with the form's values in a worker."""
         if self.checkpoint is None or self.run.state is not RunState.IDLE:
@@ -144,11 +187,19 @@ class GenerateWidget(QWidget):
             report_error(exc)
             return
         checkpoint, device = self.checkpoint, self.device
-        self.progress.max = options["count"] * options["frames"]
         self.progress.value = 0
+        if not self._sequences():
+            self.progress.max = 1  # one call makes every image
+            images = call(generate, checkpoint, options["count"], options["seed"], device)
+            self.run.start(images, self._on_event, self._add_layer)
+            return
+        self.progress.max = options["count"] * options["frames"]
         sequences = (checkpoint, options["count"], options["seed"], options["frames"], options["resolution"],
                      options["modality"], device)  # fmt: skip
         self.run.start(lambda control: until_stopped(iter_sequences(*sequences), control), self._on_event, self._add_layer)
+
+    def _sequences(self) -> bool:
+        return self.checkpoint is not None and get_recipe(self.checkpoint.recipe).data_kind == "sequence"
 
     def _on_event(self, event: Any) -> None:
         if isinstance(event, SequenceProgress):
@@ -157,19 +208,30 @@ class GenerateWidget(QWidget):
             report_error(event.error)
 
     def _add_layer(self, image: MedImage | None) -> None:
-        """The generated sequences as a new layer (None: stopped before the end)."""
+        """The generated sequences or images as a new layer (None: stopped before the end)."""
         if image is None:
             return
+        self.progress.value = self.progress.max
         layer = Layer.create(*samples_first(image, to_layer_data(image)))
         place_beside(self.viewer, layer)
         self.layer = self.viewer.add_layer(layer)
         show_new(self.viewer, layer)  # the view fits it in, at its first frame, ready to play
+
+    def _add_reconstruction(self, result: Reconstruction | None) -> None:
+        """Reconstruction and difference beside the input, side by side (None: the work failed)."""
+        if result is None:
+            return
+        for image in (result.reconstruction, result.difference):
+            data, kwargs, _ = to_layer_data(image)
+            self.viewer.add_image(data, **kwargs)
+        self.side_by_side.value = True
 
     def _show_side_by_side(self, on: bool) -> None:
         self.viewer.canvas.grid.enabled = bool(on)
 
     def _show_state(self, state: RunState) -> None:
         self.generate_button.enabled = state is RunState.IDLE and self.checkpoint is not None
+        self.reconstruct_button.enabled = self.generate_button.enabled
         self.stop_button.enabled = state is RunState.RUNNING
 
     def closeEvent(self, event: Any) -> None:

@@ -9,8 +9,9 @@ Layers are read, never modified: the worker makes float32 copies of their data.
 
 Each metric is computed on its own: one that cannot run (MS-SSIM on a small image, FID of one image,
 paired metrics on sets of different sizes) becomes its row's note and the others are kept. The
-distribution metrics compare sets of different image sizes after `same_size` brings their images to
-one side (the "Mixed sizes" option: ``"pad"``, the default, or ``"stretch"``; docs/metrics.md). Real,
+distribution metrics compare sets of different image sizes after `medsynth.metrics.resample` brings
+their images to one side (the "Mixed sizes" option: ``"pad"``, the default, or ``"stretch"``;
+docs/metrics.md). Real,
 synthetic and the metric boxes come first; mask, data range, slicing and resampling are under
 "Advanced settings".
 """
@@ -40,7 +41,8 @@ from qtpy.QtWidgets import (
 from medsynth.metrics.items import image_items, load_items
 from medsynth.errors import InputError
 from medsynth.io.image import MedImage
-from medsynth.metrics.evaluate import METRICS, MetricResult, available_metrics, evaluate
+from medsynth.metrics.evaluate import MetricResult, available_metrics, evaluate
+from medsynth.metrics.resample import DEFAULT_METHOD, METHODS
 from napari_medsynth.layers import layer_image
 from napari_medsynth.notify import report_error
 from napari_medsynth.workers import BackgroundRun, EventWorker, Failed, RunState, until_stopped
@@ -55,12 +57,6 @@ DEFAULT_METRICS = ("psnr", "ssim", "swd")
 # Per-frame-pair curves of the temporal metric, by unit (curve keys from TemporalReport.curves()).
 INTENSITY_CURVES = ("diff_real", "diff_fake", "warp_error_real", "warp_error_fake")
 FLOW_CURVES = ("flow_real", "flow_fake")
-RESAMPLE_METHODS = {
-    "pad": "pad to squares with the background, then resize (as training sees a slice)",
-    "stretch": "resize to squares (aspect ratio not kept)",
-}
-"""How distribution metrics bring images of different sizes to one side, as the "Mixed sizes" options read."""
-DEFAULT_RESAMPLE = "pad"
 
 
 def as_batch(source: Source, *, slices: bool, what: str) -> np.ndarray:
@@ -73,48 +69,14 @@ def is_sequence(layer: Layer) -> bool:
     return "t" in layer.metadata.get("medsynth", {}).get("axes", "")
 
 
-def same_size(real: np.ndarray, fake: np.ndarray, method: str = DEFAULT_RESAMPLE) -> tuple[np.ndarray, np.ndarray]:
-    """Batches of 2D items ``(N, H, W)`` with their images brought to one ``side x side``, by `method`.
-
-    The side is the smaller of the two sets' longer sides: the larger images are shrunk, the smaller
-    never enlarged. ``"pad"`` pads each image to a centred square with the background (the real set's
-    minimum) first, keeping its aspect ratio; ``"stretch"`` does not. Both resize with anti-aliased
-    bilinear interpolation. Batches of one size come back as they are; volumes of different sizes
-    raise InputError.
-    """
-    from skimage.transform import resize
-
-    if real.shape[1:] == fake.shape[1:]:
-        return real, fake
-    if real.ndim != 3 or fake.ndim != 3:
-        raise InputError(
-            f"real items {real.shape[1:]} and fake items {fake.shape[1:]} are volumes of different sizes; "
-            'tick "3D volumes slice by slice" to compare their slices'
-        )
-    side = min(max(real.shape[1:]), max(fake.shape[1:]))
-    background = float(real.min())
-
-    def squared(batch: np.ndarray) -> np.ndarray:
-        if method == "pad":
-            height, width = batch.shape[1:]
-            long = max(height, width)
-            top, left = (long - height) // 2, (long - width) // 2
-            pad = ((0, 0), (top, long - height - top), (left, long - width - left))
-            batch = np.pad(batch, pad, constant_values=background)
-        resized = resize(batch, (len(batch), side, side), order=1, anti_aliasing=True, preserve_range=True)
-        return resized.astype(np.float32)
-
-    return squared(real), squared(fake)
-
-
 def measure(
     real: Source, fake: Source, *, metrics: Sequence[str], mask: np.ndarray | None = None,
-    data_range: float | None = None, slices: bool = False, resample: str = DEFAULT_RESAMPLE,
+    data_range: float | None = None, slices: bool = False, resample: str = DEFAULT_METHOD,
 ) -> Generator[Progress, None, list[MetricResult]]:
     """Evaluate `metrics` of `fake` against `real`, yielding ``(done, total, label)`` before each metric.
 
     `real` and `fake` are images (see `layer_image`) or paths, made into batches by `as_batch`; the
-    distribution metrics see their images brought to one size by `same_size` with `resample`.
+    distribution metrics see their images brought to one size by `resample` (`medsynth.metrics.resample`).
     Returns the `MetricResult` list of `medsynth.metrics.evaluate.evaluate`, with a `failed` row for
     each metric that raised.
     """
@@ -125,7 +87,6 @@ def measure(
     yield 0, total, "reading images"
     real_items = as_batch(real, slices=slices, what="real")
     fake_items = as_batch(fake, slices=slices, what="fake")
-    resized: tuple[np.ndarray, np.ndarray] | None = None
     results: list[MetricResult] = []
     for done, name in enumerate(names, start=1):
         yield done, total, name
@@ -133,11 +94,7 @@ def measure(
         if any(r.name == name for r in results):
             continue
         try:
-            pair = (real_items, fake_items)
-            if name in METRICS and not METRICS[name].paired:
-                resized = resized or same_size(real_items, fake_items, resample)
-                pair = resized
-            results.extend(evaluate(*pair, metrics=(name,), mask=mask, data_range=data_range))
+            results.extend(evaluate(real_items, fake_items, metrics=(name,), mask=mask, data_range=data_range, resample=resample))
         except Exception as exc:  # noqa: BLE001 - one metric that cannot run must not discard the others
             results.append(failed(name, exc))
     yield total, total, "done"
@@ -167,7 +124,7 @@ class MetricsWidget(QWidget):
         self.data_range.setSpecialValueText("real set's max - min")
         self.data_range.setToolTip("Intensity span L for PSNR and SSIM, in the data's units (e.g. 4095 for CT in HU)")
         self.resample = QComboBox()
-        for method, text in RESAMPLE_METHODS.items():
+        for method, text in METHODS.items():
             self.resample.addItem(text, method)
         self.resample.setToolTip(
             "Distribution metrics (SWD, FID, KID, temporal) on sets of different image sizes: both are brought to "
@@ -232,7 +189,7 @@ class MetricsWidget(QWidget):
         self.mask.select(None)
         self.data_range.setValue(0.0)
         self.slices.setChecked(False)
-        self.resample.setCurrentIndex(self.resample.findData(DEFAULT_RESAMPLE))
+        self.resample.setCurrentIndex(self.resample.findData(DEFAULT_METHOD))
         self._suggest_temporal()
 
     def chosen_metrics(self) -> list[str]:

@@ -43,6 +43,7 @@ from medsynth.io.image import MedImage, SyntheticProvenance
 from medsynth.training.config import RunOptions, TrainConfig
 from medsynth.training.events import CheckpointSaved, Finished, Paused, Progress, Resumed, Samples, Started
 from medsynth.training.process import train_in_process
+from medsynth.training.runs import run_folder
 from medsynth.weights import weights_report
 from napari_medsynth.axes import samples_first
 from napari_medsynth.layers import SYNTHETIC_SUFFIX, layer_image, to_layer_data
@@ -390,7 +391,7 @@ class TrainWidget(QWidget):
             raise InputError("no output folder chosen: choose the folder where checkpoints are written")
         return TrainConfig(
             recipe=self.recipe.value,
-            out_dir=Path(self.out_dir.value),
+            out_dir=run_folder(Path(self.out_dir.value), self.recipe.value, resume=resume),
             settings=self.settings.values(),
             device=self.device.value,
             resume=resume,
@@ -583,7 +584,9 @@ class TrainWidget(QWidget):
 
     def _set_checkpoint(self, path: Path) -> None:
         self.checkpoint_path = Path(path)
-        self.checkpoint_label.value = f"checkpoint: {self.checkpoint_path.name}"
+        # The run's folder names the run (start time and recipe), so the label says which run this is.
+        self.checkpoint_label.value = f"checkpoint: {self.checkpoint_path.parent.name}/{self.checkpoint_path.name}"
+        self.checkpoint_label.tooltip = str(self.checkpoint_path)
         self.generate_button.enabled = self.generation.state is RunState.IDLE
         self.continue_button.enabled = self.run.state is RunState.IDLE
 

@@ -64,11 +64,15 @@ def with_default(base: type, name: str, default: Any, why: str = "") -> Any:
 def describe(settings_cls: type) -> list[SettingInfo]:
     """The fields of a settings dataclass: its own in declaration order, then those declared in its base classes.
 
-    A recipe's form and listing so start with what is particular to it, not with shared optimiser fields.
+    A field counts as declared by the most basic class that has it (a redeclared default stays there), so
+    a recipe's form and listing start with what is particular to it, not with shared optimiser fields.
     """
     hints = typing.get_type_hints(settings_cls)
-    inherited = {f.name for base in settings_cls.__mro__[1:] if dataclasses.is_dataclass(base) for f in dataclasses.fields(base)}
-    fields = sorted(dataclasses.fields(settings_cls), key=lambda f: f.name in inherited)
+    depth = {}  # field name -> position in the MRO of the most basic class declaring it
+    for position, base in enumerate(settings_cls.__mro__):
+        if dataclasses.is_dataclass(base):
+            depth.update((f.name, position) for f in dataclasses.fields(base))
+    fields = sorted(dataclasses.fields(settings_cls), key=lambda f: depth[f.name])
     return [
         SettingInfo(
             name=f.name,

@@ -48,5 +48,6 @@ class LesionWidget(QWidget):
         super().closeEvent(event)
 
     def shutdown(self) -> None:
-        """Stop training and wait for it (closing the widget or the viewer)."""
+        """Stop training and background generation and wait for them (closing the widget or the viewer)."""
+        self.background.shutdown()
         self.model.shutdown()

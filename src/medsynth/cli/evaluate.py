@@ -2,7 +2,14 @@
 
 Files and folders are read with `medsynth.io.read`. Each 2D image is one item; each 3D volume is one
 item (evaluated per volume) unless ``--slices`` makes its slices the items; the frames of a time
-series are items. All items of a set must have the same shape.
+series are items. All items of a set must have the same shape. Paired metrics (PSNR, SSIM) need the
+two sets' items to have one shape; the distribution metrics (SWD, FID, KID, temporal) resample images
+of different sizes to a common side (``--resample``, ``--side``).
+
+Metric names, output paths and options are checked before any image is read. A metric that cannot run
+on these images is listed with its reason and the others are kept (exit 0, the failures repeated on
+stderr); when none can run, the command exits 2. Files are read a piece at a time (memory-mapped
+where the file allows), so memory stays near the size of the larger input.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -53,6 +61,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--slices", action="store_true", help="evaluate 3D volumes slice by slice instead of per volume"
     )
+    parser.add_argument(
+        "--resample",
+        default="pad",
+        metavar="METHOD",
+        help="how distribution metrics bring images of different sizes to one: pad (default: pad to a square with "
+        "the background, then resize, as training does) or stretch",
+    )
+    parser.add_argument(
+        "--side", type=int, metavar="PX", help="common side for distribution metrics (default: the smaller set's)"
+    )
     parser.add_argument("--json", metavar="OUT", help="write results, definitions and versions as JSON")
     parser.add_argument("--csv", metavar="OUT", help="write one row per metric with the per-item values as CSV")
     parser.set_defaults(func=run)
@@ -77,7 +95,8 @@ def print_table(results: Sequence[MetricResult]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medsynth.metrics.evaluate import available_metrics, evaluate, to_csv, to_json
+    from medsynth.metrics.evaluate import available_metrics, check_metric_names, check_results_path, evaluate
+    from medsynth.metrics.evaluate import to_csv, to_json
 
     if args.metrics == "list":
         for name, definition in available_metrics().items():
@@ -85,7 +104,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.real or not args.fake:
         raise InputError("give the real images with --real PATH... and the synthetic ones with --fake PATH...")
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    metrics = check_metric_names([m.strip() for m in args.metrics.split(",") if m.strip()])
+    for flag, path in (("--json", args.json), ("--csv", args.csv)):
+        if path:
+            try:
+                check_results_path(path)
+            except InputError as exc:
+                raise InputError(f"{flag}: {exc}") from None
+    from medsynth.metrics.resample import check_options
+
+    check_options(args.resample, args.side)
     from medsynth.metrics.items import load_items
 
     real = load_items(args.real, args.slices, "real")
@@ -98,9 +126,16 @@ def run(args: argparse.Namespace) -> int:
         metrics=metrics,
         mask=mask,
         data_range=tuple(args.data_range) if args.data_range else None,
+        resample=args.resample,
+        side=args.side,
         progress=lambda done, total, label: log.debug("%d/%d %s", done, total, label),
     )
     print_table(results)
+    failed = [r for r in results if r.error]
+    if len(failed) == len(results):
+        raise InputError("no metric could be computed: " + "; ".join(f"{r.name}: {r.error}" for r in failed))
+    for r in failed:
+        print(f"medsynth: warning: {r.name} not computed: {r.error}", file=sys.stderr)
     if args.json:
         log.info("wrote %s", to_json(results, args.json))
     if args.csv:

@@ -4,20 +4,33 @@ Recipes trained on ``(image, target)`` pairs (data kinds in
 `medsynth.training.recipe.TARGET_DATA_KINDS`, e.g. ``danger-unet``) take ``--targets``: one label
 map or mask per ``--data`` image, in the same order, on that image's grid.
 
+Every run writes into a folder of its own under ``--out``: ``--name``, or the start time and the
+recipe (`medsynth.training.runs`); a folder that holds another run is refused, and ``--resume`` from
+the newest checkpoint of a run under ``--out`` continues that run in its folder.
+
 Training prints a progress bar when stderr is a terminal and plain log lines otherwise (files,
-Slurm). SIGINT and SIGTERM stop training after the current step and write a checkpoint; a second
-SIGINT aborts. Under torchrun every rank runs this command and only rank 0 prints.
+Slurm). SIGINT and SIGTERM stop training after the current step and write a checkpoint, from the
+command's first moment on (a stop while the data is read gives a step-0 checkpoint); a second SIGINT
+aborts. Under torchrun every rank runs this command and only rank 0 prints.
+
+`generate` makes its images a chunk at a time and writes each chunk before making the next, into a
+NIfTI file (`medsynth.io.stream`) or a folder of DICOM files moved into place when complete; an output
+that cannot be written or does not fit the free space is refused before the images are made.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import logging
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from medsynth.cli.progress import ProgressLine
 from medsynth.errors import InputError, SettingsError
 
 log = logging.getLogger("medsynth")
@@ -50,12 +63,24 @@ def register(subparsers) -> None:
         metavar="PATH",
         help="target label maps or masks, one per --data image in the same order (recipes marked 'needs --targets')",
     )
-    train.add_argument("--out", type=Path, metavar="DIR", help="folder for checkpoints")
+    train.add_argument(
+        "--out", type=Path, metavar="DIR", help="parent folder of the runs: each run writes into a folder of its own"
+    )
+    train.add_argument(
+        "--name",
+        metavar="NAME",
+        help="the run's folder name in --out (default: start time and recipe, e.g. 2026-12-05_143201_dcgan)",
+    )
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe setting (repeatable)")
     train.add_argument(
         "--config", type=Path, metavar="FILE", help="JSON or TOML file of training options and a [settings] table"
     )
-    train.add_argument("--resume", type=Path, metavar="CKPT", help="continue from this checkpoint")
+    train.add_argument(
+        "--resume",
+        type=Path,
+        metavar="CKPT",
+        help="continue from this checkpoint: in its run's folder when that is in --out and no other --name is given",
+    )
     train.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
     add_setting_flags(train, RunOptions, "run options")
     add_setting_flags(train, NormalizationOptions, "intensity normalisation (recipes on a lesion crop use the crop's own range)")
@@ -83,11 +108,21 @@ def register(subparsers) -> None:
 
 
 def run_train(args) -> int:
+    from medsynth.training.control import TrainControl
+
+    control = TrainControl()
+    # Installed before anything slow (importing torch, reading the data): a stop from then on ends
+    # in a step-0 checkpoint and the documented message, never in a bare exit 143.
+    with stop_on_signals(control):
+        return _train(args, control)
+
+
+def _train(args, control) -> int:
     from medsynth.cli.flags import given_settings
     from medsynth.training.config import DECLARED_PARTS, TrainConfig
-    from medsynth.training.control import TrainControl
     from medsynth.training.distributed import context_from_env
-    from medsynth.training.trainer import train
+    from medsynth.training.runs import run_folder
+    from medsynth.training.trainer import check_config, train
 
     values = read_config(args.config) if args.config else {}
     config_data = config_paths(values, "data", args.config)
@@ -105,12 +140,17 @@ def run_train(args) -> int:
     config = TrainConfig.from_mapping(values)
     if not data_paths:
         raise InputError("no training data: give --data PATH [PATH ...] (or `data` in the config file)")
+    # --out (`out_dir` of a config file) is the parent of the runs; the trainer gets the run's own folder.
+    folder = run_folder(config.out_dir, config.recipe, name=args.name, resume=config.resume)
+    config = dataclasses.replace(config, out_dir=folder)
+    check_config(config)  # settings, resume checkpoint, run folder: all before the data is read
+    is_main = context_from_env().is_main
+    if is_main:
+        log.info("run folder %s", folder)
     data = training_data(config.recipe, [Path(p) for p in data_paths], [Path(p) for p in target_paths or ()])
-    control = TrainControl()
-    report = Reporter(enabled=context_from_env().is_main)
-    with stop_on_signals(control):
-        for event in train(config, data, control):
-            report(event)
+    report = Reporter(enabled=is_main)
+    for event in train(config, data, control):
+        report(event)
     return 0
 
 
@@ -161,49 +201,143 @@ def needing_targets() -> list[str]:
 
 
 def run_generate(args) -> int:
-    from medsynth.atomic import staged_folder
-    from medsynth.io import write_dicom, write_nifti
-    from medsynth.io.output import output_format
+    from medsynth.io.output import check_folder, check_new_file, output_format
     from medsynth.training.checkpoint import load_checkpoint
     from medsynth.training.recipe import get_recipe
 
     out: Path = args.out
     is_nifti = output_format(out) == "nifti"
-    if is_nifti and out.exists():
-        raise InputError(f"{out} exists; choose a new file name (files are never overwritten)")
+    if args.num < 1:
+        raise InputError(f"--num {args.num}: the number of images must be at least 1")
+    if is_nifti:
+        check_new_file(out, "--out")
+    else:
+        check_folder(out, "--out")
+        if out.is_dir() and any(out.glob("*.dcm")):
+            raise InputError(f"--out {out} holds DICOM files already; choose a new or empty folder")
     checkpoint = load_checkpoint(args.checkpoint)
     if get_recipe(checkpoint.recipe).data_kind == "sequence":
-        image = _generate_sequences(checkpoint, args)
+        what = _write_sequences(checkpoint, args, is_nifti)
     else:
-        from medsynth.training.generate import generate
-
-        image = generate(checkpoint, args.num, seed=args.seed, device=args.device)
-    if is_nifti:
-        write_nifti(image, out)
-    else:
-        # Independent samples are not the slices of one volume: each becomes its own file
-        # (a 2D image, or a multi-frame cine for sequences).
-        with staged_folder(out) as stage:
-            for k in range(args.num):
-                write_dicom(sample_image(image, k), stage)
-    log.info("wrote %d synthetic %s to %s", args.num, "sequence(s)" if image.has_time else "image(s)", out)
+        _refuse_sequence_options(checkpoint, args)
+        what = _write_images(checkpoint, args, is_nifti)
+    log.info("wrote %s to %s", what, out)
     return 0
 
 
-def _generate_sequences(checkpoint, args):
-    from medsynth.training.sequences import generate_sequences
+SEQUENCE_OPTIONS = ("frames", "resolution", "modality", "tile")
 
-    return generate_sequences(
+
+def _refuse_sequence_options(checkpoint, args) -> None:
+    """InputError for sequence-only options given with a checkpoint of 2D images (they would change nothing)."""
+    given = [f"--{name}" for name in SEQUENCE_OPTIONS if getattr(args, name) is not None]
+    if given:
+        side = checkpoint.settings.get("resolution")
+        size = f" of {side}x{side} px" if side else ""
+        raise InputError(
+            f"{', '.join(given)}: for sequence recipes (hrgan-dtcr) only, but {args.checkpoint} is a "
+            f"{checkpoint.recipe!r} model of 2D images{size}; drop {' and '.join(given)}"
+        )
+
+
+def _write_images(checkpoint, args, is_nifti: bool) -> str:
+    """Generate `args.num` 2D images a chunk at a time, each chunk written before the next is made."""
+    from medsynth.atomic import staged_folder
+    from medsynth.io import write_dicom
+    from medsynth.io.stream import nifti_bytes, nifti_stream
+    from medsynth.training.generate import images_medimage, iter_images
+
+    num, out = args.num, args.out
+    chunks = iter_images(checkpoint, num, seed=args.seed, device=args.device)
+    first = next(chunks)  # loads the model; the image size is known from here
+    like = images_medimage(first, checkpoint, args.seed)
+    shape = (num, *first.shape[1:])
+    what = f"{num} synthetic image(s) of {shape[1]}x{shape[2]}"
+    _check_space(out, is_nifti, nifti_bytes(like, shape), num, first[0].size, what)
+    progress = ProgressLine(log_fraction=0.1)
+    done = 0
+    if is_nifti:
+        with nifti_stream(out, like, shape) as blocks:
+            for chunk in itertools.chain([first], chunks):
+                blocks.write((done,), chunk)
+                done += len(chunk)
+                progress.show(done, num, f"{done}/{num} images")
+    else:
+        with staged_folder(out) as work:
+            for chunk in itertools.chain([first], chunks):
+                image = images_medimage(chunk, checkpoint, args.seed)
+                # Independent samples are not the slices of one volume: each becomes its own file.
+                for k in range(len(chunk)):
+                    write_dicom(sample_image(image, k, offset=done), work)
+                done += len(chunk)
+                progress.show(done, num, f"{done}/{num} images")
+    progress.finish()
+    return what
+
+
+def _write_sequences(checkpoint, args, is_nifti: bool) -> str:
+    """Generate `args.num` sequences a block of frames at a time, each block written before the next is made."""
+    from medsynth.atomic import staged_folder
+    from medsynth.io import write_dicom
+    from medsynth.io.stream import nifti_bytes, nifti_stream
+    from medsynth.training.sequences import SequenceJob
+
+    job = SequenceJob(
         checkpoint, args.num, seed=args.seed, frames=args.frames, resolution=args.resolution,
         modality=args.modality, device=args.device, tile=args.tile,
     )  # fmt: skip
+    n, frames, side = job.n, job.frames, job.side
+    like = job.image(np.zeros((1, 1, 1, 1), dtype=np.float32))
+    # One sequence is "tyx" (T, S, S); several stack as "tzyx" (T, N, S, S) on one time slider.
+    shape = (frames, side, side) if n == 1 else (frames, n, side, side)
+    what = f"{n} synthetic sequence(s) of {frames} frames of {side}x{side}"
+    _check_space(args.out, is_nifti, nifti_bytes(like, shape), n, frames * side * side, what)
+    progress = ProgressLine(log_fraction=0.1)
+    done, total = 0, n * frames
+    if is_nifti:
+        with nifti_stream(args.out, like, shape) as nifti:
+            for i, start, block in job.blocks():
+                nifti.write((start,) if n == 1 else (start, i), block if n == 1 else block[:, None])
+                done += len(block)
+                progress.show(done, total, f"{done}/{total} frames")
+    else:
+        with staged_folder(args.out) as work:
+            sequence = np.empty((1, frames, side, side), dtype=np.float32)  # one sequence: one multi-frame file
+            for i, start, block in job.blocks():
+                sequence[0, start : start + len(block)] = block
+                if start + len(block) == frames:
+                    write_dicom(sample_image(job.image(sequence), 0, offset=i), work)
+                done += len(block)
+                progress.show(done, total, f"{done}/{total} frames")
+    progress.finish()
+    return what
 
 
-def sample_image(samples, k: int):
+DICOM_HEADER_BYTES = 8192
+"""A generous size of one generated DICOM file's header (about 3 KiB) with its file-system block."""
+
+
+def _check_space(out: Path, is_nifti: bool, nifti_size: int, files: int, pixels_per_file: int, what: str) -> None:
+    """InputError before writing when `what` cannot fit the free space where `out` goes.
+
+    DICOM stores 16-bit pixels; a ``.nii.gz`` is staged uncompressed first, then compressed beside it
+    (float images compress little), so it needs about twice the data's size.
+    """
+    from medsynth.io.output import check_free_space
+
+    if is_nifti:
+        needed = nifti_size * (2 if out.name.endswith(".gz") else 1)
+    else:
+        needed = files * (2 * pixels_per_file + DICOM_HEADER_BYTES)
+    check_free_space(out.parent, needed, what)
+
+
+def sample_image(samples, k: int, offset: int = 0):
     """Sample `k` of a generated stack as its own `MedImage` with the stack's units and provenance.
 
     ``(N, H, W)`` images give a 2D image; sequences (``"tyx"`` for one, ``"tzyx"`` with z indexing
-    the samples) give the ``"tyx"`` cine of sample `k`.
+    the samples) give the ``"tyx"`` cine of sample `k`. The stack may be a chunk of a larger output
+    that starts at sample `offset`: names and ``sample_index`` count from there.
     """
     from medsynth.io.image import MedImage
 
@@ -217,9 +351,9 @@ def sample_image(samples, k: int):
         time_spacing=samples.time_spacing,
         modality=samples.modality,
         units=samples.units,
-        name=f"{samples.name} {k + 1:04d}",
+        name=f"{samples.name} {offset + k + 1:04d}",
         synthetic=samples.synthetic,
-        metadata={**samples.metadata, "sample_index": k},
+        metadata={**samples.metadata, "sample_index": offset + k},
     )
 
 
@@ -317,8 +451,7 @@ class Reporter:
 
     def __init__(self, enabled: bool = True, stream=None) -> None:
         self.enabled = enabled
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
+        self.progress = ProgressLine(stream)
 
     def __call__(self, event) -> None:
         from medsynth.training import events
@@ -338,9 +471,9 @@ class Reporter:
         elif isinstance(event, events.Progress):
             self._progress(event)
         elif isinstance(event, events.CheckpointSaved):
-            self._line(f"checkpoint {event.path}")
+            self.progress.line(f"checkpoint {event.path}")
         elif isinstance(event, events.Finished):
-            self._line(f"{event.reason} at step {event.step}; checkpoint {event.checkpoint}")
+            self.progress.line(f"{event.reason} at step {event.step}; checkpoint {event.checkpoint}")
 
     def _progress(self, event) -> None:
         losses = " ".join(f"{name}={value:.4g}" for name, value in event.losses.items())
@@ -348,15 +481,4 @@ class Reporter:
         eta = f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
         phase = f" {event.phase}" if event.phase else ""
         text = f"step {event.step}/{event.total_steps}{phase} {losses} {event.images_per_s:.1f} img/s ETA {eta}"
-        if self.tty:
-            width = 24
-            done = int(width * event.step / max(1, event.total_steps))
-            self.stream.write(f"\r[{'#' * done}{'.' * (width - done)}] {text}\x1b[K")
-            self.stream.flush()
-        else:
-            log.info(text)
-
-    def _line(self, text: str) -> None:
-        if self.tty:
-            self.stream.write("\n")
-        log.info(text)
+        self.progress.show(event.step, event.total_steps, text)

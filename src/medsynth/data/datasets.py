@@ -79,17 +79,22 @@ def target_on_grid(image: MedImage, target: MedImage | Any, name: str) -> MedIma
     return target
 
 
+def pad_square(x: torch.Tensor, fill: float) -> torch.Tensor:
+    """``(..., H, W)`` padded with `fill` to a centred square of side ``max(H, W)``, keeping the aspect ratio."""
+    h, w = x.shape[-2:]
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    return F.pad(x, (left, side - w - left, top, side - h - top), value=fill)
+
+
 def fit_square(x: torch.Tensor, size: int) -> torch.Tensor:
     """Pad normalised ``(C, H, W)`` to a centred square with -1 (background), resize to ``(C, size, size)``.
 
     Padding first keeps the aspect ratio. The antialiased bilinear filter has non-negative weights,
     so values stay in [-1, 1] up to rounding, which the final clamp removes.
     """
-    h, w = x.shape[-2:]
-    side = max(h, w)
-    top, left = (side - h) // 2, (side - w) // 2
-    x = F.pad(x, (left, side - w - left, top, side - h - top), value=-1.0)
-    if side == size:
+    x = pad_square(x, -1.0)
+    if x.shape[-1] == size:
         return x
     x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
     return x.clamp_(-1.0, 1.0)
@@ -166,7 +171,8 @@ class _LazyDataset:
             del spacing[self.slice_axis]
         return float(spacing[0]), float(spacing[1])
 
-    def _plane_shape(self, image: MedImage) -> tuple[int, int]:
+    def plane_shape(self, image: MedImage) -> tuple[int, int]:
+        """(rows, columns) of the 2D planes taken from `image`, at its own resolution."""
         shape = [image.array.shape[image.axes.index(a)] for a in image.spatial_axes]
         if len(shape) == 3:
             del shape[self.slice_axis]
@@ -231,7 +237,7 @@ class SliceDataset(_LazyDataset):
         return fit_square(torch.from_numpy(normalised)[None], self.size)
 
     def _item_spacing(self, image: MedImage) -> tuple[float, float]:
-        scale = max(self._plane_shape(image)) / self.size
+        scale = max(self.plane_shape(image)) / self.size
         row, col = self._plane_spacing(image)
         return row * scale, col * scale
 
@@ -278,7 +284,7 @@ class ClipDataset(_LazyDataset):
         return fit_square(torch.from_numpy(normalised), self.size)[None]
 
     def _item_spacing(self, image: MedImage) -> tuple[float, float]:
-        scale = max(self._plane_shape(image)) / self.size
+        scale = max(self.plane_shape(image)) / self.size
         row, col = self._plane_spacing(image)
         return row * scale, col * scale
 

@@ -30,6 +30,7 @@ from medsynth.atomic import atomic_path
 from medsynth.errors import InputError, InputWarning, UnreadableFileError
 from medsynth.io.image import MedImage, SyntheticProvenance
 from medsynth.io.library_logs import held_back
+from medsynth.io.mapped import PageRelease
 from medsynth.io.orientation import (
     RAS_TO_LPS,
     Geometry,
@@ -407,20 +408,25 @@ def _scaled(raw: np.ndarray, slope: float, inter: float) -> np.ndarray:
 
 def _check_finite(data: np.ndarray, path: Path) -> None:
     """Raise when `data` holds NaN or Inf; min/max propagate both, so no mask array is made."""
+    pages = PageRelease(data)  # a mapped file scanned whole would otherwise stay resident whole
     for index in _slabs(data.shape, data.itemsize):
         slab = data[index]
+        pages.read(slab.nbytes)
         if slab.size and not (np.isfinite(slab.min()) and np.isfinite(slab.max())):
             raise InputError(
                 f"{path}: contains NaN or infinite values. Replace them (e.g. with 0 via "
                 "numpy.nan_to_num) and save the file again."
             )
+    pages.release()
 
 
 def _label_array(data: np.ndarray, path: Path) -> np.ndarray:
     """Labels as an unsigned integer array; integer data is returned as is (a view) when it fits."""
     lo = hi = 0
+    pages = PageRelease(data)
     for index in _slabs(data.shape, data.itemsize):
         slab = data[index]
+        pages.read(slab.nbytes)
         if slab.size:
             lo, hi = min(lo, slab.min()), max(hi, slab.max())
             if data.dtype.kind == "f" and not np.array_equal(slab, np.round(slab)):
@@ -428,6 +434,7 @@ def _label_array(data: np.ndarray, path: Path) -> np.ndarray:
                     f"{path}: holds non-integer values, so it cannot be a label map; read it with "
                     "as_label=False, or round the labels before saving."
                 )
+    pages.release()
     if lo < 0 or not np.isfinite(hi) or hi > np.iinfo(np.uint16).max:
         raise InputError(
             f"{path}: label values range over [{lo}, {hi}]; labels must be integers in [0, 65535]. "

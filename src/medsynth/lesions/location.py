@@ -147,4 +147,14 @@ def load_location_prior(path: str | os.PathLike[str]) -> LocationPrior:
             f"{path}: not a medsynth location prior ({exc}); make one with "
             "`medsynth lesions ... --location-labels MASK...` or `fit_location_prior`"
         ) from exc
+    refit = "fit it again with `medsynth lesions ... --location-labels MASK...`, or correct the file"
+    if len(bandwidth) != 2 or not all(np.isfinite(b) and b > 0 for b in bandwidth):
+        raise CheckpointError(
+            f"{path}: bandwidth {list(bandwidth)} must be two finite numbers above 0 (kernel widths as fractions "
+            f"of the image height and width, at least {MIN_BANDWIDTH} when fitted); {refit}"
+        )
+    if len(points) == 0 or not (np.isfinite(points).all() and (points >= 0).all() and (points <= 1).all()):
+        raise CheckpointError(
+            f"{path}: points must be one or more (y, x) lesion positions as fractions of the image in [0, 1]; {refit}"
+        )
     return LocationPrior(points=points, bandwidth=(bandwidth[0], bandwidth[1]))

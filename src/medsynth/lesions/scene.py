@@ -166,8 +166,12 @@ def fuse_scene(
 ) -> FusedScene:
     """The lesions of `scene` fused into plane `slice_index` of `background` (None: a 2D image), on its grid.
 
-    `names` are those of the image and of the label map; `provenance` marks both synthetic.
+    `names` are those of the image and of the label map; `provenance` marks both synthetic. A generated
+    background's own provenance joins its description, so that the result names both models.
     """
+    if background.synthetic is not None:
+        background_note = f"; background {background.synthetic.summary()}"
+        provenance = replace(provenance, description=provenance.description + background_note)
     result = fuse(
         plane_of(background.array, slice_index),
         [p.lesion for p in scene],

@@ -1,1 +1,1 @@
-"""Training losses, one per module (`dtcr`, `feature_matching`); submodules import torch."""
+"""Training losses, one per module (`dtcr`, `feature_matching`, `attnmix`); submodules import torch."""

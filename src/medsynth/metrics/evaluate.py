@@ -6,6 +6,16 @@
 `to_csv` write them atomically; the JSON also holds each metric's definition and the versions of
 the software that computed it.
 
+A metric that cannot run on these inputs (MS-SSIM of images under 176 px, FID without its weights or
+with one image, a paired metric on sets of different counts or sizes) gives a row with NaN figures
+and its reason in `MetricResult.error`; the other metrics are kept. Problems of the inputs
+themselves (NaN values, no data range) are raised, before any metric runs.
+
+Distribution metrics (SWD, FID, KID, temporal) compare sets of different image sizes after
+resampling both to a common side (`medsynth.metrics.resample`; the row's note says so). PSNR, SSIM and
+SWD read the batches a piece at a time (memory maps and `medsynth.metrics.items.ItemStack` batches
+included), in float32 and float64 pieces, so their memory does not grow with the data.
+
 Unless given, the data range is taken from the REAL set's global minimum and maximum (over all items,
 never one image): PSNR, SSIM and MS-SSIM use the span ``max - min`` without clipping; FID, KID and
 LPIPS map ``[min, max]`` onto their networks' [0, 1] input (fake values outside it are clipped).
@@ -28,7 +38,8 @@ import numpy as np
 
 from medsynth.atomic import write_text
 from medsynth.errors import InputError, MissingWeightsError
-from medsynth.metrics.inputs import DataRange, finite_array
+from medsynth.io.output import check_new_file
+from medsynth.metrics.inputs import DataRange, data_range_bounds, finite_range
 from medsynth.metrics.sharpness import spatial_frequency
 from medsynth.metrics.swd import swd
 from medsynth.versions import package_version
@@ -47,25 +58,66 @@ class MetricResult:
     values: list[float] = field(default_factory=list)
     note: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+    """Why the metric could not be computed (its figures are then NaN); empty when it was."""
 
 
 @dataclass(frozen=True)
 class _Inputs:
-    real: np.ndarray
-    fake: np.ndarray
+    real: Any
+    fake: Any
+    """``(N, *item)`` batches: arrays, tensors or `ItemStack`s, read in pieces by the streaming metrics."""
     data_range: DataRange
     """For PSNR and SSIM: the caller's range, or the real set's span (no clipping)."""
     bounds: DataRange
     """For the networks (FID, KID, LPIPS), which map the data onto [0, 1]: the caller's range, or the real
     set's (min, max)."""
     mask: np.ndarray | None
+    side: int | None = None
+    """The common side of the distribution metrics' 2D images; None when both sets' images have one size."""
+    resample: str = "pad"
+
+    def pair(self) -> tuple[Any, Any]:
+        """The two batches for a paired metric; InputError when their items cannot be paired."""
+        if tuple(self.real.shape[1:]) != tuple(self.fake.shape[1:]):
+            raise InputError(
+                f"paired metrics compare real item i with fake item i, but real items have shape "
+                f"{tuple(self.real.shape[1:])} and fake items {tuple(self.fake.shape[1:])}; give images of one size "
+                "(the distribution metrics resample them)"
+            )
+        if len(self.real) != len(self.fake):
+            raise InputError(
+                f"paired metrics compare item i with item i, but there are {len(self.real)} real and "
+                f"{len(self.fake)} fake items; give equal counts or only distribution metrics (swd, fid, kid)"
+            )
+        return self.real, self.fake
+
+    def images(self) -> tuple[Any, Any]:
+        """The two batches for a distribution metric: as they are, or their 2D images resampled to `side`."""
+        if self.side is None:
+            return self.real, self.fake
+        from medsynth.metrics.resample import Resampled
+
+        fill = data_range_bounds(self.bounds)[0]
+        return tuple(Resampled(x, self.side, self.resample, fill) for x in (self.real, self.fake))
+
+    def resample_note(self) -> str:
+        """What resampling did to the sets, for the notes of the distribution metrics ("" when nothing)."""
+        if self.side is None:
+            return ""
+        from medsynth.metrics.resample import METHODS
+
+        real, fake = (f"{x.shape[-2]}x{x.shape[-1]}" for x in (self.real, self.fake))
+        return f"real {real} and fake {fake} resampled to {self.side}x{self.side} ({METHODS[self.resample]})"
 
 
 @dataclass(frozen=True)
 class _Metric:
     definition: str
     compute: Callable[[_Inputs], list[MetricResult]]
-    paired: bool = False
+    kind: str = "distribution"
+    """``"paired"`` (item i with item i), ``"distribution"`` (the sets' images, resampled to one size when
+    they differ) or ``"sets"`` (each set on its own)."""
 
 
 def _result(name: str, values: Sequence[float], note: str = "", **details: Any) -> MetricResult:
@@ -83,28 +135,30 @@ def _result(name: str, values: Sequence[float], note: str = "", **details: Any) 
 def _psnr(x: _Inputs) -> list[MetricResult]:
     from medsynth.metrics.fidelity import psnr
 
-    return [_result("psnr", psnr(x.real, x.fake, data_range=x.data_range), data_range=x.data_range)]
+    return [_result("psnr", psnr(*x.pair(), data_range=x.data_range), data_range=x.data_range)]
 
 
 def _ssim(x: _Inputs, mode: str | None = None) -> list[MetricResult]:
     from medsynth.metrics.fidelity import ssim
 
     if mode is None:
-        return [_result("ssim", ssim(x.real, x.fake, data_range=x.data_range), data_range=x.data_range)]
+        return [_result("ssim", ssim(*x.pair(), data_range=x.data_range), data_range=x.data_range)]
     if x.mask is None:
         raise InputError(f"ssim_{mode} needs a mask; give mask= (or --mask PATH)")
-    values = ssim(x.real, x.fake, data_range=x.data_range, mask=x.mask, mask_mode=mode)
+    values = ssim(*x.pair(), data_range=x.data_range, mask=x.mask, mask_mode=mode)
     return [_result(f"ssim_{mode}", values, data_range=x.data_range)]
 
 
 def _ms_ssim(x: _Inputs) -> list[MetricResult]:
     from medsynth.metrics.fidelity import ms_ssim
 
-    return [_result("ms_ssim", ms_ssim(x.real, x.fake, data_range=x.data_range), data_range=x.data_range)]
+    real, fake = x.pair()
+    values = ms_ssim(np.asarray(real), np.asarray(fake), data_range=x.data_range)
+    return [_result("ms_ssim", values, data_range=x.data_range)]
 
 
 def _swd(x: _Inputs) -> list[MetricResult]:
-    levels = swd(x.real, x.fake)
+    levels = swd(*x.images())
     mean = levels.pop("mean")
     # One figure for the two sets: the average over pyramid levels, as Karras et al. report it.
     note = "x1e3; values are the pyramid levels " + ", ".join(f"{k} px" for k in levels)
@@ -118,14 +172,19 @@ def _skipped(name: str, exc: MissingWeightsError, kind: str, weight_names: Seque
     files = [REGISTRY[w].filename for w in weight_names]
     missing = next((f for f in files if f in str(exc)), files[0])
     note = f"no {kind} weights: {name.upper()} skipped (put {missing} in {search_dirs()[0]})"
-    return MetricResult(name, float("nan"), float("nan"), 0, [], note, {"error": str(exc)})
+    return MetricResult(name, float("nan"), float("nan"), 0, [], note, {"error": str(exc)}, error=note)
+
+
+def _failed(name: str, exc: InputError) -> MetricResult:
+    """The row of a metric that cannot run on these inputs: NaN figures and the reason."""
+    return MetricResult(name, float("nan"), float("nan"), 0, [], f"not computed: {exc}", {}, error=str(exc))
 
 
 def _fid(x: _Inputs) -> list[MetricResult]:
     from medsynth.metrics.distribution import fid
 
     try:
-        value = fid(x.real, x.fake, data_range=x.bounds)
+        value = fid(*_arrays(x.images()), data_range=x.bounds)
     except MissingWeightsError as exc:
         return [_skipped("fid", exc, "Inception", ["inception-fid"])]
     return [MetricResult("fid", float(value), float("nan"), 1, [float(value)], "one figure for the whole sets")]
@@ -135,7 +194,7 @@ def _kid(x: _Inputs) -> list[MetricResult]:
     from medsynth.metrics.distribution import kid
 
     try:
-        mean, std = kid(x.real, x.fake, data_range=x.bounds)
+        mean, std = kid(*_arrays(x.images()), data_range=x.bounds)
     except MissingWeightsError as exc:
         return [_skipped("kid", exc, "Inception", ["inception-fid"])]
     return [MetricResult("kid", float(mean), float(std), 1, [float(mean)], "SD over KID subsets")]
@@ -145,24 +204,35 @@ def _lpips(x: _Inputs) -> list[MetricResult]:
     from medsynth.metrics.lpips import lpips
 
     try:
-        values = lpips(x.real, x.fake, data_range=x.bounds)
+        values = lpips(*_arrays(x.pair()), data_range=x.bounds)
     except MissingWeightsError as exc:
         return [_skipped("lpips", exc, "LPIPS", ["lpips-vgg", "vgg16"])]
     return [_result("lpips", values)]
 
 
+def _arrays(pair: tuple[Any, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Both batches read whole (float32), for the metrics that do not stream."""
+    return np.asarray(pair[0]), np.asarray(pair[1])
+
+
 def _sf(x: _Inputs) -> list[MetricResult]:
     return [
-        _result("sf_real", spatial_frequency(x.real), "intensity units per pixel"),
-        _result("sf_fake", spatial_frequency(x.fake), "intensity units per pixel"),
+        _result("sf_real", spatial_frequency(np.asarray(x.real)), "intensity units per pixel"),
+        _result("sf_fake", spatial_frequency(np.asarray(x.fake)), "intensity units per pixel"),
     ]
+
+
+def _frames(images: Any, items: Any) -> np.ndarray:
+    """A batch read whole as the frames of one sequence, resampled 2D images put back in their items' shape."""
+    return np.asarray(images).reshape(*items.shape[:-2], *images.shape[-2:])
 
 
 def _temporal(x: _Inputs) -> list[MetricResult]:
     from medsynth.metrics.temporal import temporal_consistency
 
     span = x.data_range if not isinstance(x.data_range, tuple) else x.data_range[1] - x.data_range[0]
-    report = temporal_consistency(x.real, x.fake, data_range=span)
+    (real, fake) = x.images()
+    report = temporal_consistency(_frames(real, x.real), _frames(fake, x.fake), data_range=span)
     curves = report.curves()
     note = "items are the frames of one sequence"
     return [
@@ -174,19 +244,19 @@ def _temporal(x: _Inputs) -> list[MetricResult]:
 
 
 METRICS: dict[str, _Metric] = {
-    "psnr": _Metric("peak signal-to-noise ratio 10 log10(L^2 / MSE) per pair, dB (higher is better)", _psnr, True),
-    "ssim": _Metric("structural similarity per pair, Gaussian window sigma 1.5 (1 = identical)", _ssim, True),
-    "ssim_inside": _Metric("SSIM averaged inside the mask only", lambda x: _ssim(x, "inside"), True),
-    "ssim_outside": _Metric("SSIM averaged outside the mask only", lambda x: _ssim(x, "outside"), True),
-    "ms_ssim": _Metric("multi-scale SSIM per pair, 5 scales (1 = identical)", _ms_ssim, True),
+    "psnr": _Metric("peak signal-to-noise ratio 10 log10(L^2 / MSE) per pair, dB (higher is better)", _psnr, "paired"),
+    "ssim": _Metric("structural similarity per pair, Gaussian window sigma 1.5 (1 = identical)", _ssim, "paired"),
+    "ssim_inside": _Metric("SSIM averaged inside the mask only", lambda x: _ssim(x, "inside"), "paired"),
+    "ssim_outside": _Metric("SSIM averaged outside the mask only", lambda x: _ssim(x, "outside"), "paired"),
+    "ms_ssim": _Metric("multi-scale SSIM per pair, 5 scales (1 = identical)", _ms_ssim, "paired"),
     "swd": _Metric(
         "sliced Wasserstein distance x1e3 of Laplacian-pyramid 7x7 patches per level and averaged (lower is better)",
         _swd,
     ),
     "fid": _Metric("Frechet Inception distance of pool features, needs Inception weights (lower is better)", _fid),
     "kid": _Metric("kernel Inception distance, mean and SD over subsets, needs Inception weights", _kid),
-    "lpips": _Metric("learned perceptual distance per pair, needs LPIPS weights (lower is better)", _lpips, True),
-    "sf": _Metric("spatial frequency sqrt(RF^2 + CF^2) of real and of fake items (sharpness)", _sf),
+    "lpips": _Metric("learned perceptual distance per pair, needs LPIPS weights (lower is better)", _lpips, "paired"),
+    "sf": _Metric("spatial frequency sqrt(RF^2 + CF^2) of real and of fake items (sharpness)", _sf, "sets"),
     "temporal": _Metric(
         "temporal consistency of the items as one sequence: W1 of frame differences and flow magnitudes, "
         "flow-warping error of real and fake",
@@ -200,18 +270,27 @@ def available_metrics() -> dict[str, str]:
     return {name: metric.definition for name, metric in METRICS.items()}
 
 
-def _resolve_data_range(real: np.ndarray, data_range: DataRange | None) -> tuple[DataRange, DataRange]:
-    """(range for PSNR/SSIM, range for the networks); see `_Inputs`."""
+def _resolve_data_range(real_range: tuple[float, float], data_range: DataRange | None) -> tuple[DataRange, DataRange]:
+    """(range for PSNR/SSIM, range for the networks) from the real set's (min, max); see `_Inputs`."""
     if data_range is not None:
         given = tuple(float(v) for v in data_range) if isinstance(data_range, (tuple, list)) else float(data_range)
         return given, given
-    lo, hi = float(real.min()), float(real.max())
+    lo, hi = real_range
     if hi <= lo:
         raise InputError(
             f"the real images are constant ({lo}), so no data range can be taken from them; "
             "give data_range (e.g. --data-range MIN MAX)"
         )
     return hi - lo, (lo, hi)
+
+
+def check_metric_names(metrics: Sequence[str]) -> list[str]:
+    """The metric names without repeats; InputError naming the unknown ones (before any data is read)."""
+    names = list(dict.fromkeys(metrics))
+    unknown = [n for n in names if n not in METRICS]
+    if unknown or not names:
+        raise InputError(f"unknown metric(s) {unknown}; choose from {', '.join(METRICS)}")
+    return names
 
 
 def evaluate(
@@ -221,49 +300,61 @@ def evaluate(
     metrics: Sequence[str] = ("psnr", "ssim", "swd"),
     mask: object | None = None,
     data_range: DataRange | None = None,
+    resample: str = "pad",
+    side: int | None = None,
     progress: Progress | None = None,
 ) -> list[MetricResult]:
     """Compute `metrics` (names from `available_metrics`) of `fake` against `real`.
 
     Args:
-        real, fake: ``(N, H, W)`` images or ``(N, D, H, W)`` volumes (numpy or tensors), in the data's
-            units. Paired metrics (PSNR, SSIM, MS-SSIM, LPIPS) compare item i with item i and need
-            equal shapes; distribution metrics (SWD, FID, KID) only equal item shapes.
+        real, fake: ``(N, H, W)`` images or ``(N, D, H, W)`` volumes (numpy, memory maps, tensors or
+            `medsynth.metrics.items.ItemStack`), in the data's units. Paired metrics (PSNR, SSIM,
+            MS-SSIM, LPIPS) compare item i with item i and need equal shapes; distribution metrics (SWD,
+            FID, KID, temporal) take sets of any counts and image sizes.
         mask: binary, the shape of one item or of the batch; used by ``ssim_inside`` and
             ``ssim_outside``, which are added when ``ssim`` is asked for with a mask.
         data_range: span ``L`` or ``(min, max)`` (the latter clips both sets, see
             `medsynth.metrics.fidelity`); by default the real set's global ``max - min``.
+        resample, side: how the distribution metrics bring images of different sizes to one
+            (`medsynth.metrics.resample`: ``"pad"`` or ``"stretch"``) and the common side (default: the
+            smaller of the two sets' longer sides). `side` given resamples even images of one size.
         progress: called as ``progress(done, total, label)`` before each metric and once at the end.
 
     Returns:
-        One `MetricResult` per figure, in the order asked. FID, KID and LPIPS without their weights
-        give a result with NaN mean and a note saying why and where to put the weights.
+        One `MetricResult` per figure, in the order asked. A metric that cannot run on these inputs
+        gives NaN figures and its reason in ``error`` (and the note), the others are kept.
+
+    Raises:
+        InputError: unknown metric names, batches of the wrong shape, NaN or infinite values, a
+            constant real set without `data_range`, a bad resample method or side.
     """
-    names = list(dict.fromkeys(metrics))
-    unknown = [n for n in names if n not in METRICS]
-    if unknown or not names:
-        raise InputError(f"unknown metric(s) {unknown}; choose from {', '.join(METRICS)}")
+    from medsynth.metrics.resample import check_options, common_side
+
+    names = check_metric_names(metrics)
+    real, fake = (x if hasattr(x, "shape") else np.asarray(x) for x in (real, fake))
+    check_options(resample, side)
     if mask is not None and "ssim" in names:
         at = names.index("ssim") + 1
         names[at:at] = [n for n in ("ssim_inside", "ssim_outside") if n not in names]
-    real_arr, fake_arr = finite_array(real, "real", "evaluate"), finite_array(fake, "fake", "evaluate")
-    if real_arr.shape[1:] != fake_arr.shape[1:]:
-        raise InputError(
-            f"real items have shape {real_arr.shape[1:]} but fake items {fake_arr.shape[1:]}; resample to one shape"
-        )
-    paired = [n for n in names if METRICS[n].paired]
-    if paired and len(real_arr) != len(fake_arr):
-        raise InputError(
-            f"paired metrics {paired} compare item i with item i, but there are {len(real_arr)} real and "
-            f"{len(fake_arr)} fake items; give equal counts or only distribution metrics (swd, fid, kid)"
-        )
-    span, bounds = _resolve_data_range(real_arr, data_range)
-    inputs = _Inputs(real_arr, fake_arr, span, bounds, None if mask is None else np.asarray(mask))
+    real_range = finite_range(real, "real", "evaluate")
+    finite_range(fake, "fake", "evaluate")
+    span, bounds = _resolve_data_range(real_range, data_range)
+    if side is None and tuple(real.shape[-2:]) != tuple(fake.shape[-2:]):
+        side = common_side(real.shape, fake.shape)
+    inputs = _Inputs(real, fake, span, bounds, None if mask is None else np.asarray(mask), side, resample)
     results: list[MetricResult] = []
     for done, name in enumerate(names):
         if progress is not None:
             progress(done, len(names), name)
-        results.extend(METRICS[name].compute(inputs))
+        try:
+            rows = METRICS[name].compute(inputs)
+        except InputError as exc:
+            rows = [_failed(name, exc)]
+        if METRICS[name].kind == "distribution" and inputs.side is not None:
+            for row in rows:
+                row.note = "; ".join(filter(None, [row.note, inputs.resample_note()]))
+                row.details["resampled_side"] = inputs.side
+        results.extend(rows)
     if progress is not None:
         progress(len(names), len(names), "done")
     return results
@@ -285,14 +376,17 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def check_results_path(path: str | os.PathLike[str]) -> Path:
+    """`path` when results can be written there: a file (new or replaced) in an existing, writable folder.
+
+    A typo in the path should not create folders. InputError naming the path and the fix otherwise.
+    """
+    return check_new_file(path, "results file", overwrite=True, create_parents=False)
+
+
 def _write_results(path: str | os.PathLike[str], text: str) -> Path:
-    """Write `text` atomically to `path`, a file in an existing folder (a typo should not create folders)."""
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{path} is a folder; give a file name to write the results to")
-    if not path.parent.is_dir():
-        raise InputError(f"{path.parent} does not exist; create the folder first or choose another output path")
-    return write_text(path, text)
+    """Write `text` atomically to `path` (see `check_results_path`)."""
+    return write_text(check_results_path(path), text)
 
 
 def to_json(results: Sequence[MetricResult], path: str | os.PathLike[str]) -> Path:
@@ -310,7 +404,8 @@ def to_csv(results: Sequence[MetricResult], path: str | os.PathLike[str]) -> Pat
     """Write one row per result: metric, mean, sd, n, note and the per-item values joined by ``;``."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["metric", "mean", "sd", "n", "note", "values"])
+    writer.writerow(["metric", "mean", "sd", "n", "note", "values", "error"])
     for r in results:
-        writer.writerow([r.name, repr(r.mean), repr(r.sd), r.n, r.note, ";".join(repr(v) for v in r.values)])
+        values = ";".join(repr(v) for v in r.values)
+        writer.writerow([r.name, repr(r.mean), repr(r.sd), r.n, r.note, values, r.error])
     return _write_results(path, buffer.getvalue())

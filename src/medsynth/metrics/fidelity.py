@@ -27,7 +27,7 @@ the contrast-structure map that MS-SSIM needs.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import numpy as np
@@ -35,7 +35,8 @@ import torch
 from scipy import ndimage
 
 from medsynth.errors import InputError
-from medsynth.metrics.inputs import ArrayLike, DataRange, as_pair, data_range_bounds
+from medsynth.metrics.inputs import ArrayLike, DataRange, as_pair, data_range_bounds, pair_shapes
+from medsynth.metrics.items import item_pieces
 
 SSIM_SIGMA = 1.5
 SSIM_K1 = 0.01
@@ -49,6 +50,9 @@ MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 # voxels keep the moment stacks around 256 MiB in float64.
 _CHUNK_VOXELS_CPU = 2**16
 _CHUNK_VOXELS_GPU = 2**23
+_SLAB_VOXELS = 2**22
+"""Items above this many voxels are computed in slabs of about this size (32 MiB per float64 map, at least
+20 rows of the first spatial axis for SSIM): a few hundred MiB for SSIM whatever the size of the volume."""
 
 
 Batch = np.ndarray | torch.Tensor
@@ -84,10 +88,6 @@ def _chunks(items: Batch, budget: int | None = None) -> list[slice]:
     return [slice(i, i + step) for i in range(0, items.shape[0], step)]
 
 
-def _out(values: torch.Tensor, leading: tuple[int, ...]) -> np.ndarray:
-    return values.cpu().numpy().astype(np.float64).reshape(leading)
-
-
 def psnr(
     real: ArrayLike,
     fake: ArrayLike,
@@ -99,12 +99,42 @@ def psnr(
     """Peak signal-to-noise ratio in dB per item, ``10 log10(L^2 / MSE)``.
 
     Identical items give ``inf`` (zero error): callers that average over items should report how many
-    were identical rather than drop them silently.
+    were identical rather than drop them silently. The squared errors are summed a piece at a time
+    (`medsynth.metrics.items.item_pieces`), so `real` and `fake` may be memory maps or
+    `medsynth.metrics.items.ItemStack` batches of any size.
     """
-    r, f, leading = as_pair(real, fake, spatial_dims, device)
-    r, f, span = _clip(r, f, data_range)
-    mse = (r - f).square().flatten(1).mean(1)
-    return _out(10 * torch.log10(span**2 / mse), leading)
+    lo, hi = data_range_bounds(data_range)
+    leading, spatial = pair_shapes(real, fake, spatial_dims)
+    real, fake = _with_leading(real, fake, leading)
+    squared = np.zeros(max(1, math.prod(leading)))
+    for first, index in _pieces(leading, spatial, real, device):
+        r, f, _ = as_pair(real[index], fake[index], len(spatial), device)
+        r, f, _ = _clip(r, f, data_range)
+        errors = _to_numpy((r - f).square().flatten(1).sum(1))
+        squared[first : first + len(errors)] += errors
+    with np.errstate(divide="ignore"):
+        return (10 * np.log10((hi - lo) ** 2 / (squared / math.prod(spatial)))).reshape(leading)
+
+
+def _with_leading(real: ArrayLike, fake: ArrayLike, leading: tuple[int, ...]) -> tuple[ArrayLike, ArrayLike]:
+    """A single item (no leading axis) as a batch of one, so that every batch is indexed alike."""
+    return (real, fake) if leading else (real[None], fake[None])
+
+
+def _pieces(
+    leading: tuple[int, ...],
+    spatial: tuple[int, ...],
+    real: ArrayLike,
+    device: torch.device | str | None,
+    halo: int = 0,
+) -> Iterator[tuple[int, tuple]]:
+    """`item_pieces` with the CPU or GPU chunk size; items above `_SLAB_VOXELS` in slabs with `halo` rows."""
+    if device is not None:
+        on_gpu = torch.device(device).type != "cpu"
+    else:
+        on_gpu = isinstance(real, torch.Tensor) and real.device.type != "cpu"
+    budget = _CHUNK_VOXELS_GPU if on_gpu else _CHUNK_VOXELS_CPU
+    return item_pieces(leading, spatial, budget=budget, slab=_SLAB_VOXELS, halo=halo)
 
 
 def _gaussian_window() -> np.ndarray:
@@ -174,32 +204,44 @@ def _check_window_fits(shape: Sequence[int], what: str) -> None:
         )
 
 
-def _interior_mask(mask: ArrayLike, r: torch.Tensor, leading: tuple[int, ...], mode: str) -> torch.Tensor:
-    """The mask (or its complement) as booleans ``(M, *(S - 10))`` over the window-inside region."""
+def _checked_mask(mask: ArrayLike, leading: tuple[int, ...], spatial: tuple[int, ...], mode: str) -> np.ndarray:
+    """The mask as booleans of one item's shape or the batch's (its complement for ``"outside"``).
+
+    InputError for another shape, non-binary values, or an item without a voxel in the region where
+    the window lies inside the image.
+    """
     if mode not in ("inside", "outside"):
         raise InputError(f"mask_mode must be 'inside' or 'outside', got {mode!r}")
-    m = mask if isinstance(mask, torch.Tensor) else torch.from_numpy(np.asarray(mask))
-    m = m.to(r.device)
-    spatial = tuple(r.shape[1:])
-    if tuple(m.shape) == spatial:
-        m = m.expand(r.shape)
-    elif tuple(m.shape) == leading + spatial:
-        m = m.reshape(r.shape)
-    else:
+    m = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)
+    if m.shape not in (spatial, leading + spatial):
         raise InputError(
-            f"mask has shape {tuple(m.shape)}; it must have the shape of one item {spatial} or of the whole "
+            f"mask has shape {m.shape}; it must have the shape of one item {spatial} or of the whole "
             f"batch {leading + spatial}"
         )
-    if m.dtype != torch.bool:
-        if not torch.isin(m, torch.tensor([0, 1], dtype=m.dtype, device=m.device)).all():
-            raise InputError(
-                "mask must be binary (0/1 or booleans); threshold a label or probability map first"
-            )
+    if m.dtype != bool:
+        if not np.isin(m, (0, 1)).all():
+            raise InputError("mask must be binary (0/1 or booleans); threshold a label or probability map first")
         m = m != 0
     if mode == "outside":
         m = ~m
-    crop = (slice(None),) + (slice(SSIM_RADIUS, -SSIM_RADIUS),) * len(spatial)
-    return m[crop]
+    interior = m[(...,) + (slice(SSIM_RADIUS, -SSIM_RADIUS),) * len(spatial)]
+    counts = interior.reshape(-1, math.prod(interior.shape[-len(spatial) :])).sum(1)
+    empty = np.flatnonzero(np.broadcast_to(counts, (max(1, math.prod(leading)),)) == 0).tolist()
+    if empty:
+        raise InputError(
+            f"the {mode} of the mask has no voxel at least {SSIM_RADIUS} voxels from the border in "
+            f"item(s) {empty[:10]}; drop those items or use a mask that covers them"
+        )
+    return m
+
+
+def _region(mask: np.ndarray, index: tuple, n_lead: int, shape: tuple[int, ...], like: Batch) -> Batch:
+    """The interior of `mask` for the piece at `index`, of shape ``(m, *S)``, as booleans where `like` is."""
+    part = mask[index] if mask.ndim > len(shape) - 1 else np.broadcast_to(mask[index[n_lead:]], shape)
+    part = part[(slice(None),) + (slice(SSIM_RADIUS, -SSIM_RADIUS),) * (len(shape) - 1)]
+    if isinstance(like, torch.Tensor):
+        return torch.from_numpy(np.ascontiguousarray(part)).to(like.device)
+    return part
 
 
 def ssim(
@@ -217,30 +259,31 @@ def ssim(
     With `mask` (binary, the shape of one item or of the batch), the SSIM map is averaged only over
     the voxels inside the mask (``mask_mode="inside"``) or outside it (``"outside"``), both restricted
     to the region where the Gaussian window lies inside the image, as the unmasked mean is. An item
-    with no such voxel is an `InputError`.
+    with no such voxel is an `InputError`. The map is summed a piece at a time (`item_pieces`; a large
+    volume in slabs with the window's halo), so `real` and `fake` may be memory maps or
+    `medsynth.metrics.items.ItemStack` batches of any size.
     """
-    r, f, leading = as_pair(real, fake, spatial_dims, device)
-    _check_window_fits(r.shape[1:], "SSIM")
-    region = None if mask is None else _interior_mask(mask, r, leading, mask_mode)
-    if region is not None:
-        empty = (~region.flatten(1).any(1)).nonzero().flatten().tolist()
-        if empty:
-            raise InputError(
-                f"the {mask_mode} of the mask has no voxel at least {SSIM_RADIUS} voxels from the border in "
-                f"item(s) {empty[:10]}; drop those items or use a mask that covers them"
-            )
-        region = _native(region)
-    r, f, span = _clip(_native(r), _native(f), data_range)
-    values = []
-    for chunk in _chunks(r):
-        ssim_map, _ = _ssim_maps(r[chunk], f[chunk], span)
+    data_range_bounds(data_range)
+    leading, spatial = pair_shapes(real, fake, spatial_dims)
+    _check_window_fits(spatial, "SSIM")
+    region_mask = None if mask is None else _checked_mask(mask, leading, spatial, mask_mode)
+    real, fake = _with_leading(real, fake, leading)
+    n_lead = max(1, len(leading))
+    sums, counts = np.zeros(max(1, math.prod(leading))), np.zeros(max(1, math.prod(leading)))
+    for first, index in _pieces(leading, spatial, real, device, SSIM_RADIUS):
+        r, f, _ = as_pair(real[index], fake[index], len(spatial), device)
+        r, f, span = _clip(_native(r), _native(f), data_range)
+        ssim_map, _ = _ssim_maps(r, f, span)
         flat = ssim_map.reshape(ssim_map.shape[0], -1)
-        if region is None:
-            values.append(_to_numpy(flat.mean(1)))
+        done = slice(first, first + flat.shape[0])
+        if region_mask is None:
+            sums[done] += _to_numpy(flat.sum(1))
+            counts[done] += flat.shape[1]
         else:
-            inside = region[chunk].reshape(flat.shape)
-            values.append(_to_numpy((flat * inside).sum(1) / inside.sum(1)))
-    return np.concatenate(values).reshape(leading)
+            inside = _region(region_mask, index, n_lead, tuple(r.shape), r).reshape(flat.shape)
+            sums[done] += _to_numpy((flat * inside).sum(1))
+            counts[done] += _to_numpy(inside.sum(1))
+    return (sums / counts).reshape(leading)
 
 
 def ms_ssim(

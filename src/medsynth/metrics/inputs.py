@@ -93,6 +93,26 @@ def as_items(
     return t.reshape(-1, *t.shape[t.ndim - spatial_dims :])
 
 
+def pair_shapes(real: object, fake: object, spatial_dims: int | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(leading, spatial)`` shapes of a pair of batches (anything with a ``shape``), without reading them.
+
+    InputError when the shapes differ or `spatial_dims` is not 2 or 3 (or more than the batches have).
+    """
+    shape, other = tuple(real.shape), tuple(fake.shape)
+    if shape != other:
+        raise InputError(
+            f"real and fake have different shapes {shape} and {other}; paired metrics compare each real item "
+            "with the fake item of the same index, so shapes must match"
+        )
+    spatial_dims = len(shape) - 1 if spatial_dims is None else spatial_dims
+    if spatial_dims not in (2, 3) or len(shape) < spatial_dims:
+        raise InputError(
+            f"real and fake have shape {shape}; expected (N, H, W) images or (N, D, H, W) volumes "
+            f"(spatial_dims 2 or 3, got {spatial_dims})"
+        )
+    return shape[: len(shape) - spatial_dims], shape[len(shape) - spatial_dims :]
+
+
 def as_pair(
     real: ArrayLike, fake: ArrayLike, spatial_dims: int | None, device: torch.device | str | None
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
@@ -103,16 +123,12 @@ def as_pair(
     import torch
 
     real, fake = (x if isinstance(x, torch.Tensor) else np.asarray(x) for x in (real, fake))
-    if tuple(real.shape) != tuple(fake.shape):
-        raise InputError(
-            f"real and fake have different shapes {tuple(real.shape)} and {tuple(fake.shape)}; paired metrics "
-            "compare each real item with the fake item of the same index, so shapes must match"
-        )
+    leading, _ = pair_shapes(real, fake, spatial_dims)
     if device is None and isinstance(real, torch.Tensor):
         device = real.device
     r = as_items(real, "real", spatial_dims, device)
     f = as_items(fake, "fake", spatial_dims, r.device)
-    return r, f, tuple(real.shape[: real.ndim - (r.ndim - 1)])
+    return r, f, leading
 
 
 def finite_array(
@@ -130,3 +146,26 @@ def finite_array(
     if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)):
         raise InputError(f"{what}: {name} contains NaN, infinite or non-numeric values; mask or replace them first")
     return arr if dtype is None else arr.astype(dtype, copy=False)
+
+
+RANGE_PIECE_VOXELS = 2**22
+"""Voxels read at a time by `finite_range` (16 MiB of float32)."""
+
+
+def finite_range(x: object, name: str, what: str) -> tuple[float, float]:
+    """``(min, max)`` of a batch ``(N, H, W)`` or ``(N, D, H, W)``, read a piece at a time.
+
+    `x` is anything with a ``shape`` that indexes like an array (numpy, a memory map, a tensor, an
+    `medsynth.metrics.items.ItemStack`). `InputError` as `finite_array` for a wrong shape or NaN,
+    infinite or non-numeric values.
+    """
+    from medsynth.metrics.items import item_pieces
+
+    shape = tuple(x.shape)
+    if len(shape) not in (3, 4) or shape[0] == 0:
+        raise InputError(f"{what}: {name} has shape {shape}; give {BATCH_SHAPES}")
+    lo, hi = math.inf, -math.inf
+    for _, index in item_pieces(shape[:1], shape[1:], budget=RANGE_PIECE_VOXELS, slab=RANGE_PIECE_VOXELS):
+        piece = finite_array(x[index], name, what, ndims=(len(shape),))
+        lo, hi = min(lo, float(piece.min())), max(hi, float(piece.max()))
+    return lo, hi

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -113,23 +114,84 @@ def display_image(image: np.ndarray) -> np.ndarray:
 
 
 def build_items(
-    real: Sequence[tuple[str, np.ndarray]], synthetic: Sequence[tuple[str, np.ndarray]]
+    real: Sequence[tuple[str, np.ndarray]],
+    synthetic: Sequence[tuple[str, np.ndarray]],
+    *,
+    min_foreground: float = 0.0,
+    balance: bool = False,
+    seed: int = 0,
 ) -> list[StudyItem]:
     """Study items from named arrays: an (H, W) array is one item, an (N, H, W) stack N items.
 
+    Args:
+        real, synthetic: ``(name, array)`` pairs.
+        min_foreground: leave out nearly empty items (the air slices above and below a head) by the
+            rule training uses (`medsynth.data.datasets`): an item is kept when at least this fraction
+            of its pixels lie above the lowest 5 % of its source's 0.5-99.5 percentile range. 0 keeps
+            every item; 0.05 keeps 137 of the MNI152 template's 189 axial slices, as training does.
+        balance: as many real as synthetic items, the larger side subsampled at random (seeded by
+            `seed`, the study seed), so that a rater who answers one way throughout scores 50 %.
+        seed: the study seed (`ReaderSession`'s), for `balance`.
+
     Raises:
-        InputError: no real or no synthetic image, an array that is not 2D or 3D, or two sources with
-            the same name and origin (their items could not be told apart in the CSV).
+        InputError: no real or no synthetic image (also after leaving out empty ones), an array that
+            is not 2D or 3D, two sources with the same name and origin (their items could not be
+            told apart in the CSV), or `min_foreground` outside [0, 1).
     """
     if not real or not synthetic:
         missing = "real" if not real else "synthetic"
         raise InputError(f"reader study: no {missing} images were given; a study needs both real and synthetic images")
+    if not 0.0 <= min_foreground < 1.0:
+        raise InputError(f"reader study: min_foreground {min_foreground} must be in [0, 1), e.g. 0.05")
     items = [item for truth, named in ((REAL, real), (SYNTHETIC, synthetic)) for item in _items_of(truth, named)]
     ids = [item.item_id for item in items]
     if len(set(ids)) != len(ids):
         dupes = sorted({item.source for item in items if ids.count(item.item_id) > 1})
         raise InputError(f"reader study: sources {dupes} are given twice; give each image once")
-    return items
+    if min_foreground > 0:
+        items = _with_foreground(items, min_foreground)
+    return _balanced(items, seed) if balance else items
+
+
+def _with_foreground(items: list[StudyItem], min_foreground: float) -> list[StudyItem]:
+    """The items with at least `min_foreground` foreground, each source normalised as training would."""
+    from medsynth.data.datasets import foreground_fraction
+
+    normalizations: dict[int, Any] = {}
+    kept = []
+    for item in items:
+        key = id(item.stack)
+        if key not in normalizations:
+            normalizations[key] = _source_normalization(item.stack)
+        normalization = normalizations[key]
+        if normalization is not None and foreground_fraction(normalization.apply(item.image())) >= min_foreground:
+            kept.append(item)
+    for truth in ANSWERS:
+        if not any(item.truth == truth for item in kept):
+            raise InputError(
+                f"reader study: every {truth} image is nearly empty (less than {min_foreground:.0%} of its pixels "
+                "above the background); lower the threshold or choose other images"
+            )
+    return kept
+
+
+def _source_normalization(stack: np.ndarray) -> Any:
+    """The percentile normalisation of one source, or None for a constant one (all of it is background)."""
+    from medsynth.data.normalization import percentile_normalization
+
+    try:
+        return percentile_normalization([stack])
+    except InputError:
+        return None
+
+
+def _balanced(items: list[StudyItem], seed: int) -> list[StudyItem]:
+    """As many real as synthetic items: a seeded random subset of the larger side, in source order."""
+    sides = {truth: [item for item in items if item.truth == truth] for truth in ANSWERS}
+    n = min(len(side) for side in sides.values())
+    rng = np.random.default_rng([seed, zlib.crc32(b"balance")])
+    chosen = {side[k].item_id for side in sides.values() for k in rng.choice(len(side), n, replace=False)}
+    return [item for item in items if item.item_id in chosen]
 
 
 def _items_of(truth: str, named: Sequence[tuple[str, np.ndarray]]) -> Iterable[StudyItem]:

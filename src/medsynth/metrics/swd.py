@@ -20,19 +20,25 @@ patches and seed give the same figure, independent of `batch_size`.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from itertools import pairwise
 
 import numpy as np
 from scipy import ndimage
 
 from medsynth.errors import InputError
-from medsynth.metrics.inputs import finite_array
+from medsynth.metrics.inputs import BATCH_SHAPES, finite_array
+from medsynth.metrics.items import leading_runs
 
 PATCH_SIZE = 7
 MIN_RESOLUTION = 16
 _RADIUS = PATCH_SIZE // 2
 # The binomial 5-tap filter of cv2.pyrDown / pyrUp, applied separably (its 5x5 form is the outer product).
 _BINOMIAL = np.array([1.0, 4.0, 6.0, 4.0, 1.0], dtype=np.float32) / 16.0
+BATCH_VOXELS = 2**22
+"""Voxels of one batch of images at most (16 MiB of float32; the pyramid and its temporaries take a few
+times that): 64 images of 256x256, fewer of larger ones, so that memory does not grow with the image size."""
 
 
 def pyramid_resolutions(height: int, width: int) -> list[int]:
@@ -146,29 +152,47 @@ def sliced_wasserstein(
     return float(np.mean(results))
 
 
-def _as_images(x: object, name: str, channel_axis: int | None) -> np.ndarray:
-    """Bring a batch to ``(B, C, H, W)`` float32: ``(N, H, W)`` images, ``(N, D, H, W)`` volumes as N*D slices."""
-    if channel_axis is None:
-        arr = finite_array(x, name, "SWD", dtype=np.float32)
-        arr = arr.reshape(-1, 1, *arr.shape[-2:])
-    else:
-        shapes = "(N, C, H, W) or (N, H, W, C) images with channel_axis"
-        arr = np.moveaxis(finite_array(x, name, "SWD", ndims=(4,), shapes=shapes, dtype=np.float32), channel_axis, 1)
-    if min(arr.shape[-2:]) < MIN_RESOLUTION:
-        raise InputError(
-            f"SWD: {name} images are {arr.shape[-2]}x{arr.shape[-1]} px; SWD needs at least "
-            f"{MIN_RESOLUTION}x{MIN_RESOLUTION} (its coarsest pyramid level)"
-        )
-    return arr
+class _Images:
+    """One set of SWD's images, read a batch at a time as ``(b, C, H, W)`` float32.
+
+    Grey ``(N, H, W)`` images or ``(N, D, H, W)`` volumes (taken as ``N * D`` slices) are any array-like
+    (numpy, a memory map, a tensor, a `medsynth.metrics.items.ItemStack`) and are read batch by batch;
+    multi-channel images (`channel_axis`) are converted whole.
+    """
+
+    def __init__(self, x: object, name: str, channel_axis: int | None) -> None:
+        self.name = name
+        if channel_axis is None:
+            shape = tuple(x.shape)
+            if len(shape) not in (3, 4) or shape[0] == 0:
+                raise InputError(f"SWD: {name} has shape {shape}; give {BATCH_SHAPES}")
+            self.source, self.lead, self.shape = x, shape[:-2], (1, *shape[-2:])
+        else:
+            shapes = "(N, C, H, W) or (N, H, W, C) images with channel_axis"
+            arr = finite_array(x, name, "SWD", ndims=(4,), shapes=shapes, dtype=np.float32)
+            arr = np.moveaxis(arr, channel_axis, 1)
+            self.source, self.lead, self.shape = arr, arr.shape[:1], arr.shape[1:]
+        self.count = math.prod(self.lead)
+        if min(self.shape[-2:]) < MIN_RESOLUTION:
+            raise InputError(
+                f"SWD: {name} images are {self.shape[-2]}x{self.shape[-1]} px; SWD needs at least "
+                f"{MIN_RESOLUTION}x{MIN_RESOLUTION} (its coarsest pyramid level)"
+            )
+
+    def batches(self, size: int) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first image, (b, C, H, W) float32)`` of at most `size` images each, in order."""
+        for first, index in leading_runs(self.lead, 0, self.count, size):
+            batch = finite_array(self.source[index], self.name, "SWD", ndims=(3, 4), dtype=np.float32)
+            yield first, batch.reshape(-1, *self.shape)
 
 
-def _descriptors(images: np.ndarray, centres: list[np.ndarray], levels: int, batch_size: int) -> list[np.ndarray]:
-    """Normalised descriptors per pyramid level for ``(B, C, H, W)`` images, given each level's centres."""
+def _descriptors(images: _Images, centres: list[np.ndarray], levels: int, batch_size: int) -> list[np.ndarray]:
+    """Normalised descriptors per pyramid level for a set of images, given each level's centres."""
     per_level: list[list[np.ndarray]] = [[] for _ in range(levels)]
-    for start in range(0, images.shape[0], batch_size):
-        stop = start + batch_size
-        for lod, band in enumerate(laplacian_pyramid(images[start:stop], levels)):
-            per_level[lod].append(extract_patches(band, centres[lod][start:stop]))
+    for first, batch in images.batches(batch_size):
+        stop = first + len(batch)
+        for lod, band in enumerate(laplacian_pyramid(batch, levels)):
+            per_level[lod].append(extract_patches(band, centres[lod][first:stop]))
     return [normalise_descriptors(np.concatenate(chunks)) for chunks in per_level]
 
 
@@ -193,26 +217,28 @@ def swd(
     """Sliced Wasserstein Distance x 1e3 between two image sets, per pyramid level and averaged.
 
     `real` and `fake` are ``(N, H, W)`` grey images or ``(N, D, H, W)`` volumes (taken as ``N * D``
-    slices), numpy arrays or tensors, of the same ``H x W`` (the counts may differ); with
+    slices), numpy arrays, memory maps, tensors or `ItemStack` batches, read `batch_size` images at a
+    time (fewer when they would exceed `BATCH_VOXELS`), of the same ``H x W`` (the counts may differ); with
     `channel_axis` set, ``(N, C, H, W)`` or ``(N, H, W, C)`` multi-channel images. Returns
     ``{"256": ..., "128": ..., ..., "16": ..., "mean": ...}``: keys are each level's shorter side in
     pixels. Lower is better; identical distributions give values near 0 (not exactly 0, because the
     patches of the two sets are drawn independently).
     """
-    real_img = _as_images(real, "real", channel_axis)
-    fake_img = _as_images(fake, "fake", channel_axis)
-    if real_img.shape[1:] != fake_img.shape[1:]:
+    real_img = _Images(real, "real", channel_axis)
+    fake_img = _Images(fake, "fake", channel_axis)
+    if real_img.shape != fake_img.shape:
         raise InputError(
-            f"SWD: real images are {real_img.shape[1:]} (C, H, W) but fake images are {fake_img.shape[1:]}; "
-            "resample them to the same size"
+            f"SWD: real images are {real_img.shape} (C, H, W) but fake images are {fake_img.shape}; "
+            "resample them to the same size (medsynth.metrics.resample)"
         )
     if patches_per_image < 1 or repeats < 1 or directions < 1:
         raise InputError("SWD: patches_per_image, repeats and directions must be at least 1")
     resolutions = pyramid_resolutions(*real_img.shape[-2:])
     shapes = _level_shapes(real_img.shape[-2:], len(resolutions))
     rng_real, rng_fake, rng_dirs = (np.random.default_rng([seed, k]) for k in range(3))
-    centres_real = [_sample_centres(rng_real, len(real_img), s, patches_per_image) for s in shapes]
-    centres_fake = [_sample_centres(rng_fake, len(fake_img), s, patches_per_image) for s in shapes]
+    centres_real = [_sample_centres(rng_real, real_img.count, s, patches_per_image) for s in shapes]
+    centres_fake = [_sample_centres(rng_fake, fake_img.count, s, patches_per_image) for s in shapes]
+    batch_size = max(1, min(batch_size, BATCH_VOXELS // math.prod(real_img.shape)))
     desc_real = _descriptors(real_img, centres_real, len(resolutions), batch_size)
     desc_fake = _descriptors(fake_img, centres_fake, len(resolutions), batch_size)
     out = {

@@ -21,6 +21,14 @@ from torch import nn
 from medsynth.models.dcgan import init_weights
 
 
+def receptive_field(layers: int) -> int:
+    """Side in pixels of the patch one critic score sees: `layers` valid 3x3 convolutions, ``2 layers + 1``.
+
+    Every scale of a pyramid must be at least this large, or the critic has no patch to score.
+    """
+    return 2 * layers + 1
+
+
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     """3x3 valid conv, batch norm, LeakyReLU(0.2): ``(B, in, H, W)`` -> ``(B, out, H - 2, W - 2)``."""
     return nn.Sequential(

@@ -36,6 +36,7 @@ import medsynth
 from medsynth.atomic import write_bytes
 from medsynth.data.normalization import Normalization
 from medsynth.errors import CheckpointError, SettingsError
+from medsynth.settings import parse
 from medsynth.training.recipe import get_recipe
 
 FORMAT_VERSION = 1
@@ -203,3 +204,22 @@ def _unflatten(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if "list" in node:
         return [_unflatten(value, tensors) for value in node["list"]]
     return node["value"]
+
+
+def checkpoint_settings(checkpoint: Checkpoint, overrides: dict[str, Any] | None = None) -> Any:
+    """The recipe settings stored in `checkpoint`, with `overrides` (e.g. a resumed run's ``--set``) on top.
+
+    A stored value that is not valid (the file was edited) gives a CheckpointError naming the file; a
+    bad override gives the usual SettingsError.
+    """
+    overrides = dict(overrides or {})
+    settings_cls = get_recipe(checkpoint.recipe).settings_cls
+    stored = {key: value for key, value in checkpoint.settings.items() if key not in overrides}
+    try:
+        parse(settings_cls, stored)
+    except SettingsError as exc:
+        raise CheckpointError(
+            f"checkpoint {checkpoint.path or checkpoint.label} stores settings that are not valid ({exc}); the file "
+            "was edited or damaged: use another checkpoint, or correct those values"
+        ) from None
+    return parse(settings_cls, {**stored, **overrides})

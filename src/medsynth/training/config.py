@@ -60,7 +60,7 @@ class TrainConfig(RunOptions, NormalizationOptions):
     """``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``."""
     resume: Path | None = None
     augment: bool | None = None
-    """Flips and small affine transforms; None: on when the data has fewer than `SMALL_DATA` items."""
+    """Augment (each recipe's own, see `Recipe.augment`); None: on when the data has fewer than `SMALL_DATA` items."""
     min_foreground: float = 0.05
     """Slices with a smaller fraction of foreground pixels are skipped (see `medsynth.data.datasets`)."""
     preview_samples: int = 8

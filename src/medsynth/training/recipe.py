@@ -15,6 +15,13 @@ seeding, EMA timing, checkpoints, distribution). A recipe subclass declares:
   loss term by name (and any schedule values, named in ``readouts``);
 - ``sample(n, generator)``, images from the EMA generator.
 
+Augmentation is the recipe's own business; the trainer only decides whether a run augments
+(``TrainConfig.augment``) and says so in ``recipe.augmenting`` before ``build``. It never transforms
+the real batch itself: augmenting real images alone lets the transform leak into what a generator
+learns. A GAN recipe passes real and generated images alike through ``augment`` just before its
+discriminator, in both phases (``augment`` is differentiable in the images); a recipe that maps an
+image to its own target, as the paired recipes do, transforms image and target together.
+
 Optional hooks for recipes whose models follow from the data or change during training (SinGAN):
 
 - ``prepare(dataset)`` is called with the training dataset before ``build`` (not when a checkpoint
@@ -44,6 +51,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from medsynth.data.augment import augment_batch
 from medsynth.errors import SettingsError, TrainingError
 from medsynth.models.ema import EMA
 from medsynth.training.gan_optimizer import GANOptimizerSettings
@@ -97,6 +105,8 @@ class Recipe(ABC):
         self.models: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.ema: EMA | None = None
+        self.augmenting = False
+        """Set by the trainer before `build` when the run augments; False when a model is only loaded to sample."""
         self._training_views: dict[str, nn.Module] = {}
 
     def prepare(self, dataset: Any) -> None:
@@ -124,6 +134,18 @@ class Recipe(ABC):
 
         Channel 0 is the image (``C`` is 1 except for recipes that generate a mask with it, as SinGAN does).
         """
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """`images` ``(B, ..., H, W)`` as the discriminator sees them when the run augments, else unchanged.
+
+        Apply it to real and generated images alike, in the discriminator and the generator step. By
+        default: small rotations, scalings and shifts (`medsynth.data.augment.augment_batch`), which are
+        differentiable in the images, and no flips. Mirror images are not a valid augmentation for a
+        generator: anatomy is not left-right symmetric (situs, lateralised lesions, side markers), and
+        flipping both branches half of the time would leave the orientation unidentifiable to the
+        discriminator, so the generator could draw either.
+        """
+        return augment_batch(images, flip_probability=0.0) if self.augmenting else images
 
     @property
     def resolution(self) -> int:

@@ -14,7 +14,7 @@ tests (tiled output equals untiled output).
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
@@ -79,49 +79,91 @@ def iter_sequences(
     memory; None tiles frames above `UNTILED_MAX` pixels by `AUTO_TILE`. Yields progress after every
     batch of frames or tile row; returns axes ``"tyx"`` for one sequence, ``"tzyx"`` (z indexing the
     sequences, ``metadata["sample_axis"] = 1``) for several. The same arguments give the same images.
+    `SequenceJob` makes them a block of frames at a time, for outputs larger than memory.
     """
-    if n < 1:
-        raise InputError(f"number of sequences {n} must be at least 1")
-    if not isinstance(checkpoint, Checkpoint):
-        checkpoint = load_checkpoint(checkpoint)
-    recipe = load_recipe(checkpoint, device)
-    generator = recipe.ema.module if recipe.ema is not None else None
-    if not isinstance(generator, HRGANGenerator):
-        raise InputError(
-            f"checkpoint {checkpoint.label} was made by recipe {checkpoint.recipe!r}, which does not generate "
-            "sequences of any size; use `medsynth generate` for 2D recipes"
-        )
-    settings = recipe.settings
-    frames = settings.frames if frames is None else frames
-    if frames < 1:
-        raise InputError(f"number of frames {frames} must be at least 1")
-    modality = modality or settings.modality
-    modality_index(modality)
-    side = settings.resolution if resolution is None else resolution
-    grid = input_grid(side, settings.resolution)
-    stage, alpha = recipe.schedule(recipe.step)
-    cell = generator.resolutions[stage] // INPUT_SIDE  # output pixels per input-grid cell
-    tile_cells = tile_grid(tile, grid * cell, cell)
+    job = SequenceJob(checkpoint, n, seed, frames, resolution, modality, device, tile)
+    out = np.empty(job.shape, dtype=np.float32)
+    done = 0
+    for i, start, block in job.blocks():
+        out[i, start : start + len(block)] = block
+        done += len(block)
+        yield SequenceProgress(done, job.n * job.frames)
+    return job.image(out)
 
-    content, noise = recipe.latents(n, frames, torch.Generator().manual_seed(seed))
-    out = np.empty((n, frames, side, side), dtype=np.float32)
-    # Tiled frames go one at a time; whole frames are batched up to the pixel budget.
-    per_pass = 1 if tile_cells < grid else max(1, PIXEL_BUDGET // (grid * cell) ** 2)
-    done, total = 0, n * frames
-    with torch.inference_mode():
-        for i in range(n):
-            latents = generator.frame_latents(content[i : i + 1], noise[i : i + 1])
-            embedding = generator.embed(recipe.modality_tensor(1, modality), frames)
-            for start in range(0, frames, per_pass):
-                stop = min(frames, start + per_pass)
-                x = generator.input_map(latents[start:stop], embedding[start:stop], grid)
-                images = synthesize_tiled(generator, x, embedding[start:stop], stage, alpha, tile_cells)
-                if images.shape[-1] != side:
-                    images = F.interpolate(images, size=(side, side), mode="nearest")
-                out[i, start:stop] = checkpoint.normalization.invert(images[:, 0].float().cpu().numpy())
-                done += stop - start
-                yield SequenceProgress(done, total)
-    return _as_medimage(out, checkpoint, seed, side, modality)
+
+class SequenceJob:
+    """One request of `iter_sequences`, checked, with its model loaded: its output's shape and the blocks that make it.
+
+    InputError on construction for a bad count, frame count, modality, resolution or tile, or a
+    checkpoint that does not generate sequences.
+    """
+
+    def __init__(
+        self,
+        checkpoint: Path | str | Checkpoint,
+        n: int,
+        seed: int = 0,
+        frames: int | None = None,
+        resolution: int | None = None,
+        modality: str | None = None,
+        device: str = "auto",
+        tile: int | None = None,
+    ) -> None:
+        if n < 1:
+            raise InputError(f"number of sequences {n} must be at least 1")
+        self.checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+        self.recipe = load_recipe(self.checkpoint, device)
+        self.generator = self.recipe.ema.module if self.recipe.ema is not None else None
+        if not isinstance(self.generator, HRGANGenerator):
+            raise InputError(
+                f"checkpoint {self.checkpoint.label} was made by recipe {self.checkpoint.recipe!r}, which does not "
+                "generate sequences of any size; use `medsynth generate` for 2D recipes"
+            )
+        settings = self.recipe.settings
+        self.n, self.seed = n, seed
+        self.frames = settings.frames if frames is None else frames
+        if self.frames < 1:
+            raise InputError(f"number of frames {self.frames} must be at least 1")
+        self.modality = modality or settings.modality
+        modality_index(self.modality)
+        self.side = settings.resolution if resolution is None else resolution
+        self.grid = input_grid(self.side, settings.resolution)
+        self.stage, self.alpha = self.recipe.schedule(self.recipe.step)
+        self.cell = self.generator.resolutions[self.stage] // INPUT_SIDE  # output pixels per input-grid cell
+        self.tile_cells = tile_grid(tile, self.grid * self.cell, self.cell)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """``(N, T, S, S)``: sequences, frames, side, side."""
+        return (self.n, self.frames, self.side, self.side)
+
+    def blocks(self) -> Iterator[tuple[int, int, np.ndarray]]:
+        """``(sequence, first frame, frames (f, S, S) float32 in data units)``, sequence by sequence, in frame order."""
+        generator, recipe = self.generator, self.recipe
+        content, noise = recipe.latents(self.n, self.frames, torch.Generator().manual_seed(self.seed))
+        # Tiled frames go one at a time; whole frames are batched up to the pixel budget.
+        whole = self.tile_cells >= self.grid
+        per_pass = max(1, PIXEL_BUDGET // (self.grid * self.cell) ** 2) if whole else 1
+        with torch.inference_mode():
+            for i in range(self.n):
+                latents = generator.frame_latents(content[i : i + 1], noise[i : i + 1])
+                embedding = generator.embed(recipe.modality_tensor(1, self.modality), self.frames)
+                for start in range(0, self.frames, per_pass):
+                    stop = min(self.frames, start + per_pass)
+                    x = generator.input_map(latents[start:stop], embedding[start:stop], self.grid)
+                    images = synthesize_tiled(
+                        generator, x, embedding[start:stop], self.stage, self.alpha, self.tile_cells
+                    )
+                    if images.shape[-1] != self.side:
+                        images = F.interpolate(images, size=(self.side, self.side), mode="nearest")
+                    yield i, start, self.checkpoint.normalization.invert(images[:, 0].float().cpu().numpy())
+
+    def image(self, array: np.ndarray) -> MedImage:
+        """``(m, T, S, S)`` data-unit frames of this job (all sequences, or some) as a synthetic MedImage.
+
+        ``"tyx"`` when the job makes one sequence, else ``"tzyx"`` with the sequences on the slice axis.
+        """
+        return _as_medimage(array, self.checkpoint, self.seed, self.side, self.modality, self.n)
 
 
 def input_grid(side: int, trained: int) -> int:
@@ -176,9 +218,11 @@ def frame_time(checkpoint: Checkpoint) -> float | None:
     return median(known) if known else None
 
 
-def _as_medimage(array: np.ndarray, checkpoint: Checkpoint, seed: int, side: int, modality: str) -> MedImage:
-    """``(N, T, S, S)`` data-unit frames as a synthetic MedImage (``"tyx"`` for N = 1, else ``"tzyx"``)."""
-    n, frames = array.shape[:2]
+def _as_medimage(
+    array: np.ndarray, checkpoint: Checkpoint, seed: int, side: int, modality: str, n: int
+) -> MedImage:
+    """``(m, T, S, S)`` data-unit frames of `n` sequences as a synthetic MedImage (``"tzyx"``; ``"tyx"`` for one)."""
+    frames = array.shape[1]
     trained = int(checkpoint.settings["resolution"])
     row, col = (float(s) * trained / side for s in checkpoint.data["pixel_spacing"])
     data_modality = checkpoint.data.get("modality", "OT")

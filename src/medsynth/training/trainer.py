@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsynth.data.augment import augment_batch
 from medsynth.data.datasets import (
     ClipDataset,
     LesionCropDataset,
@@ -35,14 +34,22 @@ from medsynth.data.normalization import Normalization
 from medsynth.data.paired import PairedSliceDataset, split_pairs
 from medsynth.errors import CheckpointError, InputError, SettingsError, TrainingError
 from medsynth.io.image import MedImage
+from medsynth.io.output import check_folder
 from medsynth.settings import parse, to_dict
 from medsynth.training import distributed
-from medsynth.training.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
+from medsynth.training.checkpoint import (
+    Checkpoint,
+    checkpoint_path,
+    checkpoint_settings,
+    load_checkpoint,
+    save_checkpoint,
+)
 from medsynth.training.config import TrainConfig
 from medsynth.training.control import TrainControl
 from medsynth.training.device import autocast, select_device
 from medsynth.training.events import CheckpointSaved, Event, Finished, Paused, Progress, Resumed, Samples, Started
 from medsynth.training.recipe import TARGET_DATA_KINDS, Recipe, get_recipe
+from medsynth.training.runs import check_run_folder, start_run
 
 SMALL_DATA = 5000
 """Datasets with fewer items than this are augmented unless the config says otherwise."""
@@ -51,10 +58,14 @@ SMALL_DATA = 5000
 def check_config(config: TrainConfig) -> tuple[type[Recipe], Any, Checkpoint | None]:
     """Validate `config` before any training: the recipe class, its parsed settings and the resume checkpoint.
 
-    Raises SettingsError naming every bad key, or CheckpointError for an unusable resume file. On
-    resume, the checkpoint's settings are the defaults that `config.settings` overrides.
+    Raises SettingsError naming every bad key, CheckpointError for an unusable resume file, or InputError
+    for a run folder that cannot be written or holds another run (`medsynth.training.runs`). On resume,
+    the checkpoint's settings are the defaults that `config.settings` overrides.
     """
     config.validate()
+    if distributed.context_from_env().is_main:  # only rank 0 writes; the others would see its medsynth-run.json
+        check_folder(config.out_dir, "run folder")
+        check_run_folder(config.out_dir, config.resume)
     recipe_cls = get_recipe(config.recipe)
     resume = load_checkpoint(config.resume) if config.resume is not None else None
     if resume is not None and resume.recipe != config.recipe:
@@ -70,8 +81,9 @@ def check_config(config: TrainConfig) -> tuple[type[Recipe], Any, Checkpoint | N
         raise SettingsError(
             f"checkpoint {config.resume} is already at step {resume.step}; ask for more steps than that to resume"
         )
-    values = {**resume.settings, **config.settings} if resume is not None else config.settings
-    return recipe_cls, parse(recipe_cls.settings_cls, values), resume
+    if resume is not None:
+        return recipe_cls, checkpoint_settings(resume, config.settings), resume
+    return recipe_cls, parse(recipe_cls.settings_cls, config.settings), resume
 
 
 def train(config: TrainConfig, data: Sequence[MedImage | Any], control: TrainControl | None = None) -> Iterator[Event]:
@@ -121,6 +133,7 @@ def _run(
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     recipe = recipe_cls()
+    recipe.augmenting = augment  # the recipe transforms real and generated images alike (see Recipe.augment)
     recipe.prepare(dataset)
     recipe.build(settings, device)
     total = recipe.total_steps() if recipe.steps_from_data else config.steps
@@ -141,6 +154,8 @@ def _run(
         start = resume.step
     if context.is_distributed:
         recipe.distribute(lambda model: distributed.wrap(model, device))
+    if context.is_main:
+        start_run(config.out_dir, config.recipe, config.resume)
     sampler = StepSampler(
         len(dataset), recipe.batch_size * recipe.batches_per_step, config.seed, context.rank, context.world_size
     )
@@ -162,7 +177,7 @@ def _run(
             yield Resumed(step)
             window_start, window_steps = time.perf_counter(), 0
             continue
-        losses = _step(recipe, dataset, sampler, step, augment, config, context, device)
+        losses = _step(recipe, dataset, sampler, step, config, context, device)
         step += 1
         window_steps += 1
         for name, value in losses.items():
@@ -198,7 +213,6 @@ def _step(
     dataset: SliceDataset,
     sampler: StepSampler,
     step: int,
-    augment: bool,
     config: TrainConfig,
     context: distributed.DistributedContext,
     device: torch.device,
@@ -206,8 +220,6 @@ def _step(
     """One recipe step on the batch of `step`; TrainingError when a loss is not finite."""
     torch.manual_seed(_step_seed(config.seed, context.rank, step))
     batch = torch.stack([dataset[i] for i in sampler.indices(step)]).to(device, non_blocking=True)
-    if augment:
-        batch = augment_batch(batch)
     with autocast(device, config.mixed_precision):
         losses = recipe.train_step(batch, step)
     bad = {name: value for name, value in losses.items() if not math.isfinite(value)}

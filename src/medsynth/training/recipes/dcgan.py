@@ -45,11 +45,12 @@ class DCGANRecipe(LatentGANRecipe):
         generator, discriminator = self.models["generator"], self.models["discriminator"]
         n = batch.shape[0]
 
-        # Discriminator: real images -> 1, generated images -> 0, on separate batches as in the paper.
+        # Discriminator: real images -> 1, generated images -> 0, on separate batches as in the paper;
+        # both pass through the same augmentation, so that the generator cannot learn it.
         with torch.no_grad():
             fake = generator(torch.randn(n, self.settings.latent_dim, device=self.device))
         d_train = self.trainable("discriminator")
-        real_logits, fake_logits = d_train(batch), d_train(fake)
+        real_logits, fake_logits = d_train(self.augment(batch)), d_train(self.augment(fake))
         d_loss_real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
         d_loss_fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
         self.optimize("discriminator", d_loss_real + d_loss_fake)
@@ -57,7 +58,7 @@ class DCGANRecipe(LatentGANRecipe):
         # Generator: non-saturating loss, -log D(G(z)); the discriminator's weights are frozen meanwhile.
         discriminator.requires_grad_(False)
         fake = self.trainable("generator")(torch.randn(n, self.settings.latent_dim, device=self.device))
-        logits = discriminator(fake)
+        logits = discriminator(self.augment(fake))
         g_loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
         self.optimize("generator", g_loss)
         discriminator.requires_grad_(True)

@@ -190,12 +190,13 @@ class HRGANDTCRRecipe(Recipe):
         n, frames = real.shape[:2]
         modality = self.modality_tensor(n)
 
-        # Discriminator: BCE, real clips -> 1, generated clips -> 0.
+        # Discriminator: BCE, real clips -> 1, generated clips -> 0, both through the same augmentation
+        # (one transform for all frames of a clip), so that the generator cannot learn it.
         with torch.no_grad():
             fake = generator(*self.latents(n, frames), modality, stage, alpha)
         d_train = self.trainable("discriminator")
-        real_logits, _ = d_train(real, stage, alpha)
-        fake_logits, _ = d_train(fake, stage, alpha)
+        real_logits, _ = d_train(self.augment(real), stage, alpha)
+        fake_logits, _ = d_train(self.augment(fake), stage, alpha)
         d_loss_real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
         d_loss_fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
         self.optimize("discriminator", d_loss_real + d_loss_fake)
@@ -203,9 +204,9 @@ class HRGANDTCRRecipe(Recipe):
         # Generator: non-saturating BCE + feature matching + lambda * DTCR; the discriminator is frozen.
         discriminator.requires_grad_(False)
         with torch.no_grad():
-            _, real_features = discriminator(real, stage, alpha)
+            _, real_features = discriminator(self.augment(real), stage, alpha)
         fake = self.trainable("generator")(*self.latents(n, frames), modality, stage, alpha)
-        logits, fake_features = discriminator(fake, stage, alpha)
+        logits, fake_features = discriminator(self.augment(fake), stage, alpha)
         g_adv = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
         g_fm = feature_matching_loss(real_features, fake_features)
         weight = self._dtcr_weight(step, real, stage, alpha)

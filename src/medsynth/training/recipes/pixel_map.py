@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from medsynth.data.augment import augment_batch
 from medsynth.errors import InputError, SettingsError
 from medsynth.models.unet import UNet
 from medsynth.settings import setting
@@ -50,8 +51,17 @@ class PixelMapRecipe(Recipe):
         """Raw target channel ``(B, 1, H, W)`` (augmented) -> per-pixel probabilities ``(B, 1, H, W)`` in [0, 1]."""
         raise NotImplementedError
 
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """Image and target channels of ``(B, 2, H, W)`` under one transform, flips included, when the run augments.
+
+        Nothing is generated here: a transformed image with its transformed map is a valid training
+        pair, so real data alone is augmented, mirror images too.
+        """
+        return augment_batch(images) if self.augmenting else images
+
     def train_step(self, batch: torch.Tensor, step: int) -> dict[str, float]:
         """One update on ``(B, 2, H, W)``: channel 0 images in [-1, 1], channel 1 the raw targets."""
+        batch = self.augment(batch)
         images, target = batch[:, :1], self.targets(batch[:, 1:].float())
         logits = self.trainable("unet")(images)
         loss = F.binary_cross_entropy_with_logits(logits.float(), target)

@@ -47,13 +47,21 @@ import torch.nn.functional as F
 
 from medsynth.data.datasets import LesionCropDataset
 from medsynth.errors import InputError
-from medsynth.models.singan import PatchCritic, ScaleGenerator, SinGAN, patch_gradient_penalty, resize
+from medsynth.models.singan import (
+    PatchCritic,
+    ScaleGenerator,
+    SinGAN,
+    patch_gradient_penalty,
+    receptive_field,
+    resize,
+)
 from medsynth.settings import setting
 from medsynth.training.recipe import SAMPLE_CHUNK, Recipe, register_recipe
 
 BETAS = (0.5, 0.999)
 CHANNELS = 2
 """The image and its lesion mask."""
+MAX_LAYERS = 8
 
 
 @dataclass
@@ -61,7 +69,10 @@ class SinGANSettings:
     """Settings of the `singan` recipe; the defaults train a 48x48 crop in minutes on a 2-core CPU."""
 
     scale_factor: float = setting(0.75, "Target ratio between the sizes of neighbouring scales", min=0.5, max=0.95)
-    min_size: int = setting(25, "Shorter side of the coarsest scale (px)", min=8, max=256)
+    # The lower bound is the deepest critic's receptive field, so that every value in range trains.
+    min_size: int = setting(
+        25, "Shorter side of the coarsest scale (px)", min=receptive_field(MAX_LAYERS), max=256
+    )
     iterations: int = setting(200, "Training rounds (steps) per scale (reference: 2000)", min=1, max=100_000)
     d_steps: int = setting(3, "Critic updates per round", min=1, max=10)
     g_steps: int = setting(3, "Generator updates per round", min=1, max=10)
@@ -71,7 +82,7 @@ class SinGANSettings:
     rec_weight: float = setting(10.0, "Weight alpha of the reconstruction loss", min=0.0, max=1000.0)
     noise_amp_init: float = setting(0.1, "Noise amplitude per unit of reconstruction RMSE", min=0.0, max=10.0)
     width: int = setting(32, "Channels of every convolution", min=4, max=256)
-    layers: int = setting(5, "Convolution blocks per network", min=3, max=8)
+    layers: int = setting(5, "Convolution blocks per network", min=3, max=MAX_LAYERS)
     concurrent_scales: int = setting(
         1, "Scales trained together, the newest and those below it (ConSinGAN: 3; 1: classic SinGAN)", min=1, max=8
     )
@@ -164,6 +175,12 @@ class SinGANRecipe(Recipe):
         self.settings, self.device = settings, device
         if self.crop is None:
             return
+        if min(self.crop.shape[-2:]) < receptive_field(settings.layers):
+            raise InputError(
+                f"the lesion crop is {self.crop.shape[-2]}x{self.crop.shape[-1]} px, smaller than the "
+                f"{receptive_field(settings.layers)} px patch a {settings.layers}-layer critic sees; keep more context "
+                "around the lesion (a larger margin) or use fewer layers"
+            )
         self.shapes = pyramid_shapes(*self.crop.shape[-2:], settings.scale_factor, settings.min_size)
         self.reals = [resize(self.crop, shape).to(device) for shape in self.shapes]
         self.pyramid = SinGAN(self.shapes, CHANNELS, settings.width, settings.layers).to(device)

@@ -55,6 +55,7 @@ class WGANGPRecipe(LatentGANRecipe):
         for real in batch.chunk(self.settings.n_critic):
             with torch.no_grad():
                 fake = generator(torch.randn(real.shape[0], latent_dim, device=self.device))
+            real, fake = self.augment(real), self.augment(fake)  # alike, so that the generator cannot learn it
             wasserstein = critic_train(real).mean() - critic_train(fake).mean()
             gp = gradient_penalty(critic_train, real, fake)
             critic_loss = -wasserstein + self.settings.gp_lambda * gp
@@ -66,7 +67,7 @@ class WGANGPRecipe(LatentGANRecipe):
         # Generator: minimise -D(G(z)) with the critic frozen.
         critic.requires_grad_(False)
         fake = self.trainable("generator")(torch.randn(self.batch_size, latent_dim, device=self.device))
-        g_loss = -critic(fake).mean()
+        g_loss = -critic(self.augment(fake)).mean()
         self.optimize("generator", g_loss)
         critic.requires_grad_(True)
         self.ema.update()
