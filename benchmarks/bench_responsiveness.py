@@ -118,13 +118,15 @@ def main() -> None:
     data, kwargs, _ = to_layer_data(load_sample("mni152"))
     layer = viewer.add_image(data, **kwargs)
     _, widget = viewer.window.add_plugin_dock_widget("napari-medsynth", "Train")
+    while not widget.ready:  # the recipes load in the background
+        measure_gaps(0.5)
     widget.data["layers"].value = [layer]
     widget.recipe.value = args.recipe
     widget.device.value = "cpu"
     out_dir = Path(tempfile.mkdtemp(prefix="medsynth-bench-"))
     widget.out_dir.value = out_dir
     for name, value in {"steps": 100_000, "log_every": args.log_every, "sample_every": args.sample_every}.items():
-        widget.options[name].value = value
+        widget.option(name).value = value
     measure_gaps(2.0)  # let the window map and draw once
 
     baseline = summary(measure_gaps(args.baseline_seconds)[0])

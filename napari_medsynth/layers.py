@@ -15,6 +15,7 @@ import numpy as np
 
 from medsynth.errors import InputError
 from medsynth.io.image import MedImage, SyntheticProvenance
+from napari_medsynth.axes import axis_labels, image_order
 
 SYNTHETIC_SUFFIX = " [SYNTHETIC]"
 # Soft-tissue window (W400/L40) when a CT file names none of its own.
@@ -33,6 +34,7 @@ def to_layer_data(image: MedImage) -> LayerDataTuple:
         "scale": scale,
         "translate": translate,
         "metadata": {"medsynth": _describe(image)},
+        "axis_labels": axis_labels(image),
     }
     if not np.allclose(affine, np.eye(len(affine))):
         kwargs["affine"] = affine
@@ -81,6 +83,7 @@ def from_layer(data: Any, attributes: dict[str, Any], *, is_label: bool | None =
     The layer's current scale, translate and affine win over the stored description, so that a
     layer the user moved or rescaled is written where it is shown. The array is not copied.
     """
+    data, attributes = image_order(data, attributes)
     stored = dict(attributes.get("metadata", {}).get("medsynth", {}))
     # Keep array-likes (memmap, dask) as they are: converting would read a whole 4D layer.
     array = data if hasattr(data, "ndim") and hasattr(data, "dtype") else np.asarray(data)

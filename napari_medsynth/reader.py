@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from napari_medsynth.layers import LayerDataTuple, to_layer_data
-from napari_medsynth.notify import report_error
+from napari_medsynth.notify import report_assumptions, report_error
+from napari_medsynth.placement import watch
 
 # npe2's "read, but nothing to show" value: after our own notification napari must not report a
 # second, vaguer error ("returned no data") or try other readers on a file we recognised.
@@ -25,7 +26,13 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
 
 
 def read_layers(path: str | list[str]) -> list[LayerDataTuple]:
-    """Every image or series in `path` as layers; a bad file becomes a notification, not a crash."""
+    """Every image or series in `path` as layers; a bad file becomes a notification, not a crash.
+
+    What reading assumed (e.g. 1 mm pixels) is shown as a warning; the viewer opens sequences at
+    their first frame (`napari_medsynth.placement.watch`).
+    """
+    from napari import current_viewer
+
     from medsynth.errors import MedsynthError
     from medsynth.io import read
 
@@ -33,7 +40,10 @@ def read_layers(path: str | list[str]) -> list[LayerDataTuple]:
     layers = []
     for p in paths:
         try:
-            layers.extend(to_layer_data(image) for image in read(p))
+            for image in read(p):
+                report_assumptions(image)
+                layers.append(to_layer_data(image))
         except MedsynthError as exc:
             report_error(exc)
+    watch(current_viewer())
     return layers or NO_LAYERS

@@ -1,14 +1,29 @@
-"""npe2 sample-data contributions: the files of `medsynth.data.samples` as layers."""
+"""npe2 sample-data contributions: the files of `medsynth.data.samples` as layers.
+
+The samples come from unrelated patients and devices, so they share no patient frame: opened
+together they would lie on top of each other (the chest radiograph, 2 m wide at the 1 mm assumed for
+its missing pixel spacing, hides every other). Each one opened into a viewer that already shows
+layers is placed beside them (`napari_medsynth.placement`), and what its reading assumed is shown.
+"""
 
 from __future__ import annotations
 
 from napari_medsynth.layers import LayerDataTuple, to_layer_data
+from napari_medsynth.notify import report_assumptions
+from napari_medsynth.placement import PLACE_KEY, watch
 
 
 def _load(name: str) -> list[LayerDataTuple]:
+    from napari import current_viewer
+
     from medsynth.data.samples import load_sample
 
-    return [to_layer_data(load_sample(name))]
+    image = load_sample(name)
+    report_assumptions(image)
+    data, kwargs, layer_type = to_layer_data(image)
+    kwargs["metadata"]["medsynth"][PLACE_KEY] = True
+    watch(current_viewer())
+    return [(data, kwargs, layer_type)]
 
 
 def us_cine() -> list[LayerDataTuple]:

@@ -113,7 +113,7 @@ class EventWorker(GeneratorWorker):
 
 
 def warm_up_torch() -> None:
-    """Pay, on the GUI thread and once, the imports that torch defers to the first optimizer.
+    """Pay, once and before any generation, the imports that torch defers to the first optimizer.
 
     Creating a torch optimizer first imports ``torch._dynamo`` (seconds of imports that hold the GIL
     for stretches of half a second). Training now pays it in its own process, but Generate builds

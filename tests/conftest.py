@@ -61,3 +61,50 @@ def nibabel_example4d() -> Path:
     from nibabel.testing import data_path
 
     return Path(data_path) / "example4d.nii.gz"
+
+
+@pytest.fixture
+def notifications():
+    """Messages of the napari notifications shown during the test."""
+    from napari.utils.notifications import notification_manager
+
+    seen: list[str] = []
+
+    def record(notification) -> None:
+        seen.append(str(notification.message))
+
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)
+
+
+@pytest.fixture
+def in_view():
+    """`shown_in_view(viewer, layer)`, for asserting that a new layer is where the user looks."""
+    return shown_in_view
+
+
+def shown_in_view(viewer, layer) -> bool:
+    """Whether `layer` shows on the canvas as it is now: the sliders are inside its data and its whole
+    displayed extent lies in the camera's field of view."""
+    import numpy as np
+
+    index = np.round(layer.world_to_data(viewer.dims.point))
+    sliders = [k for k in range(layer.ndim) if k < layer.ndim - viewer.dims.ndisplay]
+    on_slice = all(0 <= index[k] < layer.data.shape[k] for k in sliders)
+    height, width = viewer.canvas.size
+    half = np.array([height, width]) / (2 * viewer.scene.camera.zoom)
+    center = np.asarray(viewer.scene.camera.center)[-2:]
+    low, high = layer.extent.world[:, -2:]
+    return on_slice and bool(np.all(low >= center - half) and np.all(high <= center + half))
+
+
+@pytest.fixture
+def no_weights(tmp_path, monkeypatch):
+    """Every place medsynth looks for pretrained weight files is an empty folder."""
+    import torch
+
+    monkeypatch.setenv("MEDSYNTH_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    return tmp_path

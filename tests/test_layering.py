@@ -37,6 +37,7 @@ SHARED_PLUGIN = {
     "napari_medsynth.layers",
     "napari_medsynth.notify",
     "napari_medsynth.workers",
+    "napari_medsynth.widgets.dock",
     "napari_medsynth.widgets.settings_form",
     "napari_medsynth.widgets.plot",
     "napari_medsynth.widgets.results_table",

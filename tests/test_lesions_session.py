@@ -20,7 +20,7 @@ from medsynth.lesions.location import LocationPrior, PriorOptions, prior_candida
 from medsynth.lesions.manifest import LesionRecord
 from medsynth.lesions.placement import final_candidates
 from medsynth.lesions.scene import Placement, draw_lesion, placed_mask
-from medsynth.lesions.session import LesionSession, PlacementOptions
+from medsynth.lesions.session import LesionSession, PlacementOptions, check_fits
 from medsynth.lesions.singan_training import SinGANRunOptions, SinGANSettings, save_singan, train_to_end
 
 TINY = SinGANSettings(min_size=17, iterations=30, width=8, layers=4, d_steps=1, g_steps=1)
@@ -210,3 +210,20 @@ def test_a_batch_image_is_the_sessions_fusion_of_its_manifest_records(ct, genera
     session.commit(scene, Blend("feather"), "")
     np.testing.assert_array_equal(session.fused.image.array, case.image.array)
     np.testing.assert_array_equal(session.fused.labels.array, case.labels.array)
+
+
+def test_a_lesion_that_fits_nowhere_is_refused_naming_the_size_to_change():
+    """Larger than the plane: the option and the largest size that fits; larger than the permissible zone; a dragged box."""
+    footprint = np.ones((160, 160), dtype=bool)
+    everywhere = np.ones((128, 128), dtype=bool)
+    lower = r'larger than the 128x128 px image plane; lower the placement option "size" \(now 8\) to 6\.4 or less'
+    with pytest.raises(InputError, match=lower):
+        check_fits(footprint, everywhere, 8.0)
+    with pytest.raises(InputError, match="larger than the 128x128 px image plane; drag a smaller box$"):
+        check_fits(footprint, everywhere, 8.0, boxed=True)
+    zone = np.zeros((128, 128), dtype=bool)
+    zone[40:70, 40:70] = True
+    nowhere = r'fits nowhere in the permissible zone; lower the placement option "size" \(now 2\)'
+    with pytest.raises(InputError, match=nowhere):
+        check_fits(np.ones((40, 40), dtype=bool), zone, 2.0)
+    check_fits(np.ones((30, 30), dtype=bool), zone, 1.5)  # exactly the zone's size fits

@@ -43,28 +43,41 @@ def open_widget(make_napari_viewer, cine):
     return viewer, widget, real
 
 
-def test_generated_sequences_become_a_4d_layer_with_a_time_slider(make_napari_viewer, qtbot, cine, checkpoint_path):
+def test_two_generated_sequences_share_the_time_slider_with_the_cine_and_show_beside_it(
+    make_napari_viewer, qtbot, cine, checkpoint_path, in_view
+):
     viewer, widget, real = open_widget(make_napari_viewer, cine)
     assert not widget.generate_button.enabled  # nothing to generate from yet
     widget.checkpoint_file.value = checkpoint_path
-    assert widget.options.values()["frames"] == 4 and widget.options.values()["resolution"] == 32
+    assert widget.options.values()["frames"] == 4 and widget.advanced_options.values()["resolution"] == 32
     assert widget.generate_button.enabled
 
-    widget.options.set_values({"frames": 6, "count": 2, "resolution": 64, "seed": 7})
+    widget.options.set_values({"frames": 6, "count": 2, "seed": 7})
+    widget.advanced_options.set_values({"resolution": 64})
     widget.generate_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.layer is not None, timeout=WAIT_MS)
 
     layer = widget.layer
     assert layer.name.endswith(SYNTHETIC_SUFFIX)
-    assert layer.data.shape == (6, 2, 64, 64)
+    assert layer.data.shape == (2, 6, 64, 64) and layer.axis_labels == ("sample", "t", "y", "x")
+    assert viewer.dims.axis_labels == ("sample", "t", "y", "x")
     assert layer.metadata["medsynth"]["synthetic"]["seed"] == 7
-    assert viewer.dims.ndim == 4 and viewer.dims.nsteps[0] >= 6
-    assert 0 in viewer.dims.not_displayed  # time is a slider, not a displayed axis
     assert widget.progress.value == widget.progress.max == 12
     # The synthetic pixels cover the same field of view as the real frames' longer side.
     assert layer.scale[-1] * 64 == pytest.approx(real.scale[-1] * 80)
-    viewer.dims.set_current_step(0, 5)
-    assert not np.allclose(layer.data[5], layer.data[0])
+    # beside the cine, in view, at the first frame and the first sample
+    assert layer.extent.world[0, -1] > real.extent.world[1, -1]
+    assert in_view(viewer, layer) and in_view(viewer, real)
+    # one time slider for both: frame k of the cine and of each sequence at the same slider position
+    assert layer.scale[1] == pytest.approx(real.scale[0]) == pytest.approx(33.333)
+    assert viewer.dims.nsteps[1] == 16  # the cine's frames, not the samples
+    for frame in (0, 5):
+        viewer.dims.set_point(1, frame * real.scale[0])
+        assert round(real.world_to_data(viewer.dims.point)[0]) == frame
+        assert round(layer.world_to_data(viewer.dims.point)[1]) == frame
+    viewer.dims.set_point(0, 1)  # the sample slider
+    assert round(layer.world_to_data(viewer.dims.point)[0]) == 1
+    assert not np.allclose(layer.data[0, 5], layer.data[0, 0])
 
     widget.side_by_side.value = True
     assert viewer.canvas.grid.enabled
@@ -86,3 +99,13 @@ def test_a_bad_checkpoint_file_is_reported_not_raised(make_napari_viewer, tmp_pa
         notification_manager.notification_ready.disconnect()
     assert widget.checkpoint is None and not widget.generate_button.enabled
     assert any("not a medsynth checkpoint" in message for message in seen)
+
+
+def test_reset_defaults_keeps_the_checkpoints_own_values(make_napari_viewer, cine, checkpoint_path):
+    _, widget, _ = open_widget(make_napari_viewer, cine)
+    widget.checkpoint_file.value = checkpoint_path
+    widget.options.set_values({"frames": 9, "count": 3, "seed": 5})
+    widget.advanced_options.set_values({"resolution": 64, "modality": "MR"})
+    widget.reset_defaults()
+    assert widget.options.values() == {"frames": 4, "count": 1, "seed": 0}
+    assert widget.advanced_options.values() == {"modality": "US", "resolution": 32}

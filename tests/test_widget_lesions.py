@@ -10,6 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from qtpy.QtWidgets import QPushButton
 from scipy import ndimage
 
 from medsynth.data.samples import load_sample
@@ -428,6 +429,140 @@ def test_learned_models_pixel_edge_crop_and_spacing_from_hand_lesions(
     assert {p.centre for p in widget.placement.scene[1:]} <= {tuple(p) for p in peaks.tolist()}
     labels = np.asarray(widget.dock_layers.labels.data)
     assert ids(widget.dock_layers.labels) == {1, 2, 3} and not labels[predicted == 0].any()
+
+
+def test_results_leave_the_overlays_visible_and_the_next_click_placing(make_napari_viewer, singan_file):
+    """Issue 10: the fusion lies over its background (placed beside another sample) under the danger zone and
+    the prior; the clicked Points layer stays active; the dock's own lesion labels are no prior layer."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-medsynth", "mr_slice")
+    viewer.open_sample("napari-medsynth", "ct_slice")
+    background = viewer.layers["ct_slice"]
+    assert background.translate[-1] > 0  # placed beside the MR slice, not at the world origin
+    history = np.zeros(background.data.shape, dtype=np.uint8)
+    history[95:105, 55:65] = 1
+    earlier = viewer.add_labels(history, name="earlier lesions", scale=background.scale, translate=background.translate)
+    widget = open_widget(viewer)
+    widget.background.layer.value = background
+    widget.model.load(singan_file)
+    widget.danger.new_button.native.click()
+    widget.prior.label_layers.value = [earlier]
+    widget.prior.show_button.native.click()
+    danger, heatmap, candidates = widget.dock_layers.danger, widget.dock_layers.heatmap, widget.dock_layers.candidates
+    points = viewer.add_points(name="clicks", ndim=2)
+    points.mode = "add"
+    widget.placement.hand_layer.value = points
+    assert viewer.layers.selection.active is points
+
+    points.add(world(background, (60, 90)))
+    assert len(widget.placement.scene) == 1
+    result, labels = widget.dock_layers.result, widget.dock_layers.labels
+    # The annotator's layer is still the active one, in add mode: the next click places a second lesion.
+    assert viewer.layers.selection.active is points and points.mode == "add"
+    points.add(world(background, (30, 40)))
+    assert len(widget.placement.scene) == 2 and widget.dock_layers.result is result
+    assert viewer.layers.selection.active is points
+
+    # The fusion hides the background it replaces, not the overlays: right above the background, under the
+    # translucent danger zone and the additive heatmap; the lesion labels on top, to edit.
+    order = list(viewer.layers)
+    assert order.index(result) == order.index(background) + 1
+    assert order.index(result) < min(order.index(danger), order.index(heatmap), order.index(candidates))
+    assert order[-1] is labels and labels.contour > 0 and danger.opacity < 1 and heatmap.blending == "additive"
+    for layer in (result, labels, danger, heatmap):
+        np.testing.assert_allclose(layer.translate, background.translate)
+        np.testing.assert_allclose(layer.scale, background.scale)
+
+    # The lesion labels the dock made are no historical lesions, nor the danger zone a crop.
+    prior_choices = widget.prior.label_layers.choices
+    assert earlier in prior_choices and labels not in prior_choices and danger not in prior_choices
+    assert danger not in widget.model.crop_layer.choices and heatmap not in widget.background.layer.choices
+
+    # The SinGAN's settings are folded under Advanced settings, with their Reset defaults.
+    widget.model.settings.set_values({"iterations": 5})
+    [reset] = [button for button in widget.model.findChildren(QPushButton) if button.text() == "Reset defaults"]
+    reset.click()
+    assert widget.model.settings.values()["iterations"] == SinGANSettings().iterations
+
+
+@pytest.mark.slow
+def test_singan_status_ends_with_the_trained_model(make_napari_viewer, qtbot):
+    """Issue 10: after training, completed or stopped, the status says what model there is, not a progress line."""
+    viewer = make_napari_viewer()
+    data, kwargs, _ = to_layer_data(load_sample("ct_slice"))
+    background = viewer.add_image(data, **kwargs)
+    y0, x0, y1, x1 = CROP_BOX
+    corners = [world(background, p) for p in [(y0, x0), (y0, x1), (y1, x1), (y1, x0)]]
+    shapes = viewer.add_shapes([np.array(corners)], shape_type="rectangle", name="crop")
+    widget = open_widget(viewer)
+    widget.background.layer.value = background
+    widget.model.crop_layer.value = shapes
+    model = widget.model
+    statuses: list[str] = []
+    show_event = model._on_event
+
+    def shown_status(event):  # the status after each training event, as the annotator saw it
+        show_event(event)
+        statuses.append(model.status.value)
+
+    model._on_event = shown_status
+
+    model.settings.set_values(TINY)
+    model.run_options.set_values({"log_every": 1})
+    model.train_button.native.click()
+    qtbot.waitUntil(lambda: model.generator is not None and model.run.state is RunState.IDLE, timeout=WAIT_MS)
+    assert any(status.startswith("step ") for status in statuses), statuses  # progress was shown while training
+    total = TINY["iterations"] * 2
+    assert model.status.value == f"trained SinGAN: 2 of 2 scales, step {total}"
+
+    # Stopped during its first scale: the model keeps that scale, and the status says the rest is upsampled.
+    model.settings.set_values({"iterations": 5000})
+    model.train_button.native.click()
+    qtbot.waitUntil(lambda: model.status.value.startswith("step "), timeout=WAIT_MS)
+    model.stop_button.native.click()
+    qtbot.waitUntil(lambda: model.run.state is RunState.IDLE, timeout=WAIT_MS)
+    assert model.generator.step < 5000
+    assert model.status.value == (
+        f"trained SinGAN: 1 of 2 scales, step {model.generator.step}; stopped early, the finer scales upsampled"
+    )
+
+
+def test_a_lesion_larger_than_what_fits_is_refused_naming_the_size_option(
+    make_napari_viewer, singan_file, notifications
+):
+    """Issue 10: a lesion too large for the plane, or for the permissible zone, is refused with the option to lower."""
+    viewer = make_napari_viewer()
+    data, kwargs, _ = to_layer_data(load_sample("ct_slice"))
+    background = viewer.add_image(data, **kwargs)
+    widget = open_widget(viewer)
+    widget.background.layer.value = background
+    widget.model.load(singan_file)
+    widget.danger.new_button.native.click()
+    points = viewer.add_points(name="clicks", ndim=2)
+    widget.placement.hand_layer.value = points
+    assert "size" in widget.placement.options.values()  # the option the messages name, as the form shows it
+
+    # Eight times the 20 px training crop is larger than the 128 px slice, wherever the click is.
+    widget.placement.options.set_values({"size": 8.0})
+    points.add(world(background, (64, 64)))
+    assert "larger than the 128x128 px image plane" in notifications[-1]
+    assert 'lower the placement option "size" (now 8) to ' in notifications[-1]
+    assert len(points.data) == 0 and widget.placement.scene == () and widget.dock_layers.result is None
+    widget.placement.sample_button.native.click()
+    assert 'lower the placement option "size" (now 8)' in notifications[-1] and widget.placement.scene == ()
+
+    # The suggested size fits the plane; with most of it forbidden, a lesion of twice the crop fits nowhere.
+    suggested = float(notifications[-1].rsplit(" to ", 1)[1].split()[0])
+    widget.danger.layer.data = np.zeros(background.data.shape, dtype=np.uint8)
+    widget.danger.layer.data[40:70, 40:70] = 1
+    widget.placement.options.set_values({"size": 2.0})
+    points.add(world(background, (55, 55)))
+    assert 'fits nowhere in the permissible zone; lower the placement option "size" (now 2)' in notifications[-1]
+    assert widget.placement.scene == ()
+    widget.danger.layer.data = np.ones(background.data.shape, dtype=np.uint8)
+    widget.placement.options.set_values({"size": suggested, "count": 1})
+    widget.placement.sample_button.native.click()
+    assert len(widget.placement.scene) == 1
 
 
 @pytest.mark.slow

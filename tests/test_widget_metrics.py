@@ -14,6 +14,7 @@ from scipy import ndimage
 from medsynth.data.samples import load_sample
 from medsynth.metrics.evaluate import evaluate
 from medsynth.metrics.temporal import temporal_consistency
+from medsynth.metrics.resample import Resampled, common_side
 
 pytestmark = pytest.mark.gui
 
@@ -157,15 +158,62 @@ def test_bad_input_is_a_notification_not_a_crash(make_napari_viewer, qtbot, monk
     assert widget.start() is None
     assert "no synthetic images chosen" in str(errors[-1])
 
-    widget.fake.select("cropped")
+    widget.fake.select(Path("missing-folder") / "fake.nii.gz")
     _choose(widget, ("psnr",))
     _compute(widget, qtbot)
-    # A metric that cannot run on these images is a row that says why (medsynth.metrics.evaluate), not a crash.
-    table = widget.results.table
-    assert len(errors) == 1 and table.rowCount() == 1
-    assert table.item(0, 0).text() == "psnr" and "not computed" in table.item(0, 4).text()
-    assert "shape" in table.item(0, 4).text()
+    assert "fake.nii.gz" in str(errors[-1]) and widget.results.table.rowCount() == 0
     assert widget.run_button.isEnabled()
+
+
+def test_a_metric_that_fails_is_its_rows_note_and_the_others_are_kept(make_napari_viewer, qtbot, ct_sequence):
+    """128 x 100 px real frames against 64 px 'synthetic' ones: PSNR (paired) and MS-SSIM cannot run, SWD and SF can."""
+    real, fake = ct_sequence
+    real = real[:, :, 14:114].astype(np.float32)
+    small = fake[:, ::2, ::2]
+    viewer = make_napari_viewer()
+    frames = {"medsynth": {"axes": "tyx"}}  # the frames are the items
+    viewer.add_image(real, name="real", metadata=frames)
+    viewer.add_image(small, name="small", metadata=frames)
+    widget = _open(viewer)
+    widget.real.select("real")
+    widget.fake.select("small")
+    _choose(widget, ("psnr", "ms_ssim", "swd", "sf"))
+    assert widget.resample.currentData() == "pad"
+
+    results = {r.name: r for r in _compute(widget, qtbot)}
+
+    assert list(results) == ["psnr", "ms_ssim", "swd", "sf_real", "sf_fake"]
+    for name in ("psnr", "ms_ssim"):
+        assert np.isnan(results[name].mean) and results[name].note.startswith("not computed: ")
+    assert "shape" in results["psnr"].note
+    assert _table(widget)["psnr"][0] == "-" and _table(widget)["psnr"][3].startswith("not computed: ")
+    # mixed-size SWD: both sets at 64 x 64 (medsynth.metrics.resample), as medsynth evaluate computes it
+    assert common_side(real.shape, small.shape) == 64
+    padded = np.asarray(Resampled(real, 64, "pad", float(real.min()))[:])
+    assert padded.shape == (5, 64, 64) and np.all(padded[:, :, :5] == real.min())  # padded with the background
+    [expected] = evaluate(real, small, metrics=("swd",))
+    assert results["swd"].mean == pytest.approx(expected.mean) and np.isfinite(expected.mean)
+    assert np.isfinite(results["sf_real"].mean) and np.isfinite(results["sf_fake"].mean)
+
+    widget.resample.setCurrentIndex(widget.resample.findData("stretch"))
+    _choose(widget, ("swd",))
+    [swd] = _compute(widget, qtbot)
+    assert swd.mean == pytest.approx(evaluate(real, small, metrics=("swd",), resample="stretch")[0].mean)
+    assert swd.mean != pytest.approx(expected.mean)
+
+
+def test_file_or_folder_picks_a_file_or_a_folder(make_napari_viewer, monkeypatch, tmp_path):
+    from qtpy.QtWidgets import QFileDialog
+
+    path = Path(get_testdata_file("CT_small.dcm"))
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *args, **kwargs: (str(path), ""))
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *args, **kwargs: str(tmp_path))
+    widget = _open(make_napari_viewer())
+    widget.fake.combo.setCurrentText("File or folder...")
+    widget.fake.file_button.click()
+    assert widget.fake.selected() == path
+    widget.fake.folder_button.click()
+    assert widget.fake.selected() == tmp_path
 
 
 def test_closing_the_widget_while_it_computes(make_napari_viewer, qtbot, ct_sequence):

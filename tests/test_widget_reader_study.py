@@ -12,7 +12,7 @@ from sklearn.metrics import cohen_kappa_score
 from medsynth.data.samples import load_sample
 from medsynth.metrics.reader_session import REAL, SYNTHETIC, display_image, read_answers
 from medsynth.metrics.reader_study import reader_study
-from napari_medsynth.widgets.reader_study import DISPLAY_LAYER
+from napari_medsynth.widgets.reader_study import DISPLAY_LAYER, SUGGESTED_MIN_FOREGROUND, offered_options
 
 pytestmark = pytest.mark.gui
 
@@ -56,6 +56,8 @@ def test_a_rater_answers_with_keys_resumes_and_gets_statistics(make_napari_viewe
 
     shown = viewer.layers[DISPLAY_LAYER]
     assert [layer.visible for layer in (real_layer, fake_layer)] == [False, False]
+    sliders = viewer.window._qt_viewer.dims
+    assert sliders.isHidden(), "the studied stack's slider position would tell which item is shown"
     assert shown.metadata == {} and shown.dtype == np.float32 and tuple(shown.contrast_limits) == (0, 1)
     np.testing.assert_array_equal(shown.data, display_image(session.current.image()))
     assert widget.real_button.isEnabled() and not widget.start_button.isEnabled()
@@ -71,7 +73,7 @@ def test_a_rater_answers_with_keys_resumes_and_gets_statistics(make_napari_viewe
 
     viewer.window.remove_dock_widget(widget)  # napari's close button does this
     assert DISPLAY_LAYER not in viewer.layers
-    assert real_layer.visible and fake_layer.visible
+    assert real_layer.visible and fake_layer.visible and not sliders.isHidden()
     _press(viewer, qtbot, REAL)
     assert _lines(csv_path) == 4, "the R key no longer answers once the widget is closed"
 
@@ -158,3 +160,25 @@ def test_real_images_from_a_file(make_napari_viewer, ct_sets, tmp_path):
     real_item = next(item for item in session.order if item.truth == REAL)
     np.testing.assert_allclose(real_item.image(), ct_sets[0][0])
     widget.stop()
+
+
+@pytest.mark.skipif(
+    not {"balance", "min_foreground"} <= offered_options(),
+    reason="this core's build_items has no balance or min_foreground yet (they come with the rel-cli branch)",
+)
+def test_balanced_trials_and_near_empty_slices_left_out(make_napari_viewer, ct_sets, tmp_path):
+    """The MNI152 template (189 axial slices, many of them air) as real images against 4 synthetic CT slices."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.asarray(load_sample("mni152").array), name="real CT")
+    viewer.add_image(ct_sets[1], name="GAN CT [SYNTHETIC]")
+    widget = _open(viewer, "ann", tmp_path / "ann.csv")
+    counts = {}
+    for balance, min_foreground in ((False, 0.0), (False, SUGGESTED_MIN_FOREGROUND), (True, SUGGESTED_MIN_FOREGROUND)):
+        widget.balance.setChecked(balance)
+        widget.min_foreground.setValue(min_foreground)
+        widget.csv_path.setText(str(tmp_path / f"{balance}-{min_foreground}.csv"))
+        counts[balance, min_foreground] = widget.start().n_total
+        widget.stop()
+    assert counts[False, 0.0] == 189 + 4
+    assert 4 < counts[False, SUGGESTED_MIN_FOREGROUND] - 4 < 189  # the air slices are left out
+    assert counts[True, SUGGESTED_MIN_FOREGROUND] == 2 * 4

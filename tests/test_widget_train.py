@@ -34,34 +34,26 @@ def ct_layer_data():
     return to_layer_data(load_sample("ct_slice"))
 
 
-@pytest.fixture
-def notifications():
-    """Messages of the napari notifications shown during the test."""
-    from napari.utils.notifications import notification_manager
-
-    seen: list[str] = []
-
-    def record(notification) -> None:
-        seen.append(str(notification.message))
-
-    notification_manager.notification_ready.connect(record)
-    yield seen
-    notification_manager.notification_ready.disconnect(record)
+def open_train(viewer, qtbot) -> TrainWidget:
+    """The Train dock, opened through the manifest, once its recipes are loaded (in the background)."""
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medsynth", "Train")
+    assert isinstance(widget, TrainWidget)
+    qtbot.waitUntil(lambda: widget.ready, timeout=WAIT_MS)
+    return widget
 
 
-def open_widget(make_napari_viewer, layer_data, tmp_path: Path, **options) -> tuple[object, TrainWidget, object]:
+def open_widget(make_napari_viewer, qtbot, layer_data, tmp_path: Path, **options) -> tuple[object, TrainWidget, object]:
     viewer = make_napari_viewer()
     data, kwargs, _ = layer_data
     layer = viewer.add_image(data, **kwargs)
-    _, widget = viewer.window.add_plugin_dock_widget("napari-medsynth", "Train")
-    assert isinstance(widget, TrainWidget)
+    widget = open_train(viewer, qtbot)
     widget.data["layers"].value = [layer]
     widget.recipe.value = "dcgan"
     widget.settings.set_values(TINY)
     widget.device.value = "cpu"
     widget.out_dir.value = tmp_path / "run"
     for name, value in {"steps": 10_000, "log_every": 1, "sample_every": 2, "checkpoint_every": 1000, **options}.items():
-        widget.options[name].value = value
+        widget.option(name).value = value
     return viewer, widget, layer
 
 
@@ -77,9 +69,9 @@ def checkpoints(parent: Path) -> list[Path]:
 
 @pytest.mark.slow
 def test_start_shows_progress_losses_and_preview_pause_holds_it_then_stop_writes_checkpoint(
-    make_napari_viewer, qtbot, tmp_path, ct_layer_data
+    make_napari_viewer, qtbot, tmp_path, ct_layer_data, in_view
 ):
-    viewer, widget, source = open_widget(make_napari_viewer, ct_layer_data, tmp_path)
+    viewer, widget, source = open_widget(make_napari_viewer, qtbot, ct_layer_data, tmp_path)
     widget.start_button.native.click()
     assert widget.run.state is RunState.RUNNING
     assert not widget.start_button.enabled and widget.stop_button.enabled
@@ -98,7 +90,10 @@ def test_start_shows_progress_losses_and_preview_pause_holds_it_then_stop_writes
 
     preview = widget.preview_layer
     assert preview.name.endswith(SYNTHETIC_SUFFIX) and preview.data.any()
-    assert preview.data.shape == (8, 64, 64)
+    assert preview.data.shape == (8, 64, 64) and preview.axis_labels == ("sample", "y", "x")
+    # beside the source, not over it, and in the view the widget reset to show both
+    assert preview.extent.world[0, -1] > source.extent.world[1, -1]
+    assert in_view(viewer, preview) and in_view(viewer, source)
     # the 128x128 CT slice is shown at 64x64, so the preview pixels are twice the source's size
     np.testing.assert_allclose(preview.scale[1:], np.asarray(source.scale) * 2, rtol=1e-6)
     assert preview.metadata["medsynth"]["units"] == "HU"
@@ -137,8 +132,8 @@ def test_start_shows_progress_losses_and_preview_pause_holds_it_then_stop_writes
     assert np.abs(preview.data).max() > 1.0
 
 
-def test_bad_settings_or_no_data_are_a_notification_and_start_nothing(make_napari_viewer, tmp_path, ct_layer_data, notifications):
-    _, widget, _ = open_widget(make_napari_viewer, ct_layer_data, tmp_path)
+def test_bad_settings_or_no_data_are_a_notification_and_start_nothing(make_napari_viewer, qtbot, tmp_path, ct_layer_data, notifications):
+    _, widget, _ = open_widget(make_napari_viewer, qtbot, ct_layer_data, tmp_path)
     widget.settings["lr_g"].value = "0"
     widget.settings["lr_d"].value = "fast"
     widget.start_button.native.click()
@@ -155,9 +150,9 @@ def test_bad_settings_or_no_data_are_a_notification_and_start_nothing(make_napar
 
 
 
-def test_a_five_dimensional_layer_is_a_notification_and_starts_nothing(make_napari_viewer, tmp_path, notifications):
+def test_a_five_dimensional_layer_is_a_notification_and_starts_nothing(make_napari_viewer, qtbot, tmp_path, notifications):
     stack = np.zeros((2, 2, 3, 32, 32), dtype=np.float32)
-    _, widget, _ = open_widget(make_napari_viewer, (stack, {"name": "5d stack"}, "image"), tmp_path)
+    _, widget, _ = open_widget(make_napari_viewer, qtbot, (stack, {"name": "5d stack"}, "image"), tmp_path)
     widget.start_button.native.click()
     assert widget.run.state is RunState.IDLE and widget.run.worker is None
     assert len(notifications) == 1
@@ -165,13 +160,12 @@ def test_a_five_dimensional_layer_is_a_notification_and_starts_nothing(make_napa
     assert widget.preview_layer is None and not (tmp_path / "run").exists()
 
 
-def test_run_options_take_exactly_the_values_the_core_accepts(make_napari_viewer, tmp_path):
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-medsynth", "Train")
-    seed = widget.options["seed"]
+def test_run_options_take_exactly_the_values_the_core_accepts(make_napari_viewer, qtbot, tmp_path):
+    widget = open_train(make_napari_viewer(), qtbot)
+    seed = widget.option("seed")
     assert (seed.min, seed.max) == (0, SEED_LIMIT - 1)
-    assert list(widget.options["slice_axis"].choices) == [0, 1, 2]
-    assert (widget.options["sample_every"].min, widget.options["steps"].min) == (0, 1)
+    assert list(widget.option("slice_axis").choices) == [0, 1, 2]
+    assert (widget.option("sample_every").min, widget.option("steps").min) == (0, 1)
     seed.value = seed.max
     widget.out_dir.value = tmp_path / "run"
     widget._config().validate()  # the largest seed the widget offers is one the trainer takes
@@ -181,7 +175,7 @@ def test_run_options_take_exactly_the_values_the_core_accepts(make_napari_viewer
 def test_failure_in_training_is_a_notification_and_the_widget_returns_to_idle(make_napari_viewer, qtbot, tmp_path, notifications):
     ct = load_sample("ct_slice")
     constant = ct.with_array(np.full_like(ct.array, -1000), name="air")
-    _, widget, _ = open_widget(make_napari_viewer, to_layer_data(constant), tmp_path)
+    _, widget, _ = open_widget(make_napari_viewer, qtbot, to_layer_data(constant), tmp_path)
     widget.start()
     assert widget.run.state is RunState.RUNNING
     qtbot.waitUntil(lambda: widget.run.state is RunState.IDLE, timeout=WAIT_MS)
@@ -213,9 +207,9 @@ def ct_checkpoint(tmp_path) -> Path:
 
 
 def test_load_checkpoint_and_generate_add_a_synthetic_layer_with_the_training_spacing(
-    make_napari_viewer, qtbot, tmp_path, ct_layer_data, ct_checkpoint, notifications
+    make_napari_viewer, qtbot, tmp_path, ct_layer_data, ct_checkpoint, notifications, in_view
 ):
-    viewer, widget, source = open_widget(make_napari_viewer, ct_layer_data, tmp_path)
+    viewer, widget, source = open_widget(make_napari_viewer, qtbot, ct_layer_data, tmp_path)
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a checkpoint")
     assert widget.load_checkpoint(broken) is None
@@ -239,6 +233,7 @@ def test_load_checkpoint_and_generate_add_a_synthetic_layer_with_the_training_sp
     np.testing.assert_allclose(generated.scale, [1.0, *(np.asarray(source.scale) * 2)], rtol=1e-6)
     assert generated.metadata["medsynth"]["synthetic"]["model"] == "dcgan"
     assert generated.metadata["medsynth"]["units"] == "HU"
+    assert generated.extent.world[0, -1] > source.extent.world[1, -1] and in_view(viewer, generated)
 
     saved = widget.save_checkpoint(tmp_path / "copy.safetensors")
     assert saved == tmp_path / "copy.safetensors" and load_checkpoint(saved).step == 2
@@ -246,7 +241,7 @@ def test_load_checkpoint_and_generate_add_a_synthetic_layer_with_the_training_sp
 
 @pytest.mark.slow
 def test_continue_training_from_a_loaded_checkpoint(make_napari_viewer, qtbot, tmp_path, ct_layer_data, ct_checkpoint):
-    _, widget, _ = open_widget(make_napari_viewer, ct_layer_data, tmp_path, steps=4, sample_every=0)
+    _, widget, _ = open_widget(make_napari_viewer, qtbot, ct_layer_data, tmp_path, steps=4, sample_every=0)
     widget.load_checkpoint(ct_checkpoint)
     widget.continue_button.native.click()
     qtbot.waitUntil(lambda: widget.run.state is RunState.IDLE, timeout=WAIT_MS)
@@ -257,7 +252,7 @@ def test_continue_training_from_a_loaded_checkpoint(make_napari_viewer, qtbot, t
 
 @pytest.mark.slow
 def test_closing_the_widget_while_training_stops_it_with_a_checkpoint(make_napari_viewer, qtbot, tmp_path, ct_layer_data):
-    viewer, widget, _ = open_widget(make_napari_viewer, ct_layer_data, tmp_path, sample_every=0)
+    viewer, widget, _ = open_widget(make_napari_viewer, qtbot, ct_layer_data, tmp_path, sample_every=0)
     widget.start()
     qtbot.waitUntil(lambda: len(widget.loss_plot.series.get("g_loss", ([],))[0]) >= 1, timeout=WAIT_MS)
     viewer.window.remove_dock_widget(widget)
@@ -270,7 +265,7 @@ def test_closing_the_widget_while_training_stops_it_with_a_checkpoint(make_napar
 
 @pytest.mark.slow
 def test_closing_the_viewer_while_training_stops_it_with_a_checkpoint(make_napari_viewer, qtbot, tmp_path, ct_layer_data):
-    viewer, widget, _ = open_widget(make_napari_viewer, ct_layer_data, tmp_path, sample_every=0)
+    viewer, widget, _ = open_widget(make_napari_viewer, qtbot, ct_layer_data, tmp_path, sample_every=0)
     widget.start()
     qtbot.waitUntil(lambda: len(widget.loss_plot.series.get("g_loss", ([],))[0]) >= 1, timeout=WAIT_MS)
     started = time.perf_counter()
@@ -280,7 +275,7 @@ def test_closing_the_viewer_while_training_stops_it_with_a_checkpoint(make_napar
     assert len(checkpoints(tmp_path / "run")) == 1
 
 
-def test_layers_reach_the_trainer_as_their_own_lazy_arrays(make_napari_viewer):
+def test_layers_reach_the_trainer_as_their_own_lazy_arrays(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     mni = load_sample("mni152")
     frames = da.stack([da.from_array(mni.array, chunks=(16, -1, -1))] * 3)  # (t, z, y, x), never computed
@@ -288,13 +283,12 @@ def test_layers_reach_the_trainer_as_their_own_lazy_arrays(make_napari_viewer):
     image = layer_image(layer)
     assert image.array is frames
     assert image.axes == "tzyx" and image.spacing == pytest.approx(mni.spacing)
-    _, widget = viewer.window.add_plugin_dock_widget("napari-medsynth", "Train")
+    widget = open_train(viewer, qtbot)
     assert [name for name, _ in widget._layer_choices(None)] == [layer.name]
 
 
-def test_recipe_list_offers_every_recipe_starting_with_the_dcgan_baseline(make_napari_viewer):
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-medsynth", "Train")
+def test_recipe_list_offers_every_recipe_starting_with_the_dcgan_baseline(make_napari_viewer, qtbot):
+    widget = open_train(make_napari_viewer(), qtbot)
     choices = set(widget.recipe.choices)
     assert widget.recipe.value == "dcgan"
     assert {"dcgan", "wgan-gp", "hrgan-dtcr", "danger-unet", "lesion-heatmap"} <= choices
@@ -307,9 +301,9 @@ def test_recipe_list_offers_every_recipe_starting_with_the_dcgan_baseline(make_n
 
 
 def test_normalisation_control_becomes_the_configs_percentiles_or_window(
-    make_napari_viewer, tmp_path, ct_layer_data, notifications
+    make_napari_viewer, qtbot, tmp_path, ct_layer_data, notifications
 ):
-    _, widget, _ = open_widget(make_napari_viewer, ct_layer_data, tmp_path)
+    _, widget, _ = open_widget(make_napari_viewer, qtbot, ct_layer_data, tmp_path)
     form = widget.normalization
     assert form["normalization"].value == "percentile"
     assert shown(form["percentile_low"]) and not shown(form["window_center"])
@@ -345,7 +339,7 @@ PAIRED_TINY = {"resolution": 32, "batch_size": 2, "width": 4, "depth": 1}
 def test_a_paired_recipe_trains_on_an_image_layer_with_its_labels_layer(
     make_napari_viewer, qtbot, tmp_path, ct_layer_data, notifications
 ):
-    viewer, widget, image_layer = open_widget(make_napari_viewer, ct_layer_data, tmp_path, steps=3, sample_every=0)
+    viewer, widget, image_layer = open_widget(make_napari_viewer, qtbot, ct_layer_data, tmp_path, steps=3, sample_every=0)
     widget.recipe.value = "danger-unet"
     widget.settings.set_values(PAIRED_TINY)
     widget.normalization["normalization"].value = "window"  # the CT slice is in HU: a soft-tissue window
@@ -366,3 +360,62 @@ def test_a_paired_recipe_trains_on_an_image_layer_with_its_labels_layer(
     checkpoint = load_checkpoint(widget.checkpoint_path)
     assert checkpoint.recipe == "danger-unet" and checkpoint.step == 3
     assert (checkpoint.normalization.low, checkpoint.normalization.high) == (-160.0, 240.0)
+
+
+HRGAN_TINY = {"resolution": 32, "base_resolution": 16, "frames": 4, "batch_size": 2, "g_channels": 4, "d_channels": 4,
+              "content_dim": 8, "motion_dim": 4}  # fmt: skip
+READOUTS = {"dtcr_weight", "fade_alpha", "stage_resolution"}
+
+
+@pytest.mark.slow
+def test_hrgan_dtcr_without_vgg_weights_trains_with_readouts_apart_and_previews_in_step_with_the_cine(
+    make_napari_viewer, qtbot, tmp_path, no_weights, in_view, notifications
+):
+    cine = load_sample("us_cine")
+    cine = cine.with_array(cine.array[:16, ::8, ::8].copy(), spacing=tuple(8 * s for s in cine.spacing))
+    viewer, widget, source = open_widget(make_napari_viewer, qtbot, to_layer_data(cine), tmp_path, sample_every=1)
+    assert "vgg16: not found" in widget.weights.text()  # what `medsynth info` reports
+    widget.recipe.value = "hrgan-dtcr"
+    assert widget.settings.values()["dtcr_features"] == "discriminator"  # the weight-free features, said so
+    assert shown(widget.recipe_note) and "vgg16-397923af.pth not found" in widget.recipe_note.value
+    widget.settings.set_values(HRGAN_TINY)
+
+    widget.start_button.native.click()
+    qtbot.waitUntil(lambda: widget.preview_layer.visible and shown(widget.readout), timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: len(widget.loss_plot.series.get("g_loss", ([],))[0]) >= 2, timeout=WAIT_MS)
+    widget.stop_button.native.click()
+    qtbot.waitUntil(lambda: widget.run.state is RunState.IDLE, timeout=WAIT_MS)
+    assert not notifications, notifications
+
+    # losses only in the plot, schedule and stage values in their own line, the legend under the curves
+    assert "g_loss" in widget.loss_plot.series and not READOUTS & set(widget.loss_plot.series)
+    assert all(name in widget.readout.value for name in READOUTS)
+    widget.loss_plot.canvas.draw()
+    legend, axes = widget.loss_plot.figure.legends[0].get_window_extent(), widget.loss_plot.axes.get_window_extent()
+    assert legend.y1 <= axes.y0
+
+    # the preview is laid out like Generate's sequences: samples first, time on the cine's slider at its frame time
+    preview = widget.preview_layer
+    assert preview.axis_labels == ("sample", "t", "y", "x") and preview.data.shape[1] == 4
+    assert preview.scale[1] == pytest.approx(source.scale[0]) == pytest.approx(33.333)
+    assert in_view(viewer, preview)
+    viewer.dims.set_point(1, 2 * source.scale[0])  # world axis 1: the cine's time, the preview's too
+    assert round(source.world_to_data(viewer.dims.point)[0]) == 2
+    assert round(preview.world_to_data(viewer.dims.point)[1]) == 2
+
+
+def test_reset_defaults_puts_every_setting_back(make_napari_viewer, qtbot, tmp_path, ct_layer_data):
+    _, widget, _ = open_widget(make_napari_viewer, qtbot, ct_layer_data, tmp_path, steps=7, seed=3)
+    widget.recipe.value = "wgan-gp"
+    widget.settings["n_critic"].value = 2
+    widget.normalization["normalization"].value = "window"
+    widget.device.value = "cpu"
+
+    widget.reset_defaults()
+
+    assert widget.recipe.value == "dcgan" and "n_critic" not in widget.settings.values()
+    assert widget.option("steps").value == 2000 and widget.option("seed").value == 0
+    assert widget.normalization["normalization"].value == "percentile"
+    assert widget.device.value == "auto" and widget.out_dir.value == Path.home() / "medsynth-runs"
+    config = widget._config()
+    assert (config.recipe, config.steps, config.seed, config.normalization) == ("dcgan", 2000, 0, "percentile")

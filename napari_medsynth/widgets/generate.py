@@ -5,9 +5,11 @@ arguments of `medsynth.training.sequences.iter_sequences` for a sequence recipe 
 time slider) or of `medsynth.training.generate.generate` for a 2D one (a stack of images; the
 sequence-only options are hidden). Either runs in the plugin's background runner
 (`napari_medsynth.workers.BackgroundRun`); progress arrives in `_on_event` and the finished image
-in `_add_layer`, on the GUI thread, the only place that touches layers. "Side by side"
-switches napari's grid mode so real and synthetic layers show next to each other, each with the
-same time slider.
+in `_add_layer`, on the GUI thread, the only place that touches layers. Several sequences become
+one layer ``(sample, t, y, x)`` (`napari_medsynth.axes.samples_first`), so that its time shares the
+slider of a real cine ``(t, y, x)``; it is placed beside the layers shown and the view is reset to
+show it at its first frame (`napari_medsynth.placement`). "Side by side" switches napari's grid
+mode instead, each layer in its own cell with the same time slider.
 
 For checkpoints with an autoencoder (``vqgan-hdfb``, ``vqgan``), Reconstruct runs the chosen image layer
 through it (`medsynth.training.reconstruct.reconstruct`) and shows input | reconstruction |
@@ -29,8 +31,8 @@ from magicgui.widgets import (
     ProgressBar,
     PushButton,
 )
-from napari.layers import Image
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from napari.layers import Image, Layer
+from qtpy.QtWidgets import QWidget
 
 from medsynth.errors import MedsynthError
 from medsynth.io.image import MedImage
@@ -41,8 +43,11 @@ from medsynth.training.generate import generate
 from medsynth.training.reconstruct import Reconstruction, reconstruct
 from medsynth.training.recipe import get_recipe
 from medsynth.training.sequences import SequenceProgress, iter_sequences
+from napari_medsynth.axes import samples_first
 from napari_medsynth.layers import layer_image, to_layer_data
 from napari_medsynth.notify import report_error
+from napari_medsynth.placement import place_beside, show_new
+from napari_medsynth.widgets.dock import advanced_group, reset_button, scrolled_content, wrap
 from napari_medsynth.widgets.settings_form import SettingsForm
 from napari_medsynth.workers import BackgroundRun, Failed, RunState, call, until_stopped
 
@@ -50,6 +55,8 @@ if TYPE_CHECKING:
     import napari
 
 SHUTDOWN_TIMEOUT_S = 30.0
+ADVANCED_OPTIONS = ("modality", "resolution")
+"""Options under "Advanced"; a checkpoint fills them in with its own values."""
 SEQUENCE_ONLY = ("modality", "frames", "resolution")
 """Options that only a sequence recipe's checkpoint takes; a 2D recipe draws images at its training size."""
 
@@ -61,7 +68,9 @@ class GenerateOptions:
     modality: str = setting("US", "Modality the generator is conditioned on", choices=MODALITIES)
     frames: int = setting(16, "Frames per sequence", min=1, max=1000)
     resolution: int = setting(128, "Frame side length in pixels (the training side times a multiple of 1/4)", min=8, max=4096)
-    count: int = setting(1, "Number of sequences or images (several are stacked on a slice axis)", min=1, max=256)
+    count: int = setting(
+        1, "Number of sequences or images (several share one layer, on a sample axis before time)", min=1, max=256
+    )
     seed: int = setting(0, "Random seed (the same seed gives the same output)", min=0, max=2**31 - 1)
 
 
@@ -78,11 +87,13 @@ class GenerateWidget(QWidget):
 
         self.checkpoint_file = FileEdit(name="checkpoint", mode="r", filter="*.safetensors", tooltip="A sequence or 2D checkpoint")
         self.checkpoint_label = Label(value="no checkpoint")
-        self.options = SettingsForm(GenerateOptions)
+        fields = list(GenerateOptions.__dataclass_fields__)
+        self.options = SettingsForm(GenerateOptions, fields=[name for name in fields if name not in ADVANCED_OPTIONS])
+        self.advanced_options = SettingsForm(GenerateOptions, fields=ADVANCED_OPTIONS)
         self.generate_button = PushButton(text="Generate")
         self.stop_button = PushButton(text="Stop")
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
-        self.side_by_side = CheckBox(text="Real and synthetic side by side", value=False)
+        self.side_by_side = CheckBox(text="Real and synthetic side by side (grid)", value=False)
         self.source = ComboBox(name="input", choices=self._image_choices, tooltip="Image layer to reconstruct")
         self.reconstruct_button = PushButton(text="Reconstruct (input | reconstruction | difference)")
         self.reconstruction = Container(
@@ -99,8 +110,10 @@ class GenerateWidget(QWidget):
                 self.reconstruction,
             ]
         )
-        layout = QVBoxLayout(self)
+        wrap(self.checkpoint_label.native)
+        layout = scrolled_content(self)
         layout.addWidget(form.native)
+        layout.addWidget(advanced_group("Advanced settings", self.advanced_options.native, reset_button(self.reset_defaults)))
         layout.addStretch()
 
         self.checkpoint_file.changed.connect(lambda path: self.load(path))
@@ -121,15 +134,33 @@ class GenerateWidget(QWidget):
         self.checkpoint = checkpoint
         settings = checkpoint.settings
         self.checkpoint_label.value = f"{checkpoint.recipe}, step {checkpoint.step}, {settings.get('resolution')} px"
-        known = {key: settings[key] for key in SEQUENCE_ONLY if key in settings}
-        try:
-            self.options.set_values(known)
-        except MedsynthError as exc:
-            report_error(exc)
+        self._show_checkpoint_values()
         for name in SEQUENCE_ONLY:
-            self.options[name].visible = self._sequences()
+            self._option(name).visible = self._sequences()
         self.reconstruction.visible = hasattr(get_recipe(checkpoint.recipe), "reconstruct")
         self._show_state(self.run.state)
+
+    def _option(self, name: str) -> Any:
+        """The field of option `name`, basic or advanced."""
+        return (self.advanced_options if name in ADVANCED_OPTIONS else self.options)[name]
+
+    def _show_checkpoint_values(self) -> None:
+        """Fill in the loaded checkpoint's own modality, clip length and resolution."""
+        settings = self.checkpoint.settings
+        known = {key: settings[key] for key in SEQUENCE_ONLY if key in settings}
+        try:
+            for form in (self.options, self.advanced_options):
+                form.set_values(known)
+        except MedsynthError as exc:
+            report_error(exc)
+
+    def reset_defaults(self) -> None:
+        """Put every option back to its default: the loaded checkpoint's values, else the declared ones."""
+        for form in (self.options, self.advanced_options):
+            form.reset()
+        if self.checkpoint is not None:
+            self._show_checkpoint_values()
+        self.side_by_side.value = False
 
     def reset_choices(self, *_: Any) -> None:
         """Refresh the input layer list (napari calls this when layers are added, removed or renamed)."""
@@ -151,7 +182,7 @@ class GenerateWidget(QWidget):
         if self.checkpoint is None or self.run.state is not RunState.IDLE:
             return
         try:
-            options = self.options.values()
+            options = {**self.options.values(), **self.advanced_options.values()}
         except MedsynthError as exc:
             report_error(exc)
             return
@@ -181,11 +212,10 @@ class GenerateWidget(QWidget):
         if image is None:
             return
         self.progress.value = self.progress.max
-        data, kwargs, _ = to_layer_data(image)
-        self.layer = self.viewer.add_image(data, **kwargs)
-        self.progress.value = self.progress.max
-        # Show the first frame with the time slider at the front, ready to play.
-        self.viewer.dims.set_current_step(0, 0)
+        layer = Layer.create(*samples_first(image, to_layer_data(image)))
+        place_beside(self.viewer, layer)
+        self.layer = self.viewer.add_layer(layer)
+        show_new(self.viewer, layer)  # the view fits it in, at its first frame, ready to play
 
     def _add_reconstruction(self, result: Reconstruction | None) -> None:
         """Reconstruction and difference beside the input, side by side (None: the work failed)."""

@@ -6,6 +6,14 @@ yields progress; its results reach the table and the temporal plots on the GUI t
 `medsynth evaluate`: time frames are items, a 2D image is one item, a 3D volume one item unless "3D
 volumes slice by slice" is on.
 Layers are read, never modified: the worker makes float32 copies of their data.
+
+Each metric is computed on its own: one that cannot run (MS-SSIM on a small image, FID of one image,
+paired metrics on sets of different sizes) becomes its row's note and the others are kept. The
+distribution metrics compare sets of different image sizes after `medsynth.metrics.resample` brings
+their images to one side (the "Mixed sizes" option: ``"pad"``, the default, or ``"stretch"``;
+docs/metrics.md). Real,
+synthetic and the metric boxes come first; mask, data range, slicing and resampling are under
+"Advanced settings".
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from napari.layers import Image, Labels, Layer
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import (
     QCheckBox,
+    QComboBox,
     QDoubleSpinBox,
     QFormLayout,
     QGridLayout,
@@ -26,7 +35,6 @@ from qtpy.QtWidgets import (
     QLabel,
     QProgressBar,
     QPushButton,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -34,9 +42,11 @@ from medsynth.metrics.items import image_items, load_items
 from medsynth.errors import InputError
 from medsynth.io.image import MedImage
 from medsynth.metrics.evaluate import MetricResult, available_metrics, evaluate
+from medsynth.metrics.resample import DEFAULT_METHOD, METHODS
 from napari_medsynth.layers import layer_image
 from napari_medsynth.notify import report_error
 from napari_medsynth.workers import BackgroundRun, EventWorker, Failed, RunState, until_stopped
+from napari_medsynth.widgets.dock import advanced_group, reset_button, scrolled_content, wrap
 from napari_medsynth.widgets.plot import LinePlot
 from napari_medsynth.widgets.results_table import ResultsPanel
 from napari_medsynth.widgets.source_picker import SourcePicker
@@ -61,12 +71,14 @@ def is_sequence(layer: Layer) -> bool:
 
 def measure(
     real: Source, fake: Source, *, metrics: Sequence[str], mask: np.ndarray | None = None,
-    data_range: float | None = None, slices: bool = False,
+    data_range: float | None = None, slices: bool = False, resample: str = DEFAULT_METHOD,
 ) -> Generator[Progress, None, list[MetricResult]]:
     """Evaluate `metrics` of `fake` against `real`, yielding ``(done, total, label)`` before each metric.
 
-    `real` and `fake` are images (see `layer_image`) or paths, made into batches by `as_batch`.
-    Returns the `MetricResult` list of `medsynth.metrics.evaluate.evaluate`.
+    `real` and `fake` are images (see `layer_image`) or paths, made into batches by `as_batch`; the
+    distribution metrics see their images brought to one size by `resample` (`medsynth.metrics.resample`).
+    Returns the `MetricResult` list of `medsynth.metrics.evaluate.evaluate`, with a `failed` row for
+    each metric that raised.
     """
     names = list(dict.fromkeys(metrics))
     if not names:
@@ -81,11 +93,17 @@ def measure(
         # "ssim" with a mask also reports ssim_inside and ssim_outside; never compute one twice.
         if any(r.name == name for r in results):
             continue
-        results.extend(
-            evaluate(real_items, fake_items, metrics=(name,), mask=mask, data_range=data_range)
-        )
+        try:
+            results.extend(evaluate(real_items, fake_items, metrics=(name,), mask=mask, data_range=data_range, resample=resample))
+        except Exception as exc:  # noqa: BLE001 - one metric that cannot run must not discard the others
+            results.append(failed(name, exc))
     yield total, total, "done"
     return results
+
+
+def failed(name: str, exc: Exception) -> MetricResult:
+    """The row of metric `name` that raised `exc`: no value, the error as its note."""
+    return MetricResult(name, float("nan"), float("nan"), 0, [], f"failed: {exc}", {"error": f"{type(exc).__name__}: {exc}"})
 
 
 class MetricsWidget(QWidget):
@@ -98,7 +116,6 @@ class MetricsWidget(QWidget):
         self.real = SourcePicker(napari_viewer, (Image,))
         self.fake = SourcePicker(napari_viewer, (Image,))
         self.mask = SourcePicker(napari_viewer, (Labels, Image), allow_path=False, allow_none=True)
-        self.mask.select(None)
         self.slices = QCheckBox("3D volumes slice by slice")
         self.slices.setToolTip("Off: each 3D volume is one item (3D SSIM); on: each slice is an item")
         self.data_range = QDoubleSpinBox()
@@ -106,11 +123,19 @@ class MetricsWidget(QWidget):
         self.data_range.setDecimals(3)
         self.data_range.setSpecialValueText("real set's max - min")
         self.data_range.setToolTip("Intensity span L for PSNR and SSIM, in the data's units (e.g. 4095 for CT in HU)")
+        self.resample = QComboBox()
+        for method, text in METHODS.items():
+            self.resample.addItem(text, method)
+        self.resample.setToolTip(
+            "Distribution metrics (SWD, FID, KID, temporal) on sets of different image sizes: both are brought to "
+            "the smaller of the two longer sides (see docs/metrics.md)"
+        )
         self.metric_boxes = self._metric_boxes()
         self.run_button = QPushButton("Compute")
         self.run_button.clicked.connect(self.start)
         self.progress = QProgressBar()
         self.status = QLabel("")
+        wrap(self.status)
         self.results = ResultsPanel()
         self.intensity_plot = LinePlot("Temporal: per frame pair", "frame pair", "data-range units")
         self.flow_plot = LinePlot("Temporal: optical flow", "frame pair", "pixels per frame")
@@ -119,7 +144,7 @@ class MetricsWidget(QWidget):
             plot.hide()
         self.real.changed.connect(self._suggest_temporal)
         self._layout()
-        self._suggest_temporal()
+        self.reset_defaults()
         self.run.state_changed.connect(self._show_state)
 
     def _metric_boxes(self) -> dict[str, QCheckBox]:
@@ -127,7 +152,6 @@ class MetricsWidget(QWidget):
         for name, definition in available_metrics().items():
             box = QCheckBox(name)
             box.setToolTip(definition)
-            box.setChecked(name in DEFAULT_METRICS)
             boxes[name] = box
         return boxes
 
@@ -135,16 +159,21 @@ class MetricsWidget(QWidget):
         form = QFormLayout()
         form.addRow("Real", self.real)
         form.addRow("Synthetic", self.fake)
-        form.addRow("Mask", self.mask)
-        form.addRow("Data range", self.data_range)
-        form.addRow("", self.slices)
         group = QGroupBox("Metrics")
         grid = QGridLayout(group)
         for k, box in enumerate(self.metric_boxes.values()):
             grid.addWidget(box, k // 3, k % 3)
-        layout = QVBoxLayout(self)
+        advanced = QWidget()
+        more = QFormLayout(advanced)
+        more.addRow("Mask", self.mask)
+        more.addRow("Data range", self.data_range)
+        more.addRow("", self.slices)
+        more.addRow("Mixed sizes", self.resample)
+        more.addRow("", reset_button(self.reset_defaults))
+        layout = scrolled_content(self)
         layout.addLayout(form)
         layout.addWidget(group)
+        layout.addWidget(advanced_group("Advanced settings", advanced))
         layout.addWidget(self.run_button)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
@@ -152,6 +181,16 @@ class MetricsWidget(QWidget):
         layout.addWidget(self.intensity_plot)
         layout.addWidget(self.flow_plot)
         layout.addStretch()
+
+    def reset_defaults(self) -> None:
+        """Tick the default metrics (and temporal for a sequence); no mask, data range, slicing; default resampling."""
+        for name, box in self.metric_boxes.items():
+            box.setChecked(name in DEFAULT_METRICS)
+        self.mask.select(None)
+        self.data_range.setValue(0.0)
+        self.slices.setChecked(False)
+        self.resample.setCurrentIndex(self.resample.findData(DEFAULT_METHOD))
+        self._suggest_temporal()
 
     def chosen_metrics(self) -> list[str]:
         return [name for name, box in self.metric_boxes.items() if box.isChecked()]
@@ -180,6 +219,7 @@ class MetricsWidget(QWidget):
             "mask": None if mask_layer is None else np.asarray(mask_layer.data) != 0,
             "data_range": self.data_range.value() or None,
             "slices": self.slices.isChecked(),
+            "resample": self.resample.currentData(),
         }
 
     def start(self) -> EventWorker | None:

@@ -2,16 +2,21 @@
 
 The session itself (items, order, the durable CSV, statistics) is `medsynth.metrics.reader_session`;
 this widget shows the current item as one neutral image layer and turns key presses (R = real,
-S = synthetic) and button clicks into answers. While a study runs, the other layers are hidden so
-that their names and pixels give nothing away; leaving the study (pause, end, or closing the
-widget) removes the study layer, shows them again and unbinds the keys. Source layers are never
-modified: items are read from them and shown as display copies.
+S = synthetic) and button clicks into answers. While a study runs, the other layers and the sliders
+are hidden so that their names, pixels and slice positions give nothing away; leaving the study
+(pause, end, or closing the widget) removes the study layer, shows them again and unbinds the keys.
+Source layers are never modified: items are read from them and shown as display copies.
+
+Which items a study holds (every slice, or only those with enough foreground; as many real as
+synthetic) is the core's choice (`build_items`): the options appear when the core offers them.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import napari
 import numpy as np
@@ -19,6 +24,8 @@ from napari.layers import Image, Layer
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import (
+    QCheckBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -27,7 +34,6 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -44,10 +50,18 @@ from medsynth.metrics.reader_session import (
     study_results,
 )
 from napari_medsynth.notify import report_error
+from napari_medsynth.widgets.dock import advanced_group, reset_button, scrolled_content, wrap
 from napari_medsynth.widgets.results_table import ResultsPanel
 from napari_medsynth.widgets.source_picker import SourcePicker
 
 DISPLAY_LAYER = "Reader study"
+SUGGESTED_MIN_FOREGROUND = 0.05
+"""What training keeps (docs/training.md): 137 of the MNI152 template's 189 axial slices."""
+
+
+def offered_options() -> set[str]:
+    """The item-selection options of `build_items` in this version of the core (``balance``, ``min_foreground``)."""
+    return set(inspect.signature(build_items).parameters) & {"balance", "min_foreground"}
 
 
 def named_arrays(choice: Layer | Path | None, what: str) -> list[tuple[str, np.ndarray]]:
@@ -82,6 +96,16 @@ class ReaderStudyWidget(QWidget):
         self.seed = QSpinBox()
         self.seed.setRange(0, 2**31 - 1)
         self.seed.setToolTip("Study seed: the same seed and rater give the same order, so a session can resume")
+        self.balance = QCheckBox("Balance real and synthetic trials")
+        self.balance.setToolTip("As many real as synthetic images, the larger set subsampled with the study seed")
+        self.min_foreground = QDoubleSpinBox()
+        self.min_foreground.setRange(0.0, 0.99)
+        self.min_foreground.setSingleStep(0.01)
+        self.min_foreground.setSpecialValueText("keep every slice")
+        self.min_foreground.setToolTip(
+            f"Skip near-empty slices (air around a head): keep those with at least this fraction of foreground "
+            f"pixels, by training's rule; {SUGGESTED_MIN_FOREGROUND} keeps what training keeps"
+        )
         self.start_button = QPushButton("Start / resume")
         self.start_button.clicked.connect(self.start)
         self.real_button = QPushButton("Real (R)")
@@ -97,9 +121,11 @@ class ReaderStudyWidget(QWidget):
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m")
         self.status = QLabel("")
-        self.status.setWordWrap(True)
+        wrap(self.status)
         self.results = ResultsPanel()
+        self._hidden_sliders = False
         self._layout()
+        self.reset_defaults()
         self._set_running(False)
 
     def _layout(self) -> None:
@@ -111,12 +137,21 @@ class ReaderStudyWidget(QWidget):
         csv_row.addWidget(self.csv_path)
         csv_row.addWidget(self.csv_browse)
         form.addRow("Answers CSV", csv_row)
-        form.addRow("Seed", self.seed)
+        advanced = QWidget()
+        more = QFormLayout(advanced)
+        more.addRow("Seed", self.seed)
+        offered = offered_options()
+        if "balance" in offered:
+            more.addRow("", self.balance)
+        if "min_foreground" in offered:
+            more.addRow("Skip near-empty", self.min_foreground)
+        more.addRow("", reset_button(self.reset_defaults))
         answers = QHBoxLayout()
         answers.addWidget(self.real_button)
         answers.addWidget(self.synthetic_button)
-        layout = QVBoxLayout(self)
+        layout = scrolled_content(self)
         layout.addLayout(form)
+        layout.addWidget(advanced_group("Advanced settings", advanced))
         layout.addWidget(self.start_button)
         layout.addWidget(self.progress)
         layout.addLayout(answers)
@@ -126,13 +161,31 @@ class ReaderStudyWidget(QWidget):
         layout.addWidget(self.compare_button)
         layout.addStretch()
 
+    def reset_defaults(self) -> None:
+        """Seed 0, every slice kept, real and synthetic trials as given (the rater and the CSV stay)."""
+        self.seed.setValue(0)
+        self.balance.setChecked(False)
+        self.min_foreground.setValue(0.0)
+
+    def item_options(self) -> dict[str, Any]:
+        """The keyword arguments of `build_items` for the options the core offers."""
+        offered = offered_options()
+        options: dict[str, Any] = {}
+        if "balance" in offered:
+            options.update(balance=self.balance.isChecked(), seed=self.seed.value())
+        if "min_foreground" in offered:
+            options["min_foreground"] = self.min_foreground.value()
+        return options
+
     def start(self) -> ReaderSession | None:
         """Open (or resume) the rater's session and show the first unanswered item."""
         if self.session is not None:
             return self.session
         try:
             items = build_items(
-                named_arrays(self.real.selected(), "real"), named_arrays(self.fake.selected(), "synthetic")
+                named_arrays(self.real.selected(), "real"),
+                named_arrays(self.fake.selected(), "synthetic"),
+                **self.item_options(),
             )
             if not self.csv_path.text().strip():
                 raise InputError("no answers CSV given; enter a file name for this rater's answers")
@@ -217,6 +270,7 @@ class ReaderStudyWidget(QWidget):
         self._hidden = {layer: layer.visible for layer in self.viewer.layers}
         for layer in self._hidden:
             layer.visible = False
+        self._show_sliders(False)
         for key, handler in (("R", self._on_key_real), ("S", self._on_key_synthetic)):
             self._unbound[key] = self.viewer.bind_key(key, handler, overwrite=True)
         self._set_running(True)
@@ -234,11 +288,26 @@ class ReaderStudyWidget(QWidget):
             if layer in self.viewer.layers:
                 layer.visible = visible
         self._hidden = {}
+        self._show_sliders(True)
+
+    def _show_sliders(self, shown: bool) -> None:
+        """Hide or show the viewer's sliders: a study volume's slice position would say which item is real.
+
+        napari has no public switch for them, so this reaches its Qt dims widget.
+        """
+        sliders = self.viewer.window._qt_viewer.dims
+        if not shown:
+            self._hidden_sliders = self._hidden_sliders or not sliders.isHidden()
+            sliders.hide()
+        elif self._hidden_sliders:
+            sliders.show()
+            self._hidden_sliders = False
 
     def _set_running(self, running: bool) -> None:
         for control in (self.real_button, self.synthetic_button, self.pause_button):
             control.setEnabled(running)
-        for control in (self.start_button, self.real, self.fake, self.rater, self.csv_path, self.csv_browse, self.seed):
+        for control in (self.start_button, self.real, self.fake, self.rater, self.csv_path, self.csv_browse, self.seed,
+                        self.balance, self.min_foreground):  # fmt: skip
             control.setEnabled(not running)
 
     def _browse_csv(self) -> None:

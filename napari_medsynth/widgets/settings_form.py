@@ -4,12 +4,13 @@ Any dataclass declared with `medsynth.settings.setting` renders from `medsynth.s
 choices as a drop-down, booleans as a check box, whole numbers as a spin box bounded by the declared
 range, text as a line edit. Real numbers are typed as text so that values such as ``2e-4`` can be
 entered as written; their range is checked, like every other value, by `medsynth.settings.parse`.
-Each field's tooltip is its help line and valid range.
+Each field's tooltip is its help line and valid range. A form may show only some fields (`fields`), so
+that one settings class can be split into a basic form and an advanced one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, LineEdit, SpinBox
@@ -22,18 +23,26 @@ _INT_LIMIT = 2**31 - 1
 
 
 class SettingsForm(Container):
-    """One labelled field per setting of `settings_cls`, in declaration order."""
+    """One labelled field per setting of `settings_cls` (or of those named in `fields`), in declaration order."""
 
-    def __init__(self, settings_cls: type, values: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        settings_cls: type,
+        values: Mapping[str, Any] | None = None,
+        *,
+        fields: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.settings_cls = settings_cls
-        super().__init__(widgets=[field_widget(info) for info in describe(settings_cls)], **kwargs)
+        self._infos = [info for info in describe(settings_cls) if fields is None or info.name in fields]
+        super().__init__(widgets=[field_widget(info) for info in self._infos], **kwargs)
         if values:
             self.set_values(values)
 
     def values(self) -> dict[str, Any]:
-        """The validated settings as a plain dict; SettingsError naming every bad field otherwise."""
+        """This form's validated settings as a plain dict; SettingsError naming every bad field otherwise."""
         raw = {widget.name: widget.value for widget in self._fields()}
-        return to_dict(parse(self.settings_cls, raw))
+        return {name: value for name, value in to_dict(parse(self.settings_cls, raw)).items() if name in raw}
 
     def set_values(self, values: Mapping[str, Any]) -> None:
         """Show `values` (validated first, so a bad value raises SettingsError and changes nothing)."""
@@ -41,6 +50,10 @@ class SettingsForm(Container):
         for widget in self._fields():
             if widget.name in values:
                 widget.value = _shown(typed[widget.name], widget)
+
+    def reset(self) -> None:
+        """Show every field's declared default."""
+        self.set_values({info.name: info.default for info in self._infos})
 
     def _fields(self) -> list[ValueWidget]:
         return [widget for widget in self if isinstance(widget, ValueWidget)]

@@ -11,13 +11,14 @@ from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLineEdit, QPush
 
 NONE_TEXT = "(none)"
 PATH_TEXT = "File or folder..."
+FILE_FILTER = "NIfTI or DICOM (*.nii *.nii.gz *.dcm *.dicom *.ima);;All files (*)"
 
 
 class SourcePicker(QWidget):
     """A combo box of the viewer's layers of `layer_types`, optionally "(none)" and "File or folder...".
 
-    Choosing "File or folder..." shows a path field with a Browse button. `selected()` is the chosen
-    layer, a `Path`, or None.
+    Choosing "File or folder..." shows a path field with "File..." and "Folder..." buttons (Qt's dialogs
+    pick either a file or a folder, never both). `selected()` is the chosen layer, a `Path`, or None.
     """
 
     changed = Signal()
@@ -38,12 +39,17 @@ class SourcePicker(QWidget):
         self.combo = QComboBox()
         self.path_edit = QLineEdit()
         self.path_edit.setPlaceholderText("NIfTI or DICOM file, or a folder of DICOM files")
-        self.browse_button = QPushButton("Browse...")
-        self.browse_button.clicked.connect(self._browse)
+        self.file_button = QPushButton("File...")
+        self.file_button.setToolTip("Choose one NIfTI or DICOM file")
+        self.file_button.clicked.connect(self._browse_file)
+        self.folder_button = QPushButton("Folder...")
+        self.folder_button.setToolTip("Choose a folder of DICOM files or of NIfTI files")
+        self.folder_button.clicked.connect(self._browse_folder)
         path_row = QHBoxLayout()
         path_row.setContentsMargins(0, 0, 0, 0)
         path_row.addWidget(self.path_edit)
-        path_row.addWidget(self.browse_button)
+        path_row.addWidget(self.file_button)
+        path_row.addWidget(self.folder_button)
         self._path_row = QWidget()
         self._path_row.setLayout(path_row)
         layout = QVBoxLayout(self)
@@ -102,7 +108,12 @@ class SourcePicker(QWidget):
         self._path_row.setVisible(self.combo.currentText() == PATH_TEXT)
         self.changed.emit()
 
-    def _browse(self) -> None:
+    def _browse_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Choose an image file", self.path_edit.text(), FILE_FILTER)
+        if path:
+            self.path_edit.setText(path)
+
+    def _browse_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Choose a folder of images", self.path_edit.text())
         if folder:
             self.path_edit.setText(folder)

@@ -13,42 +13,60 @@ training and waits for its checkpoint.
 
 Recipes of the data kinds in `TARGET_DATA_KINDS` train on an image with its target map: the widget
 then shows a Labels-layer picker and hands the trainer an ``(image, target)`` pair.
+
+The dock opens at once: torch, the recipes and matplotlib are imported by `load_core` in a
+background thread (seconds of CPU), after which the recipe forms, the device list and the loss
+plot appear (`ready`); torch's first-optimizer imports, needed only by Generate, follow in the same
+thread. Settings are grouped: data, recipe, steps, device and output folder first; recipe settings,
+the other run options, normalisation and the pretrained weights found under "Advanced settings".
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Select, SpinBox
+from magicgui.widgets.bases import ValueWidget
 from napari.layers import Image, Labels, Layer
 from qtpy.QtCore import QEvent, QObject, QTimer
-from qtpy.QtWidgets import QFileDialog, QProgressBar, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFileDialog, QLabel, QProgressBar, QWidget
 
 import medsynth
 from medsynth.data.normalization import NORMALIZATION_FIELDS, NormalizationOptions
 from medsynth.errors import InputError, MedsynthError
 from medsynth.io.image import MedImage, SyntheticProvenance
-from medsynth.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medsynth.training.config import RunOptions, TrainConfig
 from medsynth.training.events import CheckpointSaved, Finished, Paused, Progress, Resumed, Samples, Started
-from medsynth.training.generate import generate
 from medsynth.training.process import train_in_process
-from medsynth.training.recipe import TARGET_DATA_KINDS, list_recipes
 from medsynth.training.runs import run_folder
-from medsynth.training.trainer import check_config
+from medsynth.weights import weights_report
+from napari_medsynth.axes import samples_first
 from napari_medsynth.layers import SYNTHETIC_SUFFIX, layer_image, to_layer_data
 from napari_medsynth.notify import report_error
-from napari_medsynth.widgets.plot import LinePlot
+from napari_medsynth.placement import place_beside, show_new
+from napari_medsynth.widgets.dock import advanced_group, reset_button, scrolled_content, wrap
 from napari_medsynth.widgets.settings_form import SettingsForm
 from napari_medsynth.workers import TRAIN_THREADS, BackgroundRun, EventWorker, Failed, RunState, call, warm_up_torch
 
 if TYPE_CHECKING:
     import napari
 
+    from medsynth.training.checkpoint import Checkpoint
+    from medsynth.training.recipe import RecipeInfo
+    from napari_medsynth.widgets.plot import LinePlot
+
 DEFAULT_RECIPE = "dcgan"
+DEFAULT_OUT_DIR = Path.home() / "medsynth-runs"
+LAYER_LIST_HEIGHT_PX = 100
+LOAD_AFTER_MS = 300
+"""When the recipes start loading if the dock has not painted by then (else at its first paint)."""
+BASIC_RUN_OPTIONS = ("steps",)
+"""Run options shown with the basic settings; the others are under "Advanced settings"."""
 SHUTDOWN_TIMEOUT_S = 120.0
 """How long closing waits for the trainer to finish its step and write the checkpoint."""
 PROGRESS_REFRESH_MS = 3000
@@ -69,19 +87,34 @@ def available_devices() -> list[str]:
 
 
 def preview_image(event: Samples, recipe: str, source: MedImage) -> MedImage:
-    """Preview samples ``(N, H, W)`` (or ``(N, T, H, W)``) as a synthetic image in the source's units."""
-    axes = "zyx" if event.images.ndim == 3 else "tzyx"
-    spacing = (1.0, *(event.spacing or (1.0, 1.0)))
+    """Preview samples as a synthetic image in the source's units, laid out like generated images.
+
+    ``(N, H, W)`` images are a stack of samples (``"zyx"``, sample axis 0). ``(N, T, H, W)`` sequences
+    become ``(T, N, H, W)`` (``"tzyx"``, sample axis 1) with the source's frame interval, as
+    `medsynth.training.sequences` returns them, so that a preview plays in step with the real cine.
+    """
     provenance = SyntheticProvenance(recipe, medsynth.__version__, description=f"training preview, step {event.step}")
+    if event.images.ndim == 3:
+        array, axes, sample_axis, frame_time = event.images, "zyx", 0, None
+    else:
+        array, axes, sample_axis, frame_time = event.images.transpose(1, 0, 2, 3), "tzyx", 1, source.time_spacing
     return MedImage(
-        array=event.images,
+        array=array,
         axes=axes,
-        spacing=spacing,
+        spacing=(1.0, *(event.spacing or (1.0, 1.0))),
+        time_spacing=frame_time,
         modality=source.modality,
         units=source.units,
         name=f"{recipe} preview",
         synthetic=provenance,
+        metadata={"sample_axis": sample_axis},
     )
+
+
+def preview_layer_data(event: Samples, recipe: str, source: MedImage) -> tuple[Any, dict[str, Any], str]:
+    """The layer data tuple of `preview_image`, samples first (`napari_medsynth.axes.samples_first`)."""
+    image = preview_image(event, recipe, source)
+    return samples_first(image, to_layer_data(image))
 
 
 def placeholder_samples(data_kind: str, settings: Any, n: int) -> Samples | None:
@@ -93,19 +126,50 @@ def placeholder_samples(data_kind: str, settings: Any, n: int) -> Samples | None
     return Samples(step=0, images=np.zeros(shape, dtype=np.float32))
 
 
+@dataclass(frozen=True)
+class CoreInfo:
+    """What the widget needs from torch and the recipe registry, loaded off the GUI thread."""
+
+    recipes: list[RecipeInfo]
+    devices: list[str]
+
+
+def load_core() -> Iterator[CoreInfo]:
+    """Import torch, the recipes and matplotlib and yield what the forms need; then warm torch up.
+
+    Runs in the widget's `loading` runner: importing torch and the recipes costs seconds of CPU,
+    which on the GUI thread froze the viewer when the dock opened. `warm_up_torch` comes after the
+    forms are shown, since only generation (not training, which runs in its own process) needs it.
+    """
+    from medsynth.training.recipe import list_recipes
+    from napari_medsynth.widgets import plot  # noqa: F401 - matplotlib's import, paid here
+
+    yield CoreInfo(list_recipes(), available_devices())
+    warm_up_torch()
+
+
+def weights_summary() -> str:
+    """What `medsynth info` reports about pretrained weights, one line per file."""
+    return "\n".join(f"{name}: {path if path else 'not found'}" for name, path in weights_report())
+
+
 class TrainWidget(QWidget):
     """Train a recipe on image layers; see the module docstring."""
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        warm_up_torch()
         self.viewer = napari_viewer
         self.run = BackgroundRun(self)
         self.generation = BackgroundRun(self)
         self.preview_layer: Image | None = None
         self.checkpoint_path: Path | None = None
-        self._recipes = {info.name: info for info in list_recipes()}
+        self.loss_plot: LinePlot | None = None
+        self._recipes: dict[str, RecipeInfo] = {}
+        self._recipe_name = ""
+        self._readouts: tuple[str, ...] = ()
         self._source: MedImage | None = None
+        self._source_layer: Layer | None = None
+        self._preview_shown = False
         self._watched_window: QWidget | None = None
 
         self.data = Container(
@@ -119,16 +183,24 @@ class TrainWidget(QWidget):
             ],
             label="Data",
         )
-        self.recipe = ComboBox(name="recipe", choices=list(self._recipes), value=DEFAULT_RECIPE, tooltip="Model recipe")
-        self._recipe_name = self.recipe.value
-        self.recipe_help = Label(value=self._recipes[self._recipe_name].description)
-        self.settings = SettingsForm(self._recipes[self._recipe_name].settings_cls)
-        self.options = SettingsForm(RunOptions)
+        self.recipe = ComboBox(name="recipe", choices=[], tooltip="Model recipe")
+        self.recipe_help = Label(value="loading torch and the recipes…")
+        self.recipe_note = Label(value="")
+        self.options = SettingsForm(RunOptions, fields=BASIC_RUN_OPTIONS)
+        self.device = ComboBox(name="device", choices=["auto", "cpu"], tooltip="Where to train")
+        self.out_dir = FileEdit(name="output_folder", mode="d", value=DEFAULT_OUT_DIR)
+        self.setup = Container(
+            widgets=[self.recipe, self.recipe_help, self.recipe_note, self.options, self.device, self.out_dir]
+        )
+        self.settings: SettingsForm | None = None  # the recipe's own form, once the recipes are loaded
+        self.recipe_settings = Container(label="Recipe settings")
+        self.more_options = SettingsForm(
+            RunOptions, fields=[name for name in RunOptions.__dataclass_fields__ if name not in BASIC_RUN_OPTIONS]
+        )
         self.normalization = SettingsForm(NormalizationOptions, label="Normalisation")
-        self.device = ComboBox(name="device", choices=available_devices(), tooltip="Where to train")
-        self.out_dir = FileEdit(name="output_folder", mode="d", value=Path.home() / "medsynth-runs")
-        setup = [self.recipe, self.recipe_help, self.settings, self.options, self.normalization, self.device, self.out_dir]
-        self.setup = Container(widgets=setup)
+        self.advanced = Container(widgets=[self.recipe_settings, self.more_options, self.normalization])
+        self.weights = QLabel(f"Pretrained weights (as `medsynth info` finds them):\n{weights_summary()}")
+        self.weights.setWordWrap(True)
 
         self.start_button = PushButton(text="Start")
         self.pause_button = PushButton(text="Pause")
@@ -141,7 +213,8 @@ class TrainWidget(QWidget):
         self.progress.setRange(0, 1)
         self.progress.setFormat("no run yet")
         self.controls = Container(widgets=[self.start_button, self.pause_button, self.stop_button], layout="horizontal", labels=False)
-        self.loss_plot = LinePlot(title="Losses", ylabel="loss")
+        self.readout = Label(value="")
+        self.readout.visible = False
 
         self.save_button = PushButton(text="Save checkpoint…")
         self.continue_button = PushButton(text="Continue training", tooltip="Train on from the loaded checkpoint")
@@ -161,13 +234,20 @@ class TrainWidget(QWidget):
             ]
         )
 
-        layout = QVBoxLayout(self)
-        for part in (self.data, self.setup, self.controls, self.status):
+        self.data["layers"].native.setMaximumHeight(LAYER_LIST_HEIGHT_PX)
+        wrap(*(label.native for label in (self.recipe_help, self.recipe_note, self.status, self.readout, self.checkpoint_label)))
+        layout = scrolled_content(self)
+        layout.addWidget(self.data.native)
+        layout.addWidget(self.setup.native)
+        layout.addWidget(advanced_group("Advanced settings", self.advanced.native, self.weights, reset_button(self.reset_defaults)))
+        for part in (self.controls, self.status):
             layout.addWidget(part.native)
         layout.addWidget(self.progress)
-        layout.addWidget(self.loss_plot)
+        self._plot_at = layout.count()  # the loss plot goes here once matplotlib is imported
+        layout.addWidget(self.readout.native)
         layout.addWidget(self.output.native)
         layout.addStretch()
+        self._layout = layout
 
         self._latest_progress: Progress | None = None
         self._redraw_timer = QTimer(self)
@@ -196,6 +276,58 @@ class TrainWidget(QWidget):
         self._show_normalization(self.normalization["normalization"].value)
         self._show_state(self.run.state)
 
+        self.loading = BackgroundRun(self)
+        self._load_started = False
+        QTimer.singleShot(LOAD_AFTER_MS, self._start_loading)  # in case the dock is not shown (a hidden window)
+
+    def paintEvent(self, event: Any) -> None:  # noqa: N802 - Qt override
+        super().paintEvent(event)
+        self._start_loading()
+
+    def _start_loading(self) -> None:
+        """Start `load_core` in a worker, once; its imports would slow the dock's first paint, so not before it."""
+        if self._load_started:
+            return
+        self._load_started = True
+        self.loading.start(lambda _control: load_core(), self._on_core_loaded)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the recipes are loaded (the forms shown and Start usable)."""
+        return bool(self._recipes)
+
+    def _on_core_loaded(self, core: CoreInfo | Failed) -> None:
+        """Show the recipe list, the default recipe's form, the devices and the loss plot (GUI thread)."""
+        from napari_medsynth.widgets.plot import LinePlot
+
+        if isinstance(core, Failed):
+            report_error(core.error)
+            return
+
+        self.loss_plot = LinePlot(title="Losses", ylabel="loss")
+        self.loss_plot.hide()  # an empty plot says nothing: it shows from the first run on
+        self._layout.insertWidget(self._plot_at, self.loss_plot)
+        self._recipes = {info.name: info for info in core.recipes}
+        self.device.choices = core.devices
+        self.recipe.choices = list(self._recipes)
+        self.recipe.value = DEFAULT_RECIPE
+        self._show_recipe(DEFAULT_RECIPE)
+        self._show_state(self.run.state)
+
+    def option(self, name: str) -> ValueWidget:
+        """The field of run option `name`, basic or advanced."""
+        return (self.options if name in BASIC_RUN_OPTIONS else self.more_options)[name]
+
+    def reset_defaults(self) -> None:
+        """Put the recipe, its settings, run options, normalisation, device and folder back to their defaults."""
+        if self.ready:
+            self.recipe.value = DEFAULT_RECIPE
+            self._show_recipe(DEFAULT_RECIPE, force=True)
+        for form in (self.options, self.more_options, self.normalization):
+            form.reset()
+        self.device.value = "auto"
+        self.out_dir.value = DEFAULT_OUT_DIR
+
     # -- choices and forms ---------------------------------------------------------------------
 
     def reset_choices(self, *_: Any) -> None:
@@ -214,18 +346,32 @@ class TrainWidget(QWidget):
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Labels)]
 
     def _needs_target(self) -> bool:
-        return self._recipes[self._recipe_name].data_kind in TARGET_DATA_KINDS
+        info = self._recipes.get(self._recipe_name)
+        if info is None:  # recipes not loaded yet: importing them here would import torch on the GUI thread
+            return False
+        from medsynth.training.recipe import TARGET_DATA_KINDS
 
-    def _show_recipe(self, name: str) -> None:
-        """Show `name`'s description, a fresh form of its settings and, for paired data, the target picker."""
-        if name == self._recipe_name:
+        return info.data_kind in TARGET_DATA_KINDS
+
+    def _show_recipe(self, name: str, force: bool = False) -> None:
+        """Show `name`'s description, a fresh form of its settings and, for paired data, the target picker.
+
+        The form starts from the recipe's defaults for this machine (`Recipe.local_defaults`): e.g.
+        hrgan-dtcr's weight-free DTCR features when no VGG weight file is found, said in `recipe_note`.
+        """
+        if name == self._recipe_name and not force:
             return
+        from medsynth.training.recipe import get_recipe
+
         info = self._recipes[name]
-        index = list(self.setup).index(self.settings)
-        self.setup.remove(self.settings)
-        self.settings = SettingsForm(info.settings_cls)
-        self.setup.insert(index, self.settings)
+        values, note = get_recipe(name).local_defaults()
+        if self.settings is not None:
+            self.recipe_settings.remove(self.settings)
+        self.settings = SettingsForm(info.settings_cls, values)
+        self.recipe_settings.append(self.settings)
         self.recipe_help.value = info.description
+        self.recipe_note.value = note
+        self.recipe_note.visible = bool(note)
         self._recipe_name = name
         self._show_target_picker()
 
@@ -250,6 +396,7 @@ class TrainWidget(QWidget):
             device=self.device.value,
             resume=resume,
             **self.options.values(),
+            **self.more_options.values(),
             **self.normalization.values(),
         )
 
@@ -276,6 +423,11 @@ class TrainWidget(QWidget):
 
     def start(self, resume: Path | None = None) -> None:
         """Validate the widgets' values, then train in a child process; problems appear as a notification."""
+        if not self.ready:
+            report_error(InputError("the recipes are still loading: start again once the recipe list shows"))
+            return
+        from medsynth.training.trainer import check_config
+
         try:
             config = self._config(resume)
             recipe_cls, settings, _ = check_config(config)
@@ -284,6 +436,8 @@ class TrainWidget(QWidget):
             report_error(exc)
             return
         self._source = data[0][0] if isinstance(data[0], tuple) else data[0]
+        self._source_layer = self.data["layers"].value[0]
+        self._readouts = recipe_cls.readouts
         placeholder = placeholder_samples(recipe_cls.data_kind, settings, config.preview_samples)
         if config.sample_every and placeholder is not None:
             self._prepare_preview(placeholder)
@@ -305,12 +459,12 @@ class TrainWidget(QWidget):
 
     def _show_state(self, state: RunState) -> None:
         idle = state is RunState.IDLE
-        self.start_button.enabled = idle
+        self.start_button.enabled = idle and self.ready
         self.pause_button.enabled = state in (RunState.RUNNING, RunState.PAUSED)
         self.pause_button.text = "Resume" if state is RunState.PAUSED else "Pause"
         self.stop_button.enabled = state in (RunState.RUNNING, RunState.PAUSED)
         self.continue_button.enabled = idle and self.checkpoint_path is not None
-        self.data.enabled = self.setup.enabled = idle
+        self.data.enabled = self.setup.enabled = self.advanced.enabled = idle
         if idle:
             self._watch_window(False)
             self._redraw_timer.stop()
@@ -348,11 +502,15 @@ class TrainWidget(QWidget):
         self.progress.setFormat(f"{event.recipe}: step %v of %m")
         if event.start_step == 0:
             self.loss_plot.clear()
+            self.readout.visible = False
+        self.loss_plot.show()
         self.status.value = f"running on {event.device} from step {event.start_step}"
 
     def _on_progress(self, event: Progress) -> None:
+        """Losses go to the plot; the recipe's schedule and stage values (its `readouts`) to the readout line."""
         self._latest_progress = event
-        self.loss_plot.add_points(event.step, event.losses)
+        losses = {name: value for name, value in event.losses.items() if name not in self._readouts}
+        self.loss_plot.add_points(event.step, losses)
         if not self._redraw_timer.isActive():
             self._redraw_timer.start()
 
@@ -362,7 +520,11 @@ class TrainWidget(QWidget):
         if event is not None:
             self.progress.setValue(event.step)
             self.progress.setFormat(f"step %v of %m, {timedelta(seconds=round(event.eta_s))} left")
-        self.loss_plot.redraw()
+            shown = [f"{name} {event.losses[name]:.4g}" for name in self._readouts if name in event.losses]
+            self.readout.value = "   ".join(shown)
+            self.readout.visible = bool(shown)
+        if self.loss_plot is not None:
+            self.loss_plot.redraw()
 
     def _on_samples(self, event: Samples) -> None:
         """Show samples now, or, within `PREVIEW_REFRESH_MS` of the last update, when that time is up."""
@@ -383,24 +545,40 @@ class TrainWidget(QWidget):
         happens as the response to Start rather than as a freeze in the middle of training.
         """
         if self.preview_layer is None or self.preview_layer not in self.viewer.layers:
-            data, kwargs, _ = to_layer_data(preview_image(placeholder, self._recipe_name, self._source))
-            self.preview_layer = self.viewer.add_image(data, **{**kwargs, "visible": False})
+            data, kwargs, layer_type = preview_layer_data(placeholder, self._recipe_name, self._source)
+            self.preview_layer = self._add_beside((data, {**kwargs, "visible": False}, layer_type))
+        self._preview_shown = False
 
     def _show_preview(self, event: Samples) -> None:
-        """Update the preview layer in place (created if it is gone), and show it."""
-        data, kwargs, _ = to_layer_data(preview_image(event, self._recipe_name, self._source))
+        """Update the preview layer in place (created if it is gone), show it and, the first time, bring it into view."""
+        data, kwargs, layer_type = preview_layer_data(event, self._recipe_name, self._source)
         layer = self.preview_layer
         if layer is None or layer not in self.viewer.layers or layer.ndim != data.ndim:
             if layer is not None and layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
-            self.preview_layer = self.viewer.add_image(data, **kwargs)
-            return
-        layer.data = data
-        layer.scale = kwargs["scale"]
-        layer.contrast_limits = kwargs["contrast_limits"]
-        layer.metadata = kwargs["metadata"]
-        layer.name = kwargs["name"]
-        layer.visible = True
+            self.preview_layer = layer = self._add_beside((data, kwargs, layer_type))
+        else:
+            layer.data = data
+            layer.scale = kwargs["scale"]
+            layer.contrast_limits = kwargs["contrast_limits"]
+            layer.metadata = kwargs["metadata"]
+            layer.name = kwargs["name"]
+            layer.visible = True
+        if not self._preview_shown:
+            self._place_beside_source(layer)  # again: the placeholder did not know the pixel size
+            show_new(self.viewer, layer)
+            self._preview_shown = True
+
+    def _add_beside(self, layer_data: tuple[Any, dict[str, Any], str]) -> Layer:
+        """Add a synthetic layer beside the training source (else beside the visible layers), at the current slice."""
+        layer = Layer.create(*layer_data)
+        self._place_beside_source(layer)
+        self.viewer.add_layer(layer)
+        return layer
+
+    def _place_beside_source(self, layer: Layer) -> None:
+        source = self._source_layer
+        place_beside(self.viewer, layer, [source] if source is not None and source in self.viewer.layers else ())
 
     # -- checkpoints and generation ------------------------------------------------------------
 
@@ -414,6 +592,11 @@ class TrainWidget(QWidget):
 
     def load_checkpoint(self, path: Path | str) -> Checkpoint | None:
         """Read a checkpoint for Generate and for continuing training; show its recipe and settings."""
+        from medsynth.training.checkpoint import load_checkpoint
+
+        if not self.ready:
+            report_error(InputError("the recipes are still loading: load the checkpoint once the recipe list shows"))
+            return None
         try:
             checkpoint = load_checkpoint(path)
             if checkpoint.recipe not in self._recipes:
@@ -428,6 +611,8 @@ class TrainWidget(QWidget):
 
     def save_checkpoint(self, path: Path | str) -> Path | None:
         """Write the latest checkpoint (loaded or from training) to `path`, atomically."""
+        from medsynth.training.checkpoint import load_checkpoint, save_checkpoint
+
         try:
             if self.checkpoint_path is None:
                 raise InputError("no checkpoint yet: train (or load a checkpoint) before saving one")
@@ -437,7 +622,9 @@ class TrainWidget(QWidget):
             return None
 
     def generate(self) -> EventWorker | None:
-        """Generate images from the latest checkpoint in a worker; they appear as a new layer."""
+        """Generate images from the latest checkpoint in a worker; they appear as a new layer beside the source."""
+        from medsynth.training.generate import generate
+
         if self.checkpoint_path is None:
             report_error(InputError("no checkpoint yet: train or load a checkpoint before generating"))
             return None
@@ -450,7 +637,7 @@ class TrainWidget(QWidget):
 
     def _add_generated(self, image: MedImage | None) -> None:
         if image is not None:
-            self.viewer.add_layer(Layer.create(*to_layer_data(image)))
+            show_new(self.viewer, self._add_beside(to_layer_data(image)))
 
     def _show_generation_state(self, state: RunState) -> None:
         self.generate_button.enabled = state is RunState.IDLE and self.checkpoint_path is not None
@@ -480,6 +667,8 @@ class TrainWidget(QWidget):
     def shutdown(self) -> None:
         """Stop training and wait for its final checkpoint (closing the widget or the viewer)."""
         self._pending_samples = None  # no new layer in a viewer that is closing
+        self._load_started = True  # nor a load that has not started yet
+        self.loading.shutdown(0.0)  # still loading: nothing is left to show its result to
         self.generation.shutdown(0.0)  # its images would go to a viewer that is closing
         if self.run.worker is not None and not self.run.shutdown(SHUTDOWN_TIMEOUT_S):
             report_error(RuntimeError(f"training did not stop within {SHUTDOWN_TIMEOUT_S:.0f} s; its last checkpoint may be older"))

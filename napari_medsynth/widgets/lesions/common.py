@@ -4,7 +4,8 @@ napari coordinates as pixels, and how a user action reports its errors."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -15,10 +16,13 @@ from qtpy.QtWidgets import QFileDialog, QVBoxLayout, QWidget
 
 from medsynth.errors import InputError, MedsynthError
 from napari_medsynth.notify import report_error
+from napari_medsynth.widgets.dock import advanced_group, reset_button
 
 if TYPE_CHECKING:
     import napari
     from napari.layers import Image, Labels, Layer, Points
+
+    from napari_medsynth.widgets.settings_form import SettingsForm
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -36,6 +40,20 @@ class DockLayers:
     candidates: Points | None = None
     result: Image | None = None
     labels: Labels | None = None
+
+
+@contextmanager
+def selection_kept(viewer: napari.Viewer) -> Iterator[None]:
+    """Keep the selected and the active layer: napari makes a new layer active, and the annotator's
+    next click would then go to it instead of to the layer they were placing with."""
+    selected, active = set(viewer.layers.selection), viewer.layers.selection.active
+    try:
+        yield
+    finally:
+        viewer.layers.selection.clear()
+        viewer.layers.selection.update(layer for layer in selected if layer in viewer.layers)
+        if active in viewer.layers:
+            viewer.layers.selection.active = active
 
 
 def reported(method: Callable[P, T]) -> Callable[P, T | None]:
@@ -62,15 +80,40 @@ class Section(QWidget):
         self.viewer = viewer
         self.dock_layers = layers
 
-    def show_controls(self, title: str, *widgets: Any) -> None:
+    def show_controls(self, title: str, *widgets: Any, advanced: tuple[SettingsForm, ...] = ()) -> None:
+        """Show `widgets` (magicgui) under `title`, then the `advanced` forms folded under "Advanced settings"
+        with a "Reset defaults" button."""
         self.controls = Container(widgets=[Label(value=f"<b>{title}</b>"), *widgets])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.controls.native)
+        if advanced:
+
+            def reset() -> None:
+                for form in advanced:
+                    form.reset()
+
+            natives = [form.native for form in advanced]
+            layout.addWidget(advanced_group("Advanced settings", *natives, reset_button(reset)))
 
     def reset_choices(self, *_: Any) -> None:
         """Refresh the layer lists (napari calls this when layers are added, removed or renamed)."""
         self.controls.reset_choices()
+
+    def add_own(self, role: str, layer: Layer, index: int | None = None, *, keep_selection: bool = True) -> Layer:
+        """Add a layer the dock made at `index` (default: on top), as the `DockLayers` field `role`.
+
+        The field is set first, so that the layer lists, which napari refreshes as the layer is added,
+        already leave it out; with `keep_selection` the annotator's active layer stays active.
+        """
+        setattr(self.dock_layers, role, layer)
+        index = len(self.viewer.layers) if index is None else index
+        if keep_selection:
+            with selection_kept(self.viewer):
+                self.viewer.layers.insert(index, layer)
+        else:
+            self.viewer.layers.insert(index, layer)
+        return layer
 
     def layers(self, *kinds: type) -> list[Layer]:
         return [layer for layer in self.viewer.layers if isinstance(layer, kinds)]

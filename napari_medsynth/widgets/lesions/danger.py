@@ -65,13 +65,9 @@ class DangerSection(Section):
         if self.shown(self.layer, mask.shape):
             self.layer.data = mask
         else:
-            self.dock_layers.danger = self.viewer.add_labels(
-                mask,
-                name=DANGER_NAME,
-                opacity=DANGER_OPACITY,
-                colormap=DirectLabelColormap(color_dict=DANGER_COLORS),
-                **over(layer, mask.ndim),
-            )
+            colormap = DirectLabelColormap(color_dict=DANGER_COLORS)
+            danger = Labels(mask, name=DANGER_NAME, opacity=DANGER_OPACITY, colormap=colormap, **over(layer, mask.ndim))
+            self.add_own("danger", danger, keep_selection=False)  # made active: the annotator paints it next
         # Painting with label 0 marks forbidden pixels, label 1 permissible ones.
         self.layer.selected_label = 0
         return self.layer

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from qtpy.QtWidgets import QWidget
 
+from napari_medsynth.widgets.dock import scrolled_content
 from napari_medsynth.widgets.lesions.background import BackgroundSection
 from napari_medsynth.widgets.lesions.common import DockLayers
 from napari_medsynth.widgets.lesions.danger import DangerSection
@@ -32,7 +33,7 @@ class LesionWidget(QWidget):
             napari_viewer, self.dock_layers, self.background, self.model, self.danger, self.prior
         )
         self.sections = (self.background, self.model, self.danger, self.prior, self.placement)
-        layout = QVBoxLayout(self)
+        layout = scrolled_content(self)  # the five sections are taller than a screen
         for section in self.sections:
             layout.addWidget(section)
         layout.addStretch()

@@ -51,6 +51,8 @@ class LesionModelSection(Section):
         self.run = BackgroundRun(self)
         self.progress: progress | None = None
         self.generator: LesionGenerator | None = None
+        self.finished: Finished | None = None
+        """How the last training ended."""
 
         self.crop_layer = ComboBox(
             name="crop_layer", choices=self._crop_choices, tooltip="A Shapes layer (its selected or last rectangle) or a Labels layer"
@@ -67,11 +69,10 @@ class LesionModelSection(Section):
             "2. Lesion model (SinGAN on one crop)",
             self.crop_layer,
             self.label_id,
-            self.settings,
-            self.run_options,
             row(self.train_button, self.stop_button),
             row(self.load_button, self.save_button),
             self.status,
+            advanced=(self.settings, self.run_options),  # 15 SinGAN settings, with working defaults
         )
 
         self.train_button.clicked.connect(self.train)
@@ -139,14 +140,21 @@ class LesionModelSection(Section):
         elif isinstance(event, Samples):
             self.status.value = f"scale done at step {event.step}"
         elif isinstance(event, Finished):
+            self.finished = event
             self.status.value = f"training {event.reason} at step {event.step}"
         elif isinstance(event, Failed):
             self.status.value = f"training failed: {type(event.error).__name__}"
             report_error(event.error)
 
     def _on_trained(self, generator: LesionGenerator | None) -> None:
-        if generator is not None:
-            self._set(generator, f"trained SinGAN ({generator.scales} scales)")
+        """The status ends with the model training made (scales, step, how it ended), not with a progress line."""
+        if generator is None:
+            return
+        scales, total = generator.scales, len(generator.model.shapes)
+        text = f"trained SinGAN: {scales} of {total} scales, step {generator.step}"
+        if self.finished is not None and self.finished.reason == "stopped":
+            text += "; stopped early" + (", the finer scales upsampled" if scales < total else "")
+        self._set(generator, text)
 
     def _set(self, generator: LesionGenerator, text: str) -> None:
         self.generator = generator

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, Label, PushButton
-from napari.layers import Layer, Points, Shapes
+from napari.layers import Labels, Layer, Points, Shapes
 from napari.layers.base import ActionType
 from qtpy.QtWidgets import QFileDialog
 
@@ -30,11 +30,14 @@ from medsynth.settings import parse
 from napari_medsynth.layers import to_layer_data
 from napari_medsynth.notify import report_error
 from napari_medsynth.widgets.lesions.background import BackgroundSection
-from napari_medsynth.widgets.lesions.common import DockLayers, Section, Target, chosen_item, reported, row
+from napari_medsynth.widgets.lesions.common import DockLayers, Section, Target, chosen_item, over, reported, row
 from napari_medsynth.widgets.lesions.danger import DangerSection
 from napari_medsynth.widgets.lesions.model import LesionModelSection
 from napari_medsynth.widgets.lesions.prior import PriorSection
 from napari_medsynth.widgets.settings_form import SettingsForm
+
+LABEL_CONTOUR_PX = 1
+"""Outline width of the lesion labels layer (napari's ``contour``; 0 fills the labels)."""
 
 
 class PlacementSection(Section):
@@ -152,19 +155,31 @@ class PlacementSection(Section):
         if session is not self.session:
             self.session, self.session_target = session, target
             self.dock_layers.result = self.dock_layers.labels = None
-        self.dock_layers.result = self._update_layer(self.dock_layers.result, session.fused.image)
-        self.dock_layers.labels = self._update_layer(self.dock_layers.labels, session.fused.labels)
+        background = target[0]
+        above_background = self.viewer.layers.index(background) + 1 if background in self.viewer.layers else None
+        self._update_layer("result", session.fused.image, background, above_background)
+        self._update_layer("labels", session.fused.labels, background)
         ids = [p.label_id for p in session.scene]
         self.status.value = f"{len(ids)} lesions (ids {', '.join(map(str, ids)) or 'none'})"
 
-    def _update_layer(self, layer: Layer | None, image: MedImage) -> Layer:
+    def _update_layer(self, role: str, image: MedImage, background: Layer, index: int | None = None) -> Layer:
+        """Show `image` in the dock's `role` layer (``"result"`` or ``"labels"``), made at `index` if it is gone.
+
+        A new layer lies exactly over `background`, wherever that was placed in the world. The fused
+        image goes right above the background (`index`), under the danger zone and the location prior,
+        which stay visible; the lesion labels go on top, to edit, drawn as outlines. The active layer
+        stays active, so the next click still places a lesion.
+        """
+        layer = getattr(self.dock_layers, role)
         data, kwargs, layer_type = to_layer_data(image)
         if self.shown(layer, data.shape):
             layer.data = data
             layer.metadata = kwargs["metadata"]
             return layer
-        add = self.viewer.add_labels if layer_type == "labels" else self.viewer.add_image
-        return add(data, **kwargs)
+        layer = Layer.create(data, {**kwargs, **over(background, data.ndim)}, layer_type)
+        if isinstance(layer, Labels):
+            layer.contour = LABEL_CONTOUR_PX  # outlines: the fused lesions stay visible under their labels
+        return self.add_own(role, layer, index)
 
     # -- placing by clicking -----------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from magicgui.widgets import FileEdit, Label, PushButton, Select
-from napari.layers import Labels
+from napari.layers import Image, Labels, Points
 
 from medsynth.errors import InputError
 from medsynth.io import read_image
@@ -79,15 +79,14 @@ class PriorSection(Section):
             layers.heatmap.data = heat
             layers.heatmap.contrast_limits = (0.0, float(heat.max()))
         else:
-            layers.heatmap = self.viewer.add_image(
-                heat, name="location prior", colormap="inferno", blending="additive", opacity=HEATMAP_OPACITY, **geometry
-            )
+            look = {"colormap": "inferno", "blending": "additive", "opacity": HEATMAP_OPACITY}
+            heatmap = Image(heat, name="location prior", **look, **geometry)
+            self.add_own("heatmap", heatmap)
         if self.shown(layers.candidates, None):
             layers.candidates.data = candidates
         else:
-            layers.candidates = self.viewer.add_points(
-                candidates, name="lesion candidates", symbol="cross", face_color="cyan", size=4, **geometry
-            )
+            points = Points(candidates, name="lesion candidates", symbol="cross", face_color="cyan", size=4, **geometry)
+            self.add_own("candidates", points)
         self.model = model
         self.status.value = f"{model.describe()}; {len(candidates)} candidates"
         return model

@@ -12,6 +12,7 @@ Lesions belong to one plane (a 2D image, or one slice of a volume); another plan
 
 from __future__ import annotations
 
+import math
 import os
 from collections import deque
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from medsynth.lesions.export import export_scene
 from medsynth.lesions.fusion import BLENDS, Blend, Lesion
 from medsynth.lesions.location import LocationModel, PriorOptions, prior_candidates
 from medsynth.lesions.manifest import lesion_records
-from medsynth.lesions.placement import place_by_hand, sample_placements
+from medsynth.lesions.placement import allowed_centres, place_by_hand, sample_placements
 from medsynth.lesions.scene import (
     FusedScene,
     Placement,
@@ -69,6 +70,27 @@ class PlacementOptions:
 
     def fusion(self) -> Blend:
         return Blend(self.blend, self.feather_px)
+
+
+def check_fits(footprint: np.ndarray, permissible: np.ndarray, size: float, *, boxed: bool = False) -> None:
+    """InputError saying what to change when a lesion's ``(h, w)`` footprint fits nowhere in `permissible`.
+
+    The lesion was drawn at `size` times the training crop: the placement option ``size``, or the
+    size of a box dragged by hand (`boxed`).
+    """
+    (h, w), (height, width) = footprint.shape, permissible.shape
+    fix = "drag a smaller box" if boxed else f'lower the placement option "size" (now {size:g})'
+    if h > height or w > width:
+        largest = math.floor(100 * size * min(height / h, width / w)) / 100
+        raise InputError(
+            f"the lesion drawn at size {size:g} is {h}x{w} px, larger than the {height}x{width} px image plane; "
+            f"{fix}{'' if boxed else f' to {largest:g} or less'}"
+        )
+    if not allowed_centres(permissible, footprint).any():
+        raise InputError(
+            f"the lesion drawn at size {size:g} ({h}x{w} px) fits nowhere in the permissible zone; {fix}, "
+            "or widen the permissible zone"
+        )
 
 
 class SceneState(NamedTuple):
@@ -117,12 +139,14 @@ class LesionSession:
         """One lesion by hand at the pixel holding `centre` (``options.size`` unless `size` is given).
 
         InputError, and nothing changes, when any lesion pixel would be forbidden in the ``(H, W)``
-        `permissible` mask, outside the plane, or on a lesion placed before.
+        `permissible` mask, outside the plane, or on a lesion placed before; when the lesion fits
+        nowhere, the error names the size to lower (`check_fits`).
         """
         check_compatible(generator, self.background)
-        size = options.size if size is None else size
+        boxed, size = size is not None, options.size if size is None else size
         label_id = next_label_id(self.scene)
         lesion, seed = self._draw(generator, label_id, size, options)
+        check_fits(lesion.mask, permissible, size, boxed=boxed)
         position = place_by_hand(permissible, lesion.mask, centre, taken_pixels(self.scene, permissible.shape))
         placed = Placement(lesion, position, label_id, seed, size)
         return self.commit((*self.scene, placed), options.fusion(), _path(generator))
@@ -144,6 +168,8 @@ class LesionSession:
         free = permissible & ~taken_pixels(self.scene, permissible.shape)
         first = next_label_id(self.scene)
         drawn = [self._draw(generator, first + i, options.size, options) for i in range(options.count)]
+        for lesion, _ in drawn:
+            check_fits(lesion.mask, permissible, options.size)
         candidates = weights = None
         if prior is not None:
             _, candidates, weights = prior_candidates(prior, self.plane, prior_options or PriorOptions())

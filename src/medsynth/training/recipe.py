@@ -12,7 +12,7 @@ seeding, EMA timing, checkpoints, distribution). A recipe subclass declares:
   ``resolution`` (training side length) and ``batch_size`` (or overrides those two properties);
 - ``build(settings, device)``, which creates ``self.models``, ``self.optimizers`` and ``self.ema``;
 - ``train_step(batch, step)``, one generator update written out plainly per phase, returning every
-  loss term by name;
+  loss term by name (and any schedule values, named in ``readouts``);
 - ``sample(n, generator)``, images from the EMA generator.
 
 Augmentation is the recipe's own business; the trainer only decides whether a run augments
@@ -28,6 +28,8 @@ Optional hooks for recipes whose models follow from the data or change during tr
   is only loaded for sampling, so ``build`` must also work without it);
 - ``steps_from_data = True`` with ``total_steps()`` (called after ``build``): the run's length comes
   from the data (SinGAN: scales x iterations) and ``TrainConfig.steps`` is ignored;
+- ``local_defaults()``: settings that replace defaults needing a file this machine lacks (e.g. VGG
+  weights), for the Train widget's form;
 - ``phase(step)``: a label of the phase that step `step` (0-based) belongs to, e.g. ``"scale 3/7"``,
   shown in `medsynth.training.events.Progress.phase`. A recipe may replace ``self.models`` and
   ``self.optimizers`` inside ``train_step`` at a phase boundary; its ``state_dict`` must then hold
@@ -85,6 +87,17 @@ class Recipe(ABC):
     """Real batches one `train_step` consumes (e.g. WGAN-GP's critic steps); the trainer passes them stacked."""
     steps_from_data: ClassVar[bool] = False
     """True when `total_steps` sets the run's length from the data and ``TrainConfig.steps`` is ignored."""
+    readouts: ClassVar[tuple[str, ...]] = ()
+    """Names in `train_step`'s dict that are schedule or stage values rather than losses (plotted apart)."""
+
+    @classmethod
+    def local_defaults(cls) -> tuple[dict[str, Any], str]:
+        """Settings to offer instead of declared defaults that need a file missing here, and a line saying why.
+
+        The Train widget starts its form from them. The CLI keeps the declared defaults, so that a
+        command line means the same on every machine, and the recipe's error names the alternative.
+        """
+        return {}, ""
 
     def __init__(self) -> None:
         self.settings: Any = None

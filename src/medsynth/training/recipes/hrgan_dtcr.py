@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from medsynth.errors import SettingsError
+from medsynth.errors import MissingWeightsError, SettingsError
 from medsynth.losses.dtcr import (
     FeatureFn,
     adjusted_weight,
@@ -43,6 +43,13 @@ VALIDATION_SEQUENCES = 4
 """Held-out latents generated for the "validation" lambda schedule."""
 VALIDATION_SEED = 2**31 - 7
 REAL_MOTION_DECAY = 0.9
+WEIGHT_FREE_FEATURES = "discriminator"
+"""The `dtcr_features` choice that needs no weight file (docs/hrgan-dtcr.md, "weight-free fallback")."""
+WEIGHT_FREE_ADVICE = (
+    f"To train without the file, set dtcr_features={WEIGHT_FREE_FEATURES} (the weight-free DTCR features, "
+    f"docs/hrgan-dtcr.md): `--set dtcr_features={WEIGHT_FREE_FEATURES}` with `medsynth train`, or choose "
+    f"'{WEIGHT_FREE_FEATURES}' under dtcr_features in the Train widget's recipe settings."
+)
 
 
 @dataclass
@@ -102,6 +109,20 @@ class HRGANDTCRRecipe(Recipe):
     description = "Progressive multi-scale sequence GAN with temporal consistency regularisation (DTCR), 2D+t"
     data_kind = "sequence"
     settings_cls = HRGANSettings
+    readouts = ("dtcr_weight", "fade_alpha", "stage_resolution")
+
+    @classmethod
+    def local_defaults(cls) -> tuple[dict[str, Any], str]:
+        """The weight-free DTCR features when the default VGG16 weight file is nowhere to be found."""
+        from medsynth.weights import REGISTRY, find_weights
+
+        default = cls.settings_cls.__dataclass_fields__["dtcr_features"].default
+        if find_weights(default) is not None:
+            return {}, ""
+        return {"dtcr_features": WEIGHT_FREE_FEATURES}, (
+            f"{REGISTRY[default].filename} not found (see `medsynth info`): DTCR uses the weight-free "
+            f"dtcr_features={WEIGHT_FREE_FEATURES} (docs/hrgan-dtcr.md)"
+        )
 
     def __init__(self) -> None:
         super().__init__()
@@ -138,7 +159,10 @@ class HRGANDTCRRecipe(Recipe):
             return discriminator.frame_features
         from medsynth.models.vgg import load_vgg
 
-        vgg = load_vgg(int(settings.dtcr_features[3:]), settings.vgg_weights or None).to(self.device)
+        try:
+            vgg = load_vgg(int(settings.dtcr_features[3:]), settings.vgg_weights or None).to(self.device)
+        except MissingWeightsError as exc:
+            raise MissingWeightsError(f"{exc}\n{WEIGHT_FREE_ADVICE}") from None
         return vgg_features(vgg)
 
     @property
