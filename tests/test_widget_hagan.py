@@ -44,6 +44,7 @@ def test_hagan_trains_from_the_viewer_and_generates_synthetic_images(make_napari
     source = viewer.add_image(data, **kwargs)
     _, widget = viewer.window.add_plugin_dock_widget("napari-medsynth", "Train")
     assert isinstance(widget, TrainWidget)
+    qtbot.waitUntil(lambda: widget.ready, timeout=WAIT_MS)  # the recipes load in the background
     widget.data["layers"].value = [source]
     widget.recipe.value = "hagan"
     assert {"attnmix", "hierarchical", "reverse_skip", "diffaugment"} <= set(widget.settings.values())
@@ -51,7 +52,7 @@ def test_hagan_trains_from_the_viewer_and_generates_synthetic_images(make_napari
     widget.device.value = "cpu"
     widget.out_dir.value = tmp_path / "run"
     for name, value in {"steps": 3, "log_every": 1, "sample_every": 3, "checkpoint_every": 1000}.items():
-        widget.options[name].value = value
+        widget.option(name).value = value
 
     widget.start_button.native.click()
     assert widget.run.state is RunState.RUNNING
@@ -82,7 +83,7 @@ def test_the_generate_widget_draws_hagan_images_on_the_training_grid(make_napari
     widget.checkpoint_file.value = checkpoint_path
     assert widget.checkpoint_label.value == "hagan, step 2, 64 px" and widget.generate_button.enabled
     # a 2D recipe draws images at its training size: the sequence options are hidden
-    hidden = [widget.options[name].native.isHidden() for name in ("modality", "frames", "resolution", "count", "seed")]
+    hidden = [widget.option(name).native.isHidden() for name in ("modality", "frames", "resolution", "count", "seed")]
     assert hidden == [True, True, True, False, False]
 
     widget.options.set_values({"count": 3, "seed": 5})

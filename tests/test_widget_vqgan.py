@@ -44,7 +44,9 @@ def test_train_widget_lists_both_recipes_renders_their_settings_and_generates(
     data, kwargs, _ = to_layer_data(ct)
     source = viewer.add_image(data, **kwargs)
     _, widget = viewer.window.add_plugin_dock_widget("napari-medsynth", "Train")
-    assert isinstance(widget, TrainWidget) and {"vqgan-hdfb", "vqgan"} <= set(widget.recipe.choices)
+    assert isinstance(widget, TrainWidget)
+    qtbot.waitUntil(lambda: widget.ready, timeout=WAIT_MS)  # the recipes load in the background
+    assert {"vqgan-hdfb", "vqgan"} <= set(widget.recipe.choices)
     widget.recipe.value = "vqgan"
     assert widget.settings.values()["block"] == "resblock" and "HDFB" not in widget.recipe_help.value
     widget.recipe.value = "vqgan-hdfb"

@@ -136,11 +136,11 @@ class GenerateWidget(QWidget):
         self.checkpoint_label.value = f"{checkpoint.recipe}, step {checkpoint.step}, {settings.get('resolution')} px"
         self._show_checkpoint_values()
         for name in SEQUENCE_ONLY:
-            self._option(name).visible = self._sequences()
+            self.option(name).visible = self._sequences()
         self.reconstruction.visible = hasattr(get_recipe(checkpoint.recipe), "reconstruct")
         self._show_state(self.run.state)
 
-    def _option(self, name: str) -> Any:
+    def option(self, name: str) -> Any:
         """The field of option `name`, basic or advanced."""
         return (self.advanced_options if name in ADVANCED_OPTIONS else self.options)[name]
 
