@@ -97,6 +97,15 @@ def test_the_student_generates_in_the_teachers_units_and_spacing(teacher, distil
     assert low <= images.array.min() and images.array.max() <= high and images.array.max() > 1.5  # MR units
 
 
+def test_the_lesion_pipeline_takes_student_backgrounds(distilled):
+    from medsynth.lesions.backgrounds import generate_backgrounds
+
+    backgrounds = generate_backgrounds(distilled[1][-1].checkpoint, 2, seed=4)
+    assert [b.array.shape for b in backgrounds] == [(64, 64)] * 2
+    assert backgrounds[0].synthetic.model == "distill" and backgrounds[0].spacing == pytest.approx((233 / 64,) * 2)
+    np.testing.assert_array_equal(backgrounds[1].array, generate(distilled[1][-1].checkpoint, 2, seed=4).array[1])
+
+
 @pytest.mark.slow
 def test_medsynth_distill_then_generate_without_the_teacher_file(tmp_path, teacher):
     import nibabel as nib

@@ -120,7 +120,8 @@ class GenerateWidget(QWidget):
             return
         self.checkpoint = checkpoint
         settings = checkpoint.settings
-        self.checkpoint_label.value = f"{checkpoint.recipe}, step {checkpoint.step}, {settings.get('resolution')} px"
+        side = settings.get("resolution", checkpoint.data.get("item_shape", [None])[-1])  # a student has its teacher's
+        self.checkpoint_label.value = f"{checkpoint.recipe}, step {checkpoint.step}, {side} px"
         known = {key: settings[key] for key in SEQUENCE_ONLY if key in settings}
         try:
             self.options.set_values(known)
