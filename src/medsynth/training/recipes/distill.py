@@ -152,8 +152,7 @@ class DistillRecipe(LatentGANRecipe):
         inner.build(settings, self.device)
         generator = inner.models["generator"]
         self.adopt_gan(generator, _discriminator(inner.models))
-        adapters = nn.ModuleList(nn.Conv2d(s, t, 1) for s, t in zip(stage_widths(generator), teacher_widths))
-        adapters.to(self.device)
+        adapters = StageAdapters(stage_widths(generator), teacher_widths).to(self.device)
         self.models["adapters"] = adapters
         self.optimizers["generator"].add_param_group({"params": list(adapters.parameters())})
         self._student = {"recipe": recipe, "settings": to_dict(settings), "teacher_widths": list(teacher_widths)}
@@ -206,7 +205,7 @@ class DistillRecipe(LatentGANRecipe):
             "pixel": F.l1_loss(student_images, teacher_images),
             "perceptual": self._perceptual(student_images, teacher_images, student_features, teacher_features),
             "feature": torch.stack(
-                [F.mse_loss(a(m), t) for a, m, t in zip(self.models["adapters"], student_maps, teacher_maps)]
+                [F.mse_loss(a, t) for a, t in zip(self.trainable("adapters")(student_maps), teacher_maps)]
             ).mean(),
             "soft_discriminator": softened_kl(teacher_logits, student_logits, s.temperature),
         }
@@ -251,6 +250,17 @@ def softened_kl(teacher_logits: Any, student_logits: Any, temperature: float) ->
     p = torch.sigmoid(target)
     kl = p * (F.logsigmoid(target) - F.logsigmoid(logits)) + (1 - p) * (F.logsigmoid(-target) - F.logsigmoid(-logits))
     return temperature**2 * kl.mean()
+
+
+class StageAdapters(nn.Module):
+    """1x1 convolutions taking the student's stage maps ``[(B, s_l, H_l, W_l)]`` to the teacher's widths ``t_l``."""
+
+    def __init__(self, student_widths: list[int], teacher_widths: list[int]) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(s, t, 1) for s, t in zip(student_widths, teacher_widths, strict=True))
+
+    def forward(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [conv(m) for conv, m in zip(self.convs, maps, strict=True)]
 
 
 def stage_widths(generator: nn.Module) -> list[int]:
