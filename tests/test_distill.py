@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from medsynth.cli import main
 from medsynth.data.samples import sample_path
@@ -32,8 +33,9 @@ def mni():
     return image.with_array(image.array[40:120])
 
 
-def run(out_dir, data, recipe="dcgan", steps=4, control=None, **settings) -> list[events.Event]:
-    config = TrainConfig(recipe=recipe, out_dir=out_dir, steps=steps, log_every=1, sample_every=0, settings=settings)
+def run(out_dir, data, recipe="dcgan", steps=4, control=None, resume=None, **settings) -> list[events.Event]:
+    config = TrainConfig(recipe=recipe, out_dir=out_dir, steps=steps, log_every=1, sample_every=0, settings=settings,
+                         resume=resume)  # fmt: skip
     return list(train(config, data, control))
 
 
@@ -179,3 +181,15 @@ def test_the_train_widget_offers_distill_with_its_settings(make_napari_viewer, t
     values = widget.settings.values()
     assert {"teacher", "width_factor", "alpha", "beta", "temperature"} <= set(values)
     assert values["width_factor"] == 0.25 and "distillation" in widget.recipe_help.value.lower()
+
+
+def test_a_resumed_distillation_continues_exactly_like_a_straight_one(tmp_path, mni, teacher):
+    straight = run(tmp_path / "straight", [mni], "distill", steps=4, teacher=str(teacher), batch_size=4)
+    half = run(tmp_path / "half", [mni], "distill", steps=2, teacher=str(teacher), batch_size=4)[-1].checkpoint
+    resumed = run(tmp_path / "resumed", [mni], "distill", steps=4, resume=half, teacher=str(teacher), batch_size=4)
+    assert resumed[0].start_step == 2 and resumed[-1].losses == straight[-1].losses
+    expected, actual = load_checkpoint(straight[-1].checkpoint).state, load_checkpoint(resumed[-1].checkpoint).state
+    for model in ("generator", "discriminator", "adapters"):
+        for name, value in expected["models"][model].items():
+            assert torch.equal(value, actual["models"][model][name]), (model, name)
+    assert expected["student"] == actual["student"]

@@ -17,7 +17,7 @@ PERCEPTUAL_FEATURES = ("teacher-discriminator", "vgg16", "off")
 class DistillSettings(GANOptimizerSettings):
     teacher: str = setting("", "Checkpoint of the trained teacher: a dcgan, wgan-gp or hagan image model")
     width_factor: float = setting(
-        0.25, "Student widths as a fraction of the teacher's (0.25: about 1/16 of the parameters)", min=0.05, max=0.5
+        0.25, "Student widths as a fraction of the teacher's (parameters scale about with its square)", min=0.05, max=0.5
     )
     batch_size: int = setting(16, "Real images per batch and process", min=1, max=1024)
     alpha: float = setting(1.0, "Weight of the soft loss L_soft (learning from the teacher)", min=0.0, max=1000.0)
