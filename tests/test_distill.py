@@ -173,10 +173,10 @@ def test_cli_refusals_exit_2_naming_the_teacher(tmp_path, capsys):
     assert code == 2 and "width_factor" in capsys.readouterr().err
 
 
-def test_the_train_widget_offers_distill_with_its_settings(make_napari_viewer, tmp_path):
+def test_the_train_widget_offers_distill_with_its_settings(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-medsynth", "Train")
-    assert "distill" in widget.recipe.choices
+    qtbot.waitUntil(lambda: "distill" in widget.recipe.choices, timeout=60_000)  # may load in the background
     widget.recipe.value = "distill"
     values = widget.settings.values()
     assert {"teacher", "width_factor", "alpha", "beta", "temperature"} <= set(values)
