@@ -205,7 +205,10 @@ class DistillRecipe(LatentGANRecipe):
             "pixel": F.l1_loss(student_images, teacher_images),
             "perceptual": self._perceptual(student_images, teacher_images, student_features, teacher_features),
             "feature": torch.stack(
-                [F.mse_loss(a, t) for a, t in zip(self.trainable("adapters")(student_maps), teacher_maps)]
+                [
+                    F.mse_loss(adapted, target)
+                    for adapted, target in zip(self.trainable("adapters")(student_maps), teacher_maps, strict=True)
+                ]
             ).mean(),
             "soft_discriminator": softened_kl(teacher_logits, student_logits, s.temperature),
         }
