@@ -133,7 +133,8 @@ class GenerateWidget(QWidget):
             return
         self.checkpoint = checkpoint
         settings = checkpoint.settings
-        self.checkpoint_label.value = f"{checkpoint.recipe}, step {checkpoint.step}, {settings.get('resolution')} px"
+        side = settings.get("resolution", checkpoint.data.get("item_shape", [None])[-1])  # a student has its teacher's
+        self.checkpoint_label.value = f"{checkpoint.recipe}, step {checkpoint.step}, {side} px"
         self._show_checkpoint_values()
         for name in SEQUENCE_ONLY:
             self.option(name).visible = self._sequences()

@@ -18,7 +18,7 @@ import threading
 from medsynth.errors import InputError, MedsynthError
 
 # Modules are imported lazily by name so `medsynth info` does not pay for torch.
-SUBCOMMAND_MODULES = ("info", "train", "evaluate", "lesions", "reconstruct")
+SUBCOMMAND_MODULES = ("info", "train", "distill", "evaluate", "lesions", "reconstruct")
 
 log = logging.getLogger("medsynth")
 

@@ -45,45 +45,13 @@ CONFIG_KEYS_FROM_ARGS = {
 
 
 def register(subparsers) -> None:
-    from medsynth.cli.flags import add_setting_flags
-    from medsynth.data.normalization import NormalizationOptions
-    from medsynth.training.config import RunOptions
-
     train = subparsers.add_parser(
         "train",
         help="train a recipe on images",
         description="Train a GAN recipe on NIfTI/DICOM images. Settings: `medsynth recipes`.",
     )
     train.add_argument("--recipe", help="recipe name (see `medsynth recipes`)")
-    train.add_argument("--data", nargs="+", type=Path, metavar="PATH", help="NIfTI files or DICOM files/folders")
-    train.add_argument(
-        "--targets",
-        nargs="+",
-        type=Path,
-        metavar="PATH",
-        help="target label maps or masks, one per --data image in the same order (recipes marked 'needs --targets')",
-    )
-    train.add_argument(
-        "--out", type=Path, metavar="DIR", help="parent folder of the runs: each run writes into a folder of its own"
-    )
-    train.add_argument(
-        "--name",
-        metavar="NAME",
-        help="the run's folder name in --out (default: start time and recipe, e.g. 2026-12-05_143201_dcgan)",
-    )
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe setting (repeatable)")
-    train.add_argument(
-        "--config", type=Path, metavar="FILE", help="JSON or TOML file of training options and a [settings] table"
-    )
-    train.add_argument(
-        "--resume",
-        type=Path,
-        metavar="CKPT",
-        help="continue from this checkpoint: in its run's folder when that is in --out and no other --name is given",
-    )
-    train.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
-    add_setting_flags(train, RunOptions, "run options")
-    add_setting_flags(train, NormalizationOptions, "intensity normalisation (recipes on a lesion crop use the crop's own range)")
+    add_run_arguments(train)
     train.set_defaults(func=run_train)
 
     generate = subparsers.add_parser(
@@ -105,6 +73,50 @@ def register(subparsers) -> None:
 
     recipes = subparsers.add_parser("recipes", help="list recipes and their settings")
     recipes.set_defaults(func=run_recipes)
+
+
+def add_run_arguments(parser, normalization: bool = True) -> None:
+    """The flags of a training run besides ``--recipe``: data, output, settings, resume, run options, normalisation.
+
+    Without `normalization` (a recipe bound to another model's intensity map) its flags are absent and None.
+    """
+    from medsynth.cli.flags import add_setting_flags
+    from medsynth.data.normalization import NormalizationOptions
+    from medsynth.settings import describe
+    from medsynth.training.config import RunOptions
+
+    parser.add_argument("--data", nargs="+", type=Path, metavar="PATH", help="NIfTI files or DICOM files/folders")
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="target label maps or masks, one per --data image in the same order (recipes marked 'needs --targets')",
+    )
+    parser.add_argument(
+        "--out", type=Path, metavar="DIR", help="parent folder of the runs: each run writes into a folder of its own"
+    )
+    parser.add_argument(
+        "--name",
+        metavar="NAME",
+        help="the run's folder name in --out (default: start time and recipe, e.g. 2026-12-05_143201_dcgan)",
+    )
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe setting (repeatable)")
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="JSON or TOML file of training options and a [settings] table"
+    )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="CKPT",
+        help="continue from this checkpoint: in its run's folder when that is in --out and no other --name is given",
+    )
+    parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
+    add_setting_flags(parser, RunOptions, "run options")
+    if normalization:
+        add_setting_flags(parser, NormalizationOptions, "intensity normalisation (recipes on a lesion crop use the crop's own range)")
+    else:
+        parser.set_defaults(**{info.name: None for info in describe(NormalizationOptions)})
 
 
 def run_train(args) -> int:

@@ -35,6 +35,15 @@ Optional hooks for recipes whose models follow from the data or change during tr
   ``self.optimizers`` inside ``train_step`` at a phase boundary; its ``state_dict`` must then hold
   everything ``load_state_dict`` needs to rebuild them, so that a resumed run continues mid-phase.
 
+Optional hooks for recipes bound to another model (distillation from a teacher checkpoint), class
+methods on the validated settings, asked by the trainer before any data is read:
+
+- ``check_settings(settings)`` refuses settings that name unusable files (InputError naming them);
+- ``data_resolution(settings)`` is the side length of the real training images (default
+  ``settings.resolution``);
+- ``data_normalization(settings)`` is the intensity map the models are bound to, or None (the default)
+  to fit one to the data as ``TrainConfig`` says.
+
 Recipes register with `register_recipe`. Every module of the package `medsynth.training.recipes` is
 imported on first use of the registry, so adding a recipe is adding one module there.
 """
@@ -52,6 +61,7 @@ import torch
 from torch import nn
 
 from medsynth.data.augment import augment_batch
+from medsynth.data.normalization import Normalization
 from medsynth.errors import SettingsError, TrainingError
 from medsynth.models.ema import EMA
 from medsynth.training.gan_optimizer import GANOptimizerSettings
@@ -108,6 +118,20 @@ class Recipe(ABC):
         self.augmenting = False
         """Set by the trainer before `build` when the run augments; False when a model is only loaded to sample."""
         self._training_views: dict[str, nn.Module] = {}
+
+    @classmethod
+    def check_settings(cls, settings: Any) -> None:
+        """Refuse `settings` that name files or models this recipe cannot use; nothing by default."""
+
+    @classmethod
+    def data_resolution(cls, settings: Any) -> int:
+        """Side length of the real training images."""
+        return int(settings.resolution)
+
+    @classmethod
+    def data_normalization(cls, settings: Any) -> Normalization | None:
+        """The intensity map this recipe's models are bound to; None to fit one to the data."""
+        return None
 
     def prepare(self, dataset: Any) -> None:
         """See the training dataset before `build` (its items, e.g. ``dataset[0]``); nothing by default."""
@@ -225,10 +249,14 @@ class Recipe(ABC):
 class LatentGANRecipe(Recipe):
     """A recipe whose EMA generator maps ``(N, settings.latent_dim)`` Gaussian latents to ``(N, 1, H, W)`` images."""
 
+    @property
+    def latent_dim(self) -> int:
+        return int(self.settings.latent_dim)
+
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         assert self.ema is not None, "build() must create the generator EMA"
-        latents = torch.randn(n, self.settings.latent_dim, generator=generator)
+        latents = torch.randn(n, self.latent_dim, generator=generator)
         chunks = [self.ema.module(z.to(self.device)).float().cpu() for z in latents.split(SAMPLE_CHUNK)]
         return torch.cat(chunks) if chunks else torch.empty(0, 1, self.resolution, self.resolution)
 

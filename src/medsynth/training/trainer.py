@@ -82,8 +82,11 @@ def check_config(config: TrainConfig) -> tuple[type[Recipe], Any, Checkpoint | N
             f"checkpoint {config.resume} is already at step {resume.step}; ask for more steps than that to resume"
         )
     if resume is not None:
-        return recipe_cls, checkpoint_settings(resume, config.settings), resume
-    return recipe_cls, parse(recipe_cls.settings_cls, config.settings), resume
+        settings = checkpoint_settings(resume, config.settings)
+    else:
+        settings = parse(recipe_cls.settings_cls, config.settings)
+    recipe_cls.check_settings(settings)
+    return recipe_cls, settings, resume
 
 
 def train(config: TrainConfig, data: Sequence[MedImage | Any], control: TrainControl | None = None) -> Iterator[Event]:
@@ -126,7 +129,9 @@ def _run(
         dataset = _lesion_dataset(config, settings, images, targets or [], resume)
         normalization, augment = dataset.normalization, False
     else:
-        normalization = resume.normalization if resume is not None else config.fit_normalization([image.array for image in images])
+        normalization = resume.normalization if resume is not None else recipe_cls.data_normalization(settings)
+        if normalization is None:
+            normalization = config.fit_normalization([image.array for image in images])
         dataset = _make_dataset(recipe_cls, settings, images, normalization, config, targets)
         augment = config.augment if config.augment is not None else len(dataset) < SMALL_DATA
     data_description = dataset.describe()
@@ -307,10 +312,11 @@ def _make_dataset(
     targets: list[Any] | None = None,
 ) -> SliceDataset | ClipDataset:
     options = {"slice_axis": config.slice_axis, "min_foreground": config.min_foreground}
+    resolution = recipe_cls.data_resolution(settings)
     if recipe_cls.data_kind == "paired":
-        return PairedSliceDataset(images, targets or [], normalization, settings.resolution, **options)
+        return PairedSliceDataset(images, targets or [], normalization, resolution, **options)
     if recipe_cls.data_kind == "sequence":
-        return ClipDataset(images, normalization, settings.resolution, settings.frames, **options)
+        return ClipDataset(images, normalization, resolution, settings.frames, **options)
     if recipe_cls.data_kind == "patch":
-        return PatchDataset(images, normalization, settings.resolution, **options)
-    return SliceDataset(images, normalization, settings.resolution, **options)
+        return PatchDataset(images, normalization, resolution, **options)
+    return SliceDataset(images, normalization, resolution, **options)
