@@ -162,6 +162,10 @@ def test_bad_teachers_and_width_factors_are_refused_naming_the_file_or_setting(t
         check_config(config(tmp_path, teacher=str(teacher), width_factor=0.1))
     with pytest.raises(SettingsError, match="width_factor"):
         check_config(config(tmp_path, teacher=str(teacher), width_factor=0.9))
+    window = TrainConfig(recipe="distill", out_dir=tmp_path / "run", settings={"teacher": str(teacher)},
+                         normalization="window", window_center=40.0)  # fmt: skip
+    with pytest.raises(SettingsError, match=r"bound to.*ignored: drop normalization='window'"):
+        check_config(window)  # the teacher's intensity map is used: another one is refused, not ignored
     assert not (tmp_path / "run").exists()
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -86,6 +86,14 @@ class NormalizationOptions:
                 f"percentile_low={self.percentile_low!r} must be below percentile_high={self.percentile_high!r}"
             ]
         return []
+
+    def changed_normalization(self) -> list[str]:
+        """The options set to other values than their defaults (``name=value``), for refusing them where unused."""
+        return [
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in fields(NormalizationOptions)
+            if getattr(self, f.name) != f.default
+        ]
 
     def fit_normalization(self, arrays: Sequence[Any]) -> Normalization:
         """The map these options choose for the training data `arrays` (read only for percentiles)."""

@@ -86,6 +86,12 @@ def check_config(config: TrainConfig) -> tuple[type[Recipe], Any, Checkpoint | N
     else:
         settings = parse(recipe_cls.settings_cls, config.settings)
     recipe_cls.check_settings(settings)
+    changed = config.changed_normalization()
+    if changed and recipe_cls.data_normalization(settings) is not None:
+        raise SettingsError(
+            f"recipe {config.recipe!r} trains in the intensity map of the model it is bound to, so the normalisation "
+            f"options would be ignored: drop {', '.join(changed)}"
+        )
     return recipe_cls, settings, resume
 
 
