@@ -3,7 +3,7 @@
 It opens real 4D and cine data through the plugin's reader, docks the plugin's widgets, trains a
 baseline GAN on MNI152 axial slices with the core trainer, generates samples into a layer, writes them
 as NIfTI and as synthetic DICOM, measures them against the real slices, and saves a screenshot of the
-viewer. With ``--interactive`` it stops after loading and leaves the viewer open for the user.
+viewer with the samples beside the template. With ``--interactive`` it stops after loading and leaves the viewer open for the user.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def run_workflow(viewer, out: Path, steps: int) -> dict:
             checkpoint = event.checkpoint
 
     samples = generate(checkpoint, n=16, seed=0)
-    viewer.add_layer(_layer(to_layer_data(samples)))
+    synthetic = _layer(to_layer_data(samples))
     nifti = write_nifti(samples, out / "samples.nii.gz")
     first = samples.with_array(samples.array[0], axes="yx", spacing=samples.spacing[1:],
                                origin=None, direction=None)
@@ -91,7 +91,7 @@ def run_workflow(viewer, out: Path, steps: int) -> dict:
     results = evaluate(real, samples.array, metrics=("swd",))
     to_json(results, out / "metrics.json")
 
-    _show_4d(viewer)
+    _show_result(viewer, mni, synthetic)
     screenshot = out / "screenshot.png"
     viewer.screenshot(str(screenshot), canvas_only=False)
     return {
@@ -118,17 +118,44 @@ def _axial_slices(volume: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.stack([resize(s, shape, anti_aliasing=True, preserve_range=True) for s in picked])
 
 
-def _show_4d(viewer) -> None:
-    """The 4D layer (time slider) and the cine side by side, with the Train widget in front."""
-    shown = ("example4d", "color3d_jpeg_baseline")
+def _show_result(viewer, template, synthetic, timeout_s: float = 120.0) -> None:
+    """The generated samples beside the template on the current slice, in view, with the Train dock ready.
+
+    The 4D image and the cine stay loaded but hidden: their time axes would share the template's
+    sliders. The Train dock loads torch and its recipes in the background; the screenshot waits for it.
+    """
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    from napari_medsynth.placement import place_beside, show_new
+
     for layer in viewer.layers:
-        layer.visible = layer.name in shown
-    viewer.layers.selection = {viewer.layers["example4d"]}
-    viewer.dims.set_current_step(0, 1)
-    # napari 0.9 moved the grid to viewer.canvas; older releases keep it on the viewer.
-    getattr(viewer, "canvas", viewer).grid.enabled = True
+        layer.visible = layer is template
+    place_beside(viewer, synthetic, [template])
+    viewer.add_layer(synthetic)
+    viewer.layers.selection = {synthetic}
+    show_new(viewer, synthetic)
+    _fit_view(viewer, [template, synthetic])  # the hidden 4D image and cine lie elsewhere
+    train = viewer.window.dock_widgets["Train (napari-medsynth)"]
+    train.parent().raise_()  # the dock around the widget, in front of the other tabs
+    deadline = time.monotonic() + timeout_s
+    while not train.ready and time.monotonic() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.05)
+
+
+def _fit_view(viewer, layers) -> None:
+    """Zoom the 2D view onto `layers` alone: reset_view fits every layer, hidden ones too.
+
+    (napari 0.9's ``reset_view(layers=...)`` fails when the layers differ in ndim.) Scaling the fitted
+    zoom by the smallest ratio of the extents keeps `layers` inside the canvas whatever its size.
+    """
     viewer.reset_view()
-    viewer.window.dock_widgets["Train (napari-medsynth)"].parent().raise_()  # the dock around the widget
+    every = np.ptp(viewer.layers.extent.world[:, -2:], axis=0)
+    shown = viewer.layers.get_extent(layers).world[:, -2:]
+    viewer.camera.center = tuple(shown.mean(axis=0))
+    viewer.camera.zoom *= float(np.min(every / np.maximum(np.ptp(shown, axis=0), 1e-6)))
 
 
 if __name__ == "__main__":

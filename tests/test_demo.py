@@ -26,4 +26,8 @@ def test_demo_workflow_writes_synthetic_outputs_and_a_screenshot(make_napari_vie
     assert all(pydicom.dcmread(p).SyntheticData == "YES" for p in summary["samples_dicom"])
     assert np.isfinite(summary["metrics"]["swd"])
     assert (tmp_path / "metrics.json").is_file() and (tmp_path / "screenshot.png").stat().st_size > 10_000
-    assert any(layer.name.endswith("[SYNTHETIC]") for layer in viewer.layers)
+    synthetic = viewer.layers[-1]
+    assert synthetic.name.endswith("[SYNTHETIC]") and synthetic.visible and viewer.layers["mni152"].visible
+    template_x, synthetic_x = viewer.layers["mni152"].extent.world[:, -1], synthetic.extent.world[:, -1]
+    assert synthetic_x[0] > template_x[1]  # beside the template, not under it
+    assert viewer.window.dock_widgets["Train (napari-medsynth)"].ready  # the screenshot shows a loaded dock
