@@ -2,7 +2,7 @@
 
     python benchmarks/bench_metrics.py [--images 1000] [--ref-images 250] [--fid-images 8] [--fid-features 2048]
     python benchmarks/bench_metrics.py --memory BASELINE_SRC [--volume-mb 250 1000] [--modes volume slices]
-                                       [--no-baseline]
+    python benchmarks/bench_metrics.py --memory --no-baseline [--volume-mb 250 1000] [--modes volume slices]
 
 Memory (``--memory``): peak resident memory of ``medsynth evaluate --real R.nii --fake F.nii`` (PSNR,
 SSIM, SWD; each volume one item, then ``--slices``) on MNI152 volumes upsampled (nearest) to about
@@ -255,7 +255,8 @@ def main() -> None:
     parser.add_argument("--ref-images", type=int, default=250)
     parser.add_argument("--fid-images", type=int, default=8)
     parser.add_argument("--fid-features", type=int, default=2048)
-    parser.add_argument("--memory", type=Path, metavar="BASELINE_SRC", help="measure evaluate's memory instead")
+    parser.add_argument("--memory", nargs="?", const="", metavar="BASELINE_SRC",
+                        help="measure evaluate's memory instead, against the package in BASELINE_SRC")  # fmt: skip
     parser.add_argument("--volume-mb", type=float, nargs="+", default=[250, 1000])
     parser.add_argument("--cap-gb", type=float, default=8.0)
     parser.add_argument("--modes", nargs="+", choices=("volume", "slices"), default=["volume", "slices"])
@@ -264,7 +265,10 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
     print(f"load average at the start: {os.getloadavg()}")
     if args.memory is not None:
-        bench_memory(None if args.no_baseline else args.memory, args.volume_mb, args.cap_gb, args.modes)
+        if not args.memory and not args.no_baseline:
+            parser.error("--memory needs BASELINE_SRC, or --no-baseline to measure this tree only")
+        baseline = None if args.no_baseline else Path(args.memory)
+        bench_memory(baseline, args.volume_mb, args.cap_gb, args.modes)
         print(f"load average at the end: {os.getloadavg()}")
         return
     real, fake = make_sets(args.images)
