@@ -25,15 +25,6 @@ TINY = {"resolution": 32, "base_resolution": 16, "frames": 3, "batch_size": 2, "
         "content_dim": 8, "motion_dim": 4}  # fmt: skip
 
 
-@pytest.fixture
-def no_weights(tmp_path, monkeypatch):
-    """Every place medsynth looks for weight files is an empty folder."""
-    monkeypatch.setenv("MEDSYNTH_WEIGHTS_DIR", str(tmp_path / "weights"))
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    return tmp_path
-
-
 def small_extractor() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 3, stride=2, padding=1))

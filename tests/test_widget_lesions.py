@@ -92,6 +92,21 @@ def open_widget(viewer) -> LesionWidget:
     return widget
 
 
+def open_with_crop(make_napari_viewer) -> tuple[object, object, LesionWidget]:
+    """A viewer with the CT slice as background and `CROP_BOX` drawn on it, and the widget set to both."""
+    viewer = make_napari_viewer()
+    data, kwargs, _ = to_layer_data(load_sample("ct_slice"))
+    background = viewer.add_image(data, **kwargs)
+    y0, x0, y1, x1 = CROP_BOX
+    # The annotator draws the crop in the viewer, i.e. in world millimetres.
+    corners = [world(background, p) for p in [(y0, x0), (y0, x1), (y1, x1), (y1, x0)]]
+    shapes = viewer.add_shapes([np.array(corners)], shape_type="rectangle", name="crop")
+    widget = open_widget(viewer)
+    widget.background.layer.value = background
+    widget.model.crop_layer.value = shapes
+    return viewer, background, widget
+
+
 def world(layer, yx) -> list[float]:
     return list(layer.data_to_world(np.asarray(yx, dtype=float)))
 
@@ -102,17 +117,9 @@ def ids(layer) -> set[int]:
 
 @pytest.mark.slow
 def test_annotator_workflow(make_napari_viewer, qtbot, tmp_path, notifications, monkeypatch):
-    viewer = make_napari_viewer()
-    data, kwargs, _ = to_layer_data(load_sample("ct_slice"))
-    background = viewer.add_image(data, **kwargs)
+    viewer, background, widget = open_with_crop(make_napari_viewer)
     source = np.array(background.data)
     y0, x0, y1, x1 = CROP_BOX
-    # The annotator draws the crop in the viewer, i.e. in world millimetres.
-    corners = [world(background, p) for p in [(y0, x0), (y0, x1), (y1, x1), (y1, x0)]]
-    shapes = viewer.add_shapes([np.array(corners)], shape_type="rectangle", name="crop")
-    widget = open_widget(viewer)
-    widget.background.layer.value = background
-    widget.model.crop_layer.value = shapes
 
     # Train a tiny SinGAN on the crop in a worker.
     widget.model.settings.set_values(TINY)
@@ -488,15 +495,7 @@ def test_results_leave_the_overlays_visible_and_the_next_click_placing(make_napa
 @pytest.mark.slow
 def test_singan_status_ends_with_the_trained_model(make_napari_viewer, qtbot):
     """Issue 10: after training, completed or stopped, the status says what model there is, not a progress line."""
-    viewer = make_napari_viewer()
-    data, kwargs, _ = to_layer_data(load_sample("ct_slice"))
-    background = viewer.add_image(data, **kwargs)
-    y0, x0, y1, x1 = CROP_BOX
-    corners = [world(background, p) for p in [(y0, x0), (y0, x1), (y1, x1), (y1, x0)]]
-    shapes = viewer.add_shapes([np.array(corners)], shape_type="rectangle", name="crop")
-    widget = open_widget(viewer)
-    widget.background.layer.value = background
-    widget.model.crop_layer.value = shapes
+    _, _, widget = open_with_crop(make_napari_viewer)
     model = widget.model
     statuses: list[str] = []
     show_event = model._on_event
