@@ -32,6 +32,7 @@ teacher file.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,13 +69,23 @@ def teacher_checkpoint(settings: DistillSettings) -> Checkpoint:
             f"teacher checkpoint {path} does not exist or is not a file: give the .safetensors checkpoint of a "
             f"trained {' / '.join(TEACHER_RECIPES)} run"
         )
-    checkpoint = load_checkpoint(path)
+    stat = path.stat()
+    checkpoint = _load_teacher(path.resolve(), stat.st_mtime_ns, stat.st_size)
     if checkpoint.recipe not in TEACHER_RECIPES:
         raise InputError(
             f"teacher checkpoint {path} is a {checkpoint.recipe!r} model; distillation takes the 2D image GANs "
             f"{', '.join(TEACHER_RECIPES)}: train one of those first and give its checkpoint"
         )
     return checkpoint
+
+
+@functools.lru_cache(maxsize=1)
+def _load_teacher(path: Path, mtime_ns: int, size: int) -> Checkpoint:
+    """The checkpoint at `path`, read once per run: the trainer asks the recipe's hooks for it several times.
+
+    Keyed by the file's modification time and size too, so a teacher file replaced on disk is read again.
+    """
+    return load_checkpoint(path)
 
 
 def student_settings(teacher: Checkpoint, width_factor: float) -> Any:
