@@ -17,7 +17,7 @@ from medsynth.data.domains import TwoDomains
 from medsynth.data.samples import load_sample, sample_path
 from medsynth.errors import InputError, SettingsError
 from medsynth.io import SyntheticProvenance, read_image, write_nifti
-from medsynth.losses.fusion import content_terms, gradient_magnitude
+from medsynth.losses.fusion import content_terms, sobel
 from medsynth.metrics import evaluate_fusion
 from medsynth.models.fusion import FusionGenerator
 from medsynth.training import events
@@ -142,20 +142,23 @@ def test_a_12_wide_student_has_at_most_a_quarter_of_a_32_wide_teachers_parameter
     assert parameters(student) <= 0.25 * parameters(teacher)
     assert parameters(FusionGenerator(16)) > 0.25 * parameters(teacher)  # half the width is not enough: the 2-channel input
     t1, gm = (torch.from_numpy(x[:2, :64, :64] / 127.5 - 1).float() for x in pair)
-    fused = student(torch.stack([t1, gm], dim=1))
-    assert fused.shape == (2, 1, 64, 64) and fused.abs().max() <= 1
+    sources = torch.stack([t1, gm], dim=1)
+    torch.testing.assert_close(student(sources), sources[:, :1])  # untrained: source A itself, then what B adds
 
 
-def test_content_loss_follows_the_stronger_edges_of_the_two_sources(pair):
+def test_content_loss_follows_the_stronger_edges_of_the_two_sources_with_their_sign(pair):
     ramp = torch.arange(16.0).reshape(1, 1, 4, 4)  # +1 along x, +4 along y
     # Sobel: 2 * (1 + 2 + 1) * step inside; the replicated border halves the step across it.
-    assert gradient_magnitude(ramp)[0, 0, 1:3, 1:3].eq(8 * 1 + 8 * 4).all()
+    derivatives = sobel(ramp)[0, :, 1:3, 1:3]
+    assert derivatives[0].eq(8 * 1).all() and derivatives[1].eq(8 * 4).all()
     t1, gm = (torch.from_numpy(x[2:3] / 127.5 - 1).float()[None] for x in pair)
     flat = torch.full_like(gm, -1.0)
     assert all(value == 0 for value in content_terms(t1, t1, flat).values())  # A itself, nothing in B
     with_gm = content_terms(t1, t1, gm)
     assert with_gm["intensity"] == 0 and with_gm["gradient"] > 0.01  # A lacks the GM map's edges
     assert content_terms((t1 + gm) / 2, t1, gm)["gradient"] < with_gm["gradient"]
+    # The GM map's edges with its own polarity, not inverted (the T1 shows the GM/WM boundary the other way).
+    assert content_terms(t1 + (gm + 1) / 2, t1, gm)["gradient"] < content_terms(t1 - (gm + 1) / 2, t1, gm)["gradient"]
 
 
 # Training, distillation, fusing onto the input grid ---------------------------------------------------

@@ -81,7 +81,7 @@ class KGANFusionSettings(GANOptimizerSettings):
     beta: float = with_default(DistillSettings, "beta", 1.0, "a student only: the teacher's own loss")
     temperature: float = with_default(DistillSettings, "temperature", 4.0, "a student only")
     pixel_weight: float = with_default(
-        DistillSettings, "pixel_weight", 10.0, "a student only: between student and teacher fused images"
+        DistillSettings, "pixel_weight", 10.0, "a student only"
     )
     soft_weight: float = with_default(
         DistillSettings, "soft_weight", 1.0, "a student only: summed over both teacher discriminators"
