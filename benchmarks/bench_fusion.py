@@ -102,9 +102,10 @@ def train_for(task: tuple[str, str, dict[str, Any], float, int, str]) -> dict[st
 
 
 def model_inputs(checkpoint: str, t1: MedImage, gm: MedImage, n: int) -> torch.Tensor:
-    """``(n, 2, 64, 64)``: the first `n` test pairs as the model reads them (each in its domain's map, padded square)."""
+    """``(n, 2, 64, 64)``: the first `n` test pairs as the model reads them (each in its domain's map, squared)."""
     maps = load_checkpoint(checkpoint)
-    planes = [np.stack([maps.normalization.apply(t1.array[i]), maps.normalization_b.apply(gm.array[i])]) for i in range(n)]
+    a, b = maps.normalization.apply(t1.array[:n]), maps.normalization_b.apply(gm.array[:n])
+    planes = [np.stack([a[i], b[i]]) for i in range(n)]
     return torch.stack([fit_square(torch.from_numpy(pair).float(), SIZE) for pair in planes])
 
 
@@ -178,8 +179,8 @@ def main() -> None:
 
 
 def print_table(runs: list[dict[str, Any]], references: dict[str, dict[str, float]], n_test: int) -> None:
-    print(f"\n{n_test} test pairs\n\n| model | training CPU s (steps) | generator parameters (x teacher) | ms per image "
-          "(teacher / model) | SF | SSIM (to A / to B) | SCD |\n|---|---|---|---|---|---|---|")  # fmt: skip
+    print(f"\n{n_test} test pairs\n\n| model | training CPU s (steps) | generator parameters (x teacher) "
+          "| ms per image (teacher / model) | SF | SSIM (to A / to B) | SCD |\n|---|---|---|---|---|---|---|")  # fmt: skip
     base = runs[0]
     for r in runs:
         f = r["figures"]

@@ -177,7 +177,7 @@ def _run_fusion(args: argparse.Namespace) -> int:
     from medsynth.metrics.items import load_items
 
     if not args.fused or not args.sources:
-        raise InputError("fusion figures need both the fused images (--fused PATH...) and their sources (--sources A B)")
+        raise InputError("fusion figures need the fused images (--fused PATH...) and their sources (--sources A B)")
     other_flags = {"--real": args.real, "--fake": args.fake, "--mask": args.mask, "--metrics": args.metrics}
     mixed = [flag for flag, given in {**other_flags, "--data-range": args.data_range}.items() if given]
     if mixed:

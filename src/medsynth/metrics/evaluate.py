@@ -368,7 +368,7 @@ FUSION_SCALE = 255.0
 SF is comparable with published tables."""
 
 FUSION_METRICS = {
-    "sf": f"spatial frequency sqrt(RF^2 + CF^2) of the fused items on the 0-{FUSION_SCALE:g} scale (higher: more detail)",
+    "sf": f"spatial frequency sqrt(RF^2 + CF^2) of the fused items, 0-{FUSION_SCALE:g} scale (higher: more detail)",
     "ssim_a": "SSIM of the fused item to source A (1 = identical)",
     "ssim_b": "SSIM of the fused item to source B (1 = identical)",
     "ssim": "mean of the SSIM to A and to B per item",

@@ -18,7 +18,7 @@ from medsynth.models.unet import UNet
 
 
 class FusionGenerator(nn.Module):
-    """``(B, 2, H, W)`` sources A and B in [-1, 1] -> ``(B, 1, H, W)`` fused image ``A + tanh(U-Net)`` in A's normalisation.
+    """``(B, 2, H, W)`` sources A and B in [-1, 1] -> ``(B, 1, H, W)`` fused ``A + tanh(U-Net)``, A's normalisation.
 
     `width` channels at full resolution (a multiple of 4), doubling at each of the `depth` halvings;
     H and W divisible by ``2 ** depth``.

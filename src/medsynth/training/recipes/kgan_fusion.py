@@ -71,18 +71,16 @@ class KGANFusionSettings(GANOptimizerSettings):
     batch_size: int = setting(8, "Slice pairs per batch and process", min=1, max=1024)
     d_channels: int = setting(16, "Width of each source's patch discriminator", min=4, max=256)
     content_weight: float = setting(
-        10.0, "Weight of the content loss (A's intensities, the larger gradients) beside the adversarial losses",
-        min=0.0, max=1000.0,
-    )  # fmt: skip
-    gradient_weight: float = setting(
-        5.0, "Weight of the gradient term within the content loss", min=0.0, max=1000.0
+        10.0,
+        "Weight of the content loss (A's intensities, the stronger edges) beside the adversarial losses",
+        min=0.0,
+        max=1000.0,
     )
+    gradient_weight: float = setting(5.0, "Weight of the edge term within the content loss", min=0.0, max=1000.0)
     alpha: float = with_default(DistillSettings, "alpha", 1.0, "a student only")
     beta: float = with_default(DistillSettings, "beta", 1.0, "a student only: the teacher's own loss")
     temperature: float = with_default(DistillSettings, "temperature", 4.0, "a student only")
-    pixel_weight: float = with_default(
-        DistillSettings, "pixel_weight", 10.0, "a student only"
-    )
+    pixel_weight: float = with_default(DistillSettings, "pixel_weight", 10.0, "a student only")
     soft_weight: float = with_default(
         DistillSettings, "soft_weight", 1.0, "a student only: summed over both teacher discriminators"
     )
@@ -116,7 +114,8 @@ class KGANFusionRecipe(TranslationRecipe):
     @classmethod
     def check_settings(cls, settings: KGANFusionSettings) -> None:
         if settings.width % 4:
-            raise SettingsError(f"width={settings.width} must be a multiple of 4; choose {max(4, settings.width // 4 * 4)}")
+            choice = max(4, settings.width // 4 * 4)
+            raise SettingsError(f"width={settings.width} must be a multiple of 4 (group norm); choose {choice}")
         teacher_checkpoint(settings)
 
     @classmethod
