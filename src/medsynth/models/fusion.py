@@ -5,7 +5,7 @@ every scale carry each source's fine detail to the output, which a fused image m
 coarse levels decide which source's contrast wins where. Its output, through a tanh, is added to
 source A, and its last convolution starts at zero: an untrained generator returns A itself, and
 training adds what B contributes. Without that start, a few hundred CPU steps left the fused image
-far from A's intensities (SSIM to A 0.29 against 0.93 with it, docs/kgan-fusion.md). The parameters
+far from A's intensities (SSIM to A 0.29 against 0.93 with it, docs/benchmarks.md). The parameters
 grow with the square of `width`: a 12-wide student has 14% of a 32-wide teacher's, a 16-wide one 25.1%.
 """
 
