@@ -59,8 +59,9 @@ from medsynth.training.translate import translate
 SIZE = 64
 TEACHER = {"resolution": SIZE, "batch_size": 4, "width": 32}
 STUDENT = {**TEACHER, "width": 12}
-BASELINES = {"cyclegan": {"resolution": SIZE, "batch_size": 4}}
-"""Recipes trained on the same slices when this medsynth has them, with their settings."""
+BASELINES = {"cyclegan": ({"resolution": SIZE, "batch_size": 4}, "b2a", "g_ba")}
+"""Recipes trained on the same slices when this medsynth has them: their settings, the direction that gives an
+image in T1 units from the GM map, and the model doing it (whose parameters are counted)."""
 PAPER = {"CycleGAN": (15.31, 0.542, 1.256), "CSGAN": (15.52, 0.558, 1.197), "KGAN": (16.37, 0.593, 1.339)}
 """SF, SSIM, SCD of the KGAN paper's table (brain MR/CT, 100 test pairs at 256 x 256)."""
 
@@ -110,11 +111,11 @@ def model_inputs(checkpoint: str, t1: MedImage, gm: MedImage, n: int) -> torch.T
 
 
 def fused(checkpoint: str, t1: MedImage, gm: MedImage) -> np.ndarray:
-    """The model's image in T1 units of each test pair: a fusion of (T1, GM), or a translation of the GM map."""
+    """The model's image in T1 units of each test pair: a fusion of (T1, GM), or a baseline's translation of GM."""
     loaded = load_checkpoint(checkpoint)
     if loaded.recipe == "kgan-fusion":
         return translate(loaded, [t1, gm], device="cpu").array
-    return translate(loaded, [gm], direction="b2a", device="cpu").array
+    return translate(loaded, [gm], direction=BASELINES[loaded.recipe][1], device="cpu").array
 
 
 def generation_seconds(checkpoints: dict[str, str], inputs: torch.Tensor, rounds: int) -> dict[str, float]:
@@ -148,7 +149,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"load average at start {os.getloadavg()}")
     known = {info.name for info in list_recipes()}
-    baselines = {name: settings for name, settings in BASELINES.items() if name in known}
+    baselines = {name: settings for name, (settings, _, _) in BASELINES.items() if name in known}
     for name in BASELINES.keys() - baselines.keys():
         print(f"baseline {name!r}: this medsynth has no such recipe; skipped")
     spawn = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no inherited torch threads
@@ -167,8 +168,9 @@ def main() -> None:
         per_image = generation_seconds({name: r["checkpoint"] for name, r in fusions.items()}, inputs, args.rounds)
         for r in runs:
             r["figures"] = figures(fused(r["checkpoint"], t1, gm), t1, gm)
-            generator = load_recipe(load_checkpoint(r["checkpoint"]), "cpu").models.get("generator")
-            r["generator_parameters"] = None if generator is None else sum(p.numel() for p in generator.parameters())
+            model = "generator" if r["recipe"] == "kgan-fusion" else BASELINES[r["recipe"]][2]
+            generator = load_recipe(load_checkpoint(r["checkpoint"]), "cpu").models[model]
+            r["generator_parameters"] = sum(p.numel() for p in generator.parameters())
             r["s_per_image"] = per_image.get(r["name"])
     gm_on_t1_scale = np.asarray(gm.array) / np.ptp(gm.array) * np.ptp(t1.array) + np.min(t1.array)
     references = {"T1 itself": figures(np.asarray(t1.array), t1, gm),
@@ -185,7 +187,7 @@ def print_table(runs: list[dict[str, Any]], references: dict[str, dict[str, floa
     for r in runs:
         f = r["figures"]
         params = r["generator_parameters"]
-        size = "-" if params is None else f"{params:,} ({params / base['generator_parameters']:.3f}x)"
+        size = f"{params:,} ({params / base['generator_parameters']:.3f}x)"
         speed = "-" if r["s_per_image"] is None else (
             f"{1e3 * r['s_per_image']:.2f} ({base['s_per_image'] / r['s_per_image']:.1f}x faster)")
         print(f"| {r['name']} | {r['cpu_s']:.0f} ({r['steps']:,}) | {size} | {speed} | {f['sf']:.2f} | "
