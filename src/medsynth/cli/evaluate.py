@@ -178,8 +178,9 @@ def _run_fusion(args: argparse.Namespace) -> int:
 
     if not args.fused or not args.sources:
         raise InputError("fusion figures need the fused images (--fused PATH...) and their sources (--sources A B)")
-    other_flags = {"--real": args.real, "--fake": args.fake, "--mask": args.mask, "--metrics": args.metrics}
-    mixed = [flag for flag, given in {**other_flags, "--data-range": args.data_range}.items() if given]
+    other = {"--real": args.real, "--fake": args.fake, "--mask": args.mask, "--metrics": args.metrics,
+             "--data-range": args.data_range}  # fmt: skip
+    mixed = [flag for flag, given in other.items() if given]
     if mixed:
         raise InputError(
             f"--fused/--sources measure the fixed fusion figures ({', '.join(FUSION_METRICS)}) on each set's own "
