@@ -47,7 +47,7 @@ def test_npe2_discovers_editable_install_and_validates():
     pm.discover()
     manifest = pm.get_manifest("napari-medsynth")
     assert manifest.name == "napari-medsynth"
-    assert {s.key for s in manifest.contributions.sample_data} >= {"us_cine", "mni152", "ct_slice"}
+    assert {s.key for s in manifest.contributions.sample_data} >= {"us_cine", "mni152", "mni152_gm", "mni152_wm", "ct_slice"}
     result = subprocess.run(
         [sys.executable, "-m", "npe2", "validate", str(ROOT / "napari.yaml")], capture_output=True, text=True
     )
@@ -82,7 +82,7 @@ def test_wheel_in_fresh_venv_is_discovered_by_npe2(tmp_path):
     out = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     name, n_samples, location = out.stdout.split()
-    assert name == "napari-medsynth" and int(n_samples) == 5
+    assert name == "napari-medsynth" and int(n_samples) == 7
     assert location.startswith(str(env_dir))
     validate = subprocess.run([str(env_dir / "bin" / "npe2"), "validate", "napari-medsynth"], capture_output=True, text=True)
     assert validate.returncode == 0, validate.stdout + validate.stderr

@@ -48,6 +48,17 @@ def test_samples_opened_together_lie_side_by_side_and_the_assumed_spacing_is_sai
     assert any("chest_xray" in message and "1 mm assumed" in message for message in notifications)
 
 
+def test_the_template_and_its_tissue_maps_open_on_one_grid_as_a_fusion_pair(make_napari_viewer):
+    viewer = make_napari_viewer()
+    for name in ("mni152", "mni152_gm", "mni152_wm"):
+        viewer.open_sample("napari-medsynth", name)
+    t1, gm, wm = (viewer.layers[name].extent.world for name in ("mni152", "mni152_gm", "mni152_wm"))
+    np.testing.assert_allclose(gm, t1)
+    np.testing.assert_allclose(wm, t1)
+    viewer.open_sample("napari-medsynth", "ct_slice")  # another patient: beside them, as before
+    assert viewer.layers["ct_slice"].extent.world[0, -1] > t1[1, -1]
+
+
 def test_a_stack_of_sequences_is_shown_samples_first_and_written_back_time_first():
     frames = np.random.default_rng(0).normal(size=(5, 2, 16, 12)).astype(np.float32)  # (T, N, y, x)
     image = MedImage(frames, "tzyx", (1.0, 0.5, 0.25), time_spacing=33.3, metadata={"sample_axis": 1})

@@ -250,3 +250,27 @@ def test_missing_inception_weights_are_a_note_in_the_table(make_napari_viewer, q
     assert [r.name for r in results] == ["psnr", "fid"]
     assert _table(widget)["fid"][:3] == ["-", "-", "0"]
     assert _table(widget)["fid"][3].startswith("no Inception weights: FID skipped")
+
+
+def test_a_fusion_source_b_gives_the_fusion_figures_of_the_core(make_napari_viewer, qtbot):
+    from medsynth.metrics.evaluate import FUSION_METRICS, evaluate_fusion
+
+    t1, gm = (np.asarray(load_sample(name).array[80:100:5], np.float32) for name in ("mni152", "mni152_gm"))
+    fused = (t1 + gm) / 2  # both span 0..255
+    viewer = make_napari_viewer()
+    for name, data in (("t1", t1), ("gm", gm), ("fused", fused)):
+        viewer.add_image(data, name=name)
+    widget = _open(viewer)
+    widget.real.select("t1")
+    widget.fake.select("fused")
+    widget.source_b.select("gm")
+    widget.slices.setChecked(True)
+
+    results = _compute(widget, qtbot)
+
+    assert [r.name for r in results] == list(FUSION_METRICS)
+    for got, want in zip(results, evaluate_fusion(fused, t1, gm)):
+        np.testing.assert_allclose(got.values, want.values, rtol=1e-6)
+    assert set(_table(widget)) == set(FUSION_METRICS)
+    widget.reset_defaults()
+    assert widget.source_b.selected() is None

@@ -13,7 +13,9 @@ distribution metrics compare sets of different image sizes after `medsynth.metri
 their images to one side (the "Mixed sizes" option: ``"pad"``, the default, or ``"stretch"``;
 docs/metrics.md). Real,
 synthetic and the metric boxes come first; mask, data range, slicing and resampling are under
-"Advanced settings".
+"Advanced settings", with "Fusion source B": when it is set, the synthetic images are taken as the
+fusions of the real images (source A) with it, and the table shows the fusion figures of
+`medsynth.metrics.evaluate.evaluate_fusion` (SF, SSIM to each source, SCD) instead of the ticked metrics.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from qtpy.QtWidgets import (
 from medsynth.metrics.items import image_items, load_items
 from medsynth.errors import InputError
 from medsynth.io.image import MedImage
-from medsynth.metrics.evaluate import MetricResult, available_metrics, evaluate
+from medsynth.metrics.evaluate import MetricResult, available_metrics, evaluate, evaluate_fusion
 from medsynth.metrics.resample import DEFAULT_METHOD, METHODS
 from napari_medsynth.layers import layer_image
 from napari_medsynth.notify import report_error
@@ -72,14 +74,24 @@ def is_sequence(layer: Layer) -> bool:
 def measure(
     real: Source, fake: Source, *, metrics: Sequence[str], mask: np.ndarray | None = None,
     data_range: float | None = None, slices: bool = False, resample: str = DEFAULT_METHOD,
+    source_b: Source | None = None,
 ) -> Generator[Progress, None, list[MetricResult]]:
     """Evaluate `metrics` of `fake` against `real`, yielding ``(done, total, label)`` before each metric.
 
     `real` and `fake` are images (see `layer_image`) or paths, made into batches by `as_batch`; the
     distribution metrics see their images brought to one size by `resample` (`medsynth.metrics.resample`).
     Returns the `MetricResult` list of `medsynth.metrics.evaluate.evaluate`, with a `failed` row for
-    each metric that raised.
+    each metric that raised. With `source_b`, `fake` holds the fusions of `real` (source A) and
+    `source_b`, and the rows are those of `medsynth.metrics.evaluate.evaluate_fusion`.
     """
+    if source_b is not None:
+        yield 0, 2, "reading images"
+        batches = [as_batch(source, slices=slices, what=what) for source, what in
+                   ((fake, "fused"), (real, "source A"), (source_b, "source B"))]  # fmt: skip
+        yield 1, 2, "fusion figures"
+        results = evaluate_fusion(*batches)
+        yield 2, 2, "done"
+        return results
     names = list(dict.fromkeys(metrics))
     if not names:
         raise InputError("no metric is ticked; tick at least one metric to compute")
@@ -116,6 +128,11 @@ class MetricsWidget(QWidget):
         self.real = SourcePicker(napari_viewer, (Image,))
         self.fake = SourcePicker(napari_viewer, (Image,))
         self.mask = SourcePicker(napari_viewer, (Labels, Image), allow_path=False, allow_none=True)
+        self.source_b = SourcePicker(napari_viewer, (Image,), allow_none=True)
+        self.source_b.setToolTip(
+            "Set it to measure fusions: Real is source A, Synthetic its fusion with this image (SF, SSIM to each "
+            "source, SCD; docs/metrics.md)"
+        )
         self.slices = QCheckBox("3D volumes slice by slice")
         self.slices.setToolTip("Off: each 3D volume is one item (3D SSIM); on: each slice is an item")
         self.data_range = QDoubleSpinBox()
@@ -169,6 +186,7 @@ class MetricsWidget(QWidget):
         more.addRow("Data range", self.data_range)
         more.addRow("", self.slices)
         more.addRow("Mixed sizes", self.resample)
+        more.addRow("Fusion source B", self.source_b)
         more.addRow("", reset_button(self.reset_defaults))
         layout = scrolled_content(self)
         layout.addLayout(form)
@@ -187,6 +205,7 @@ class MetricsWidget(QWidget):
         for name, box in self.metric_boxes.items():
             box.setChecked(name in DEFAULT_METRICS)
         self.mask.select(None)
+        self.source_b.select(None)
         self.data_range.setValue(0.0)
         self.slices.setChecked(False)
         self.resample.setCurrentIndex(self.resample.findData(DEFAULT_METHOD))
@@ -212,6 +231,7 @@ class MetricsWidget(QWidget):
     def arguments(self) -> dict:
         """The worker's arguments, all gathered here in the GUI thread (the worker reads no widget)."""
         mask_layer = self.mask.selected()
+        fusion = self.source_b.selected() is not None
         return {
             "real": self._source(self.real, "real"),
             "fake": self._source(self.fake, "synthetic"),
@@ -220,6 +240,7 @@ class MetricsWidget(QWidget):
             "data_range": self.data_range.value() or None,
             "slices": self.slices.isChecked(),
             "resample": self.resample.currentData(),
+            "source_b": self._source(self.source_b, "fusion source B") if fusion else None,
         }
 
     def start(self) -> EventWorker | None:
@@ -263,7 +284,7 @@ class MetricsWidget(QWidget):
         # napari's close button only takes the widget out of its dock (no close event, no deletion).
         if event.type() == QEvent.Type.ParentChange and self.parent() is None:
             self._quit_worker()
-            for picker in (self.real, self.fake, self.mask):
+            for picker in (self.real, self.fake, self.mask, self.source_b):
                 picker.detach()
             self.deleteLater()
         return super().event(event)

@@ -6,6 +6,10 @@ series are items. All items of a set must have the same shape. Paired metrics (P
 two sets' items to have one shape; the distribution metrics (SWD, FID, KID, temporal) resample images
 of different sizes to a common side (``--resample``, ``--side``).
 
+``--fused F --sources A B`` measures fused images against their two co-registered sources instead
+(`medsynth.metrics.evaluate.evaluate_fusion`: SF, SSIM to each source and its mean, SCD, with every set
+on a 0-255 scale); it takes ``--slices``, ``--json`` and ``--csv``.
+
 Metric names, output paths and options are checked before any image is read. A metric that cannot run
 on these images is listed with its reason and the others are kept (exit 0, the failures repeated on
 stderr); when none can run, the command exits 2. Files are read a piece at a time (memory-mapped
@@ -43,9 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # Not `required`: `--metrics list` needs neither.
     parser.add_argument("--real", nargs="+", metavar="PATH", help="real images: files or folders (required)")
     parser.add_argument("--fake", nargs="+", metavar="PATH", help="synthetic images: files or folders (required)")
+    parser.add_argument("--fused", nargs="+", metavar="PATH", help="fused images (instead of --real/--fake)")
+    parser.add_argument(
+        "--sources", nargs=2, metavar=("A", "B"), help="the two source images each fused image was made from"
+    )
     parser.add_argument(
         "--metrics",
-        default=DEFAULT_METRICS,
         help=f"comma-separated metric names (default {DEFAULT_METRICS}); `--metrics list` prints them all",
     )
     parser.add_argument(
@@ -95,22 +102,26 @@ def print_table(results: Sequence[MetricResult]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medsynth.metrics.evaluate import available_metrics, check_metric_names, check_results_path, evaluate
-    from medsynth.metrics.evaluate import to_csv, to_json
+    from medsynth.metrics.evaluate import available_metrics, check_metric_names, evaluate
 
     if args.metrics == "list":
+        from medsynth.metrics.evaluate import FUSION_METRICS
+
         for name, definition in available_metrics().items():
             print(f"{name:<14} {definition}")
+        print("with --fused F --sources A B:")
+        for name, definition in FUSION_METRICS.items():
+            print(f"  {name:<12} {definition}")
         return 0
+    if args.fused or args.sources:
+        return _run_fusion(args)
     if not args.real or not args.fake:
-        raise InputError("give the real images with --real PATH... and the synthetic ones with --fake PATH...")
-    metrics = check_metric_names([m.strip() for m in args.metrics.split(",") if m.strip()])
-    for flag, path in (("--json", args.json), ("--csv", args.csv)):
-        if path:
-            try:
-                check_results_path(path)
-            except InputError as exc:
-                raise InputError(f"{flag}: {exc}") from None
+        raise InputError(
+            "give the real images with --real PATH... and the synthetic ones with --fake PATH... "
+            "(or fused images with --fused PATH... --sources A B)"
+        )
+    metrics = check_metric_names([m.strip() for m in (args.metrics or DEFAULT_METRICS).split(",") if m.strip()])
+    _check_outputs(args)
     from medsynth.metrics.resample import check_options
 
     check_options(args.resample, args.side)
@@ -136,8 +147,50 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("no metric could be computed: " + "; ".join(f"{r.name}: {r.error}" for r in failed))
     for r in failed:
         print(f"medsynth: warning: {r.name} not computed: {r.error}", file=sys.stderr)
+    _write_outputs(args, results)
+    return 0
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    from medsynth.metrics.evaluate import check_results_path
+
+    for flag, path in (("--json", args.json), ("--csv", args.csv)):
+        if path:
+            try:
+                check_results_path(path)
+            except InputError as exc:
+                raise InputError(f"{flag}: {exc}") from None
+
+
+def _write_outputs(args: argparse.Namespace, results: Sequence[MetricResult], definitions: dict | None = None) -> None:
+    from medsynth.metrics.evaluate import to_csv, to_json
+
     if args.json:
-        log.info("wrote %s", to_json(results, args.json))
+        log.info("wrote %s", to_json(results, args.json, definitions))
     if args.csv:
         log.info("wrote %s", to_csv(results, args.csv))
+
+
+def _run_fusion(args: argparse.Namespace) -> int:
+    """``--fused F... --sources A B``: the fusion figures of `medsynth.metrics.evaluate.evaluate_fusion`."""
+    from medsynth.metrics.evaluate import FUSION_METRICS, evaluate_fusion
+    from medsynth.metrics.items import load_items
+
+    if not args.fused or not args.sources:
+        raise InputError("fusion figures need the fused images (--fused PATH...) and their sources (--sources A B)")
+    other = {"--real": args.real, "--fake": args.fake, "--mask": args.mask, "--metrics": args.metrics,
+             "--data-range": args.data_range}  # fmt: skip
+    mixed = [flag for flag, given in other.items() if given]
+    if mixed:
+        raise InputError(
+            f"--fused/--sources measure the fixed fusion figures ({', '.join(FUSION_METRICS)}) on each set's own "
+            f"intensity range; leave out {', '.join(mixed)}, or run a --real/--fake comparison separately"
+        )
+    _check_outputs(args)
+    fused = load_items(args.fused, args.slices, "fused")
+    source_a, source_b = (load_items([path], args.slices, f"source {x}") for path, x in zip(args.sources, "AB"))
+    log.info("evaluating %d fused items of shape %s against their two sources", len(fused), fused.shape[1:])
+    results = evaluate_fusion(fused, source_a, source_b)
+    print_table(results)
+    _write_outputs(args, results, FUSION_METRICS)
     return 0

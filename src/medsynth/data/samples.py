@@ -30,6 +30,9 @@ SAMPLES = {
         Sample("mr_slice", "MR slice, 1024x1024 (DICOM)", "pydicom-data", "MR2_UNCR.dcm"),
         Sample("ct_slice", "CT slice, 128x128, in HU (DICOM)", "pydicom", "CT_small.dcm"),
         Sample("mni152", "MNI152 2009a T1 template, 1 mm (NIfTI)", "nilearn", "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"),
+        # The template's own tissue probability maps: on its grid, so each pairs with the T1 voxel by voxel.
+        Sample("mni152_gm", "MNI152 2009a grey-matter probability map, 1 mm (NIfTI)", "nilearn", "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz"),
+        Sample("mni152_wm", "MNI152 2009a white-matter probability map, 1 mm (NIfTI)", "nilearn", "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"),
     )
 }
 

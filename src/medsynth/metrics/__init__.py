@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from medsynth.metrics.evaluate import MetricResult, available_metrics, evaluate, to_csv, to_json
+from medsynth.metrics.evaluate import MetricResult, available_metrics, evaluate, evaluate_fusion, to_csv, to_json
 from medsynth.metrics.hyperscore import aggregate_v, hyperscore
 from medsynth.metrics.reader_study import inter_rater_kappa, reader_study
 from medsynth.metrics.swd import swd
@@ -37,6 +37,7 @@ __all__ = [
     "aggregate_v",
     "available_metrics",
     "evaluate",
+    "evaluate_fusion",
     "fid",
     "hyperscore",
     "inter_rater_kappa",

@@ -19,6 +19,9 @@ included), in float32 and float64 pieces, so their memory does not grow with the
 Unless given, the data range is taken from the REAL set's global minimum and maximum (over all items,
 never one image): PSNR, SSIM and MS-SSIM use the span ``max - min`` without clipping; FID, KID and
 LPIPS map ``[min, max]`` onto their networks' [0, 1] input (fake values outside it are clipped).
+
+`evaluate_fusion` measures fused images against their two sources (SF, SSIM to each source, SCD), the
+figures that image-fusion papers report; ``medsynth evaluate --fused F --sources A B`` calls it.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from medsynth.atomic import write_text
 from medsynth.errors import InputError, MissingWeightsError
 from medsynth.io.output import check_new_file
 from medsynth.metrics.inputs import DataRange, data_range_bounds, finite_range
-from medsynth.metrics.sharpness import spatial_frequency
+from medsynth.metrics.sharpness import scd, spatial_frequency
 from medsynth.metrics.swd import swd
 from medsynth.versions import package_version
 
@@ -360,6 +363,99 @@ def evaluate(
     return results
 
 
+FUSION_SCALE = 255.0
+"""The grey scale the fusion figures are computed on: 8-bit, as the fusion literature's images are, so that
+SF is comparable with published tables."""
+
+FUSION_METRICS = {
+    "sf": f"spatial frequency sqrt(RF^2 + CF^2) of the fused items, 0-{FUSION_SCALE:g} scale (higher: more detail)",
+    "ssim_a": "SSIM of the fused item to source A (1 = identical)",
+    "ssim_b": "SSIM of the fused item to source B (1 = identical)",
+    "ssim": "mean of the SSIM to A and to B per item",
+    "scd": "sum of the correlations of differences corr(F - B, A) + corr(F - A, B), range -2 to 2 (higher is better)",
+}
+"""What `evaluate_fusion` reports, in its order, with definitions (for `to_json`)."""
+
+
+def _to_fusion_scale(x: Any, bounds: tuple[float, float]) -> np.ndarray:
+    """A batch in float64, ``bounds`` mapped linearly onto ``[0, FUSION_SCALE]`` and clipped there."""
+    lo, hi = bounds
+    return np.clip((np.asarray(x, dtype=np.float64) - lo) * (FUSION_SCALE / (hi - lo)), 0.0, FUSION_SCALE)
+
+
+def _source_bounds(x: Any, name: str, given: DataRange | None) -> tuple[float, float]:
+    """The caller's ``(min, max)`` of a source set, else its global minimum and maximum; InputError when constant."""
+    if given is not None:
+        return data_range_bounds(given)
+    lo, hi = finite_range(x, name, "evaluate_fusion")
+    if hi <= lo:
+        raise InputError(
+            f"evaluate_fusion: {name} is constant ({lo}), so no intensity range can be taken from it; "
+            f"give range_{name[-1]}=(min, max)"
+        )
+    return lo, hi
+
+
+def evaluate_fusion(
+    fused: object,
+    source_a: object,
+    source_b: object,
+    *,
+    range_a: DataRange | None = None,
+    range_b: DataRange | None = None,
+    progress: Progress | None = None,
+) -> list[MetricResult]:
+    """SF, SSIM to each source and SCD of `fused` images made from `source_a` and `source_b`, one value per item.
+
+    Args:
+        fused, source_a, source_b: ``(N, H, W)`` images or ``(N, D, H, W)`` volumes of one shape; item i of
+            `fused` is the fusion of item i of each source.
+        range_a, range_b: the sources' intensity ranges (span or ``(min, max)``); by default each set's
+            global minimum and maximum. The fused images are in source A's units (as ``kgan-fusion``
+            writes them), so they share `range_a`.
+
+    Every set is mapped by its range onto ``[0, 255]`` (`FUSION_SCALE`, values outside clipped) before
+    measuring: sources of different units (an MR image and a probability map) are then compared on one
+    scale, as the 8-bit images of fusion papers are; SSIM uses the span 255.
+
+    Returns:
+        One `MetricResult` per entry of `FUSION_METRICS`, in that order.
+
+    Raises:
+        InputError: batches of other shapes or counts, NaN or infinite values, a constant source without a range.
+    """
+    arrays = {"fused": fused, "source_a": source_a, "source_b": source_b}
+    shapes = {name: tuple(np.shape(x)) for name, x in arrays.items()}
+    if len(set(shapes.values())) != 1:
+        raise InputError(
+            "evaluate_fusion compares item i of the fused set with item i of each source, but their shapes differ "
+            f"({', '.join(f'{name} {shape}' for name, shape in shapes.items())}); give co-registered images of one grid"
+        )
+    finite_range(fused, "fused", "evaluate_fusion")
+    bounds_a = _source_bounds(source_a, "source_a", range_a)
+    f = _to_fusion_scale(fused, bounds_a)
+    a = _to_fusion_scale(source_a, bounds_a)
+    b = _to_fusion_scale(source_b, _source_bounds(source_b, "source_b", range_b))
+    from medsynth.metrics.fidelity import ssim
+
+    steps = [
+        ("sf", lambda: spatial_frequency(f)),
+        ("ssim_a", lambda: ssim(a, f, data_range=FUSION_SCALE)),
+        ("ssim_b", lambda: ssim(b, f, data_range=FUSION_SCALE)),
+        ("scd", lambda: scd(f, a, b)),
+    ]
+    values: dict[str, np.ndarray] = {}
+    for done, (name, compute) in enumerate(steps):
+        if progress is not None:
+            progress(done, len(steps), name)
+        values[name] = np.asarray(compute())
+    if progress is not None:
+        progress(len(steps), len(steps), "done")
+    values["ssim"] = (values["ssim_a"] + values["ssim_b"]) / 2
+    note = f"0-{FUSION_SCALE:g} scale"
+    return [_result(name, values[name], note if name == "sf" else "") for name in FUSION_METRICS]
+
+
 def _versions() -> dict[str, str]:
     packages = ("napari-medsynth", "numpy", "scipy", "scikit-image", "torch", "torchmetrics")
     return {package: package_version(package) for package in packages}
@@ -389,12 +485,15 @@ def _write_results(path: str | os.PathLike[str], text: str) -> Path:
     return write_text(check_results_path(path), text)
 
 
-def to_json(results: Sequence[MetricResult], path: str | os.PathLike[str]) -> Path:
-    """Write the results, the metric definitions and the software versions as JSON (NaN -> null)."""
+def to_json(
+    results: Sequence[MetricResult], path: str | os.PathLike[str], definitions: dict[str, str] | None = None
+) -> Path:
+    """Write the results, the metric definitions (by default `available_metrics`; `FUSION_METRICS` for
+    `evaluate_fusion`'s) and the software versions as JSON (NaN -> null)."""
     document = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
-        "definitions": available_metrics(),
+        "definitions": available_metrics() if definitions is None else definitions,
         "results": [asdict(r) for r in results],
     }
     return _write_results(path, json.dumps(_json_safe(document), indent=2) + "\n")

@@ -63,18 +63,27 @@ def teacher_checkpoint(settings: DistillSettings) -> Checkpoint:
             "setting teacher is empty: give the checkpoint of a trained image GAN "
             f"({', '.join(TEACHER_RECIPES)}), e.g. --teacher runs/brain/checkpoint-0003000.safetensors"
         )
-    path = Path(settings.teacher).expanduser()
+    return read_teacher(settings.teacher, TEACHER_RECIPES, "distillation takes the 2D image GANs")
+
+
+def read_teacher(teacher: str, recipes: tuple[str, ...], refusal: str) -> Checkpoint:
+    """The checkpoint that a recipe's `teacher` setting names, read once per run (`_load_teacher`).
+
+    InputError naming the file and the fix when it is missing or was made by a recipe not in `recipes`;
+    `refusal` says what the student takes, e.g. ``"distillation takes the 2D image GANs"``.
+    """
+    path = Path(teacher).expanduser()
     if not path.is_file():
         raise InputError(
             f"teacher checkpoint {path} does not exist or is not a file: give the .safetensors checkpoint of a "
-            f"trained {' / '.join(TEACHER_RECIPES)} run"
+            f"trained {' / '.join(recipes)} run"
         )
     stat = path.stat()
     checkpoint = _load_teacher(path.resolve(), stat.st_mtime_ns, stat.st_size)
-    if checkpoint.recipe not in TEACHER_RECIPES:
+    if checkpoint.recipe not in recipes:
         raise InputError(
-            f"teacher checkpoint {path} is a {checkpoint.recipe!r} model; distillation takes the 2D image GANs "
-            f"{', '.join(TEACHER_RECIPES)}: train one of those first and give its checkpoint"
+            f"teacher checkpoint {path} is a {checkpoint.recipe!r} model; {refusal} "
+            f"{', '.join(recipes)}: train one of those first and give its checkpoint"
         )
     return checkpoint
 
