@@ -245,6 +245,9 @@ def test_fusing_lands_on_the_first_inputs_grid_in_its_units_marked_synthetic(tea
         translate(teacher[-1].checkpoint, [t1], device="cpu")
     with pytest.raises(InputError, match="not on the grid"):
         translate(teacher[-1].checkpoint, [t1, gm.with_array(gm.array[:, :-1])], device="cpu")
+    shifted = gm.with_array(gm.array, origin=tuple(o + 10.0 for o in gm.origin))  # same shape, moved 10 mm
+    with pytest.raises(InputError, match="not on the grid"):
+        translate(teacher[-1].checkpoint, [t1, shifted], device="cpu")
 
 
 def test_a_student_generates_without_its_teacher_file(teacher, student, volumes, tmp_path):

@@ -100,13 +100,14 @@ def _check_inputs(recipe_cls: type[TranslationRecipe], inputs: Sequence[MedImage
         check_grey(image)
     first = inputs[0]
     for other in inputs[1:]:
-        if tuple(other.array.shape) != tuple(first.array.shape) or not np.allclose(
-            other.spacing, first.spacing, rtol=1e-3
-        ):
+        same_grid = tuple(other.array.shape) == tuple(first.array.shape) and np.allclose(
+            other.affine, first.affine, rtol=1e-3, atol=1e-3 * max(first.spacing)
+        )
+        if not same_grid:
             raise InputError(
-                f"{other.name!r} (shape {tuple(other.array.shape)}, spacing {other.spacing}) is not on the grid of "
-                f"{first.name!r} (shape {tuple(first.array.shape)}, spacing {first.spacing}); the inputs of a fusion "
-                "must be co-registered: resample one onto the other"
+                f"{other.name!r} (shape {tuple(other.array.shape)}, spacing {other.spacing}, origin {other.origin}) is "
+                f"not on the grid of {first.name!r} (shape {tuple(first.array.shape)}, spacing {first.spacing}, origin "
+                f"{first.origin}); the inputs of a fusion must be co-registered: resample one onto the other"
             )
 
 
