@@ -135,27 +135,13 @@ def _show_result(viewer, template, synthetic, timeout_s: float = 120.0) -> None:
     place_beside(viewer, synthetic, [template])
     viewer.add_layer(synthetic)
     viewer.layers.selection = {synthetic}
-    show_new(viewer, synthetic)
-    _fit_view(viewer, [template, synthetic])  # the hidden 4D image and cine lie elsewhere
+    show_new(viewer, synthetic)  # fits the visible layers: the hidden 4D image and cine lie elsewhere
     train = viewer.window.dock_widgets["Train (napari-medsynth)"]
     train.parent().raise_()  # the dock around the widget, in front of the other tabs
     deadline = time.monotonic() + timeout_s
     while not train.ready and time.monotonic() < deadline:
         QApplication.processEvents()
         time.sleep(0.05)
-
-
-def _fit_view(viewer, layers) -> None:
-    """Zoom the 2D view onto `layers` alone: reset_view fits every layer, hidden ones too.
-
-    (napari 0.9's ``reset_view(layers=...)`` fails when the layers differ in ndim.) Scaling the fitted
-    zoom by the smallest ratio of the extents keeps `layers` inside the canvas whatever its size.
-    """
-    viewer.reset_view()
-    every = np.ptp(viewer.layers.extent.world[:, -2:], axis=0)
-    shown = viewer.layers.get_extent(layers).world[:, -2:]
-    viewer.camera.center = tuple(shown.mean(axis=0))
-    viewer.camera.zoom *= float(np.min(every / np.maximum(np.ptp(shown, axis=0), 1e-6)))
 
 
 if __name__ == "__main__":

@@ -3,9 +3,9 @@
 napari puts every layer at its own world coordinates. A synthetic image made from a 3D or 4D source
 has no place of its own: at the world origin it is a small square hidden under the source, on a
 slider position the user is not at. `place_beside` moves such a layer to the right of the layers
-shown, top-aligned with them, with its first sample on the current slice; `show_new` then resets the
-view so that both are in it. Time axes and a volume's own z are never moved: frame k of a synthetic sequence stays at
-frame k of the real cine, on the same slider.
+shown, top-aligned with them, with its first sample on the current slice; `show_new` then fits the
+view to the visible layers, so that both are in it. Time axes and a volume's own z are never moved:
+frame k of a synthetic sequence stays at frame k of the real cine, on the same slider.
 
 `watch` makes a viewer show a newly opened sequence at its first frame, and moves MedSynth sample
 data that would hide the other samples beside them (the samples have no common patient frame).
@@ -56,9 +56,27 @@ def place_beside(viewer, layer: Layer, reference: Sequence[Layer] = ()) -> None:
 
 
 def show_new(viewer, layer: Layer) -> None:
-    """Fit the view to every layer and show `layer`'s first frame on its time slider, if it has one."""
-    viewer.reset_view()
+    """Fit the view to the visible layers and show `layer`'s first frame on its time slider, if it has one."""
+    fit_visible(viewer)
     _first_frame(viewer, layer)
+
+
+def fit_visible(viewer) -> None:
+    """Reset the view so that it fits the visible layers; napari's reset_view fits hidden ones too.
+
+    In 2D the fitted zoom is scaled by the smallest ratio of every layer's extent to the visible
+    layers', which keeps the visible ones inside the canvas whatever its size (napari 0.9's
+    ``reset_view(layers=...)`` fails when the layers differ in ndim).
+    """
+    viewer.reset_view()
+    shown = [layer for layer in viewer.layers if layer.visible]
+    if viewer.dims.ndisplay != 2 or not shown or len(shown) == len(viewer.layers):
+        return
+    axes = [axis - viewer.dims.ndim for axis in viewer.dims.displayed]  # right-aligned, as extents are
+    every = np.ptp(viewer.layers.extent.world[:, axes], axis=0)
+    visible = viewer.layers.get_extent(shown).world[:, axes]
+    viewer.camera.center = tuple(visible.mean(axis=0))
+    viewer.camera.zoom *= float(np.min(every / np.maximum(np.ptp(visible, axis=0), 1e-6)))
 
 
 def watch(viewer) -> None:

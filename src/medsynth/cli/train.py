@@ -2,7 +2,9 @@
 
 Recipes trained on ``(image, target)`` pairs (data kinds in
 `medsynth.training.recipe.TARGET_DATA_KINDS`, e.g. ``danger-unet``) take ``--targets``: one label
-map or mask per ``--data`` image, in the same order, on that image's grid.
+map or mask per ``--data`` image, in the same order, on that image's grid. Two-domain recipes
+(``cyclegan``, ``kgan-fusion``) take domain A's images as ``--data`` and domain B's as ``--data-b``,
+and `generate` applies them to given images with ``--input`` (`medsynth.training.translate`).
 
 Every run writes into a folder of its own under ``--out``: ``--name``, or the start time and the
 recipe (`medsynth.training.runs`); a folder that holds another run is refused, and ``--resume`` from
@@ -58,12 +60,21 @@ def register(subparsers) -> None:
         "generate", help="generate synthetic images from a checkpoint", description="Generate synthetic images."
     )
     generate.add_argument("checkpoint", type=Path, metavar="CKPT")
-    generate.add_argument("--num", "-n", type=int, required=True, help="number of images")
+    generate.add_argument("--num", "-n", type=int, help="number of images (recipes that draw from noise)")
     generate.add_argument(
         "--out", type=Path, required=True, metavar="FILE", help="a .nii/.nii.gz file, or a folder for DICOM"
     )
     generate.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     generate.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    translation = generate.add_argument_group("two-domain recipes (e.g. cyclegan, kgan-fusion)")
+    translation.add_argument(
+        "--input",
+        action="append",
+        type=Path,
+        metavar="PATH",
+        help="image to translate; give it twice for a fusion (domain A, then B). The output lies on its grid",
+    )
+    translation.add_argument("--direction", help="translation direction, e.g. a2b (default) or b2a")
     sequences = generate.add_argument_group("sequence recipes (e.g. hrgan-dtcr)")
     sequences.add_argument("--frames", type=int, help="frames per sequence (default: the training clip length)")
     sequences.add_argument("--resolution", type=int, help="side length in pixels (default: the training size)")
@@ -92,6 +103,13 @@ def add_run_arguments(parser, normalization: bool = True) -> None:
         type=Path,
         metavar="PATH",
         help="target label maps or masks, one per --data image in the same order (recipes marked 'needs --targets')",
+    )
+    parser.add_argument(
+        "--data-b",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="domain-B images of two-domain recipes (cyclegan, kgan-fusion); --data holds domain A's",
     )
     parser.add_argument(
         "--out", type=Path, metavar="DIR", help="parent folder of the runs: each run writes into a folder of its own"
@@ -139,6 +157,7 @@ def _train(args, control) -> int:
     values = read_config(args.config) if args.config else {}
     config_data = config_paths(values, "data", args.config)
     config_targets = config_paths(values, "targets", args.config)
+    config_data_b = config_paths(values, "data_b", args.config)
     data_paths = args.data or config_data
     target_paths = args.targets or config_targets
     for arg, key in CONFIG_KEYS_FROM_ARGS.items():
@@ -159,23 +178,30 @@ def _train(args, control) -> int:
     is_main = context_from_env().is_main
     if is_main:
         log.info("run folder %s", folder)
-    data = training_data(config.recipe, [Path(p) for p in data_paths], [Path(p) for p in target_paths or ()])
+    data_b = [Path(p) for p in args.data_b or config_data_b or ()]
+    data = training_data(
+        config.recipe, [Path(p) for p in data_paths], [Path(p) for p in target_paths or ()], data_b
+    )
     report = Reporter(enabled=is_main)
     for event in train(config, data, control):
         report(event)
     return 0
 
 
-def training_data(recipe: str, data_paths: list[Path], target_paths: list[Path]) -> list:
+def training_data(recipe: str, data_paths: list[Path], target_paths: list[Path], data_b: list[Path] = ()) -> Any:
     """The images of `data_paths`, paired with the targets of `target_paths` when `recipe` trains on pairs.
 
     InputError, before anything is trained, for targets given to a recipe that takes none, none given
-    to one that needs them, a count mismatch, or a target not on its image's grid.
+    to one that needs them, a count mismatch, or a target not on its image's grid; likewise for the
+    domain-B images `data_b` of a two-domain recipe (`two_domain_data`).
     """
     from medsynth.io import read_image
     from medsynth.training.recipe import TARGET_DATA_KINDS, get_recipe
 
-    paired = get_recipe(recipe).data_kind in TARGET_DATA_KINDS
+    kind = get_recipe(recipe).data_kind
+    if kind == "two-domain" or data_b:
+        return two_domain_data(recipe, data_paths, target_paths, data_b)
+    paired = kind in TARGET_DATA_KINDS
     if target_paths and not paired:
         raise InputError(
             f"recipe {recipe!r} trains on images alone and takes no --targets; drop --targets "
@@ -205,6 +231,38 @@ def training_data(recipe: str, data_paths: list[Path], target_paths: list[Path])
     return list(zip(images, targets))
 
 
+def two_domain_data(recipe: str, data_paths: list[Path], target_paths: list[Path], data_b: list[Path]):
+    """`TwoDomains` of the images of `data_paths` (A) and `data_b` (B), or InputError saying what is wrong."""
+    from medsynth.data.domains import TwoDomains
+    from medsynth.io import read_image
+    from medsynth.training.recipe import get_recipe
+
+    recipe_cls = get_recipe(recipe)
+    if recipe_cls.data_kind != "two-domain":
+        raise InputError(
+            f"recipe {recipe!r} trains on one set of images and takes no --data-b; drop --data-b (two-domain "
+            f"recipes: {', '.join(info.name for info in _two_domain_recipes())})"
+        )
+    if target_paths:
+        raise InputError(f"recipe {recipe!r} takes two domains (--data and --data-b), not --targets; drop --targets")
+    if not data_b:
+        raise InputError(
+            f"recipe {recipe!r} trains on two domains: give domain A's images as --data and domain B's as --data-b"
+        )
+    if recipe_cls.registered and len(data_b) != len(data_paths):
+        raise InputError(
+            f"--data has {len(data_paths)} image(s) but --data-b {len(data_b)}; recipe {recipe!r} fuses co-registered "
+            "pairs: give one --data-b image per --data image, in the same order"
+        )
+    return TwoDomains(a=[read_image(path) for path in data_paths], b=[read_image(path) for path in data_b])
+
+
+def _two_domain_recipes() -> list:
+    from medsynth.training.recipe import list_recipes
+
+    return [info for info in list_recipes() if info.data_kind == "two-domain"]
+
+
 def needing_targets() -> list[str]:
     """Names of the recipes trained on ``(image, target)`` pairs (the ones that need ``--targets``)."""
     from medsynth.training.recipe import TARGET_DATA_KINDS, list_recipes
@@ -219,7 +277,9 @@ def run_generate(args) -> int:
 
     out: Path = args.out
     is_nifti = output_format(out) == "nifti"
-    if args.num < 1:
+    if args.input is None and args.num is None:
+        raise InputError("give --num N images to generate, or --input IMAGE to translate with a two-domain recipe")
+    if args.num is not None and args.num < 1:
         raise InputError(f"--num {args.num}: the number of images must be at least 1")
     if is_nifti:
         check_new_file(out, "--out")
@@ -228,7 +288,10 @@ def run_generate(args) -> int:
         if out.is_dir() and any(out.glob("*.dcm")):
             raise InputError(f"--out {out} holds DICOM files already; choose a new or empty folder")
     checkpoint = load_checkpoint(args.checkpoint)
-    if get_recipe(checkpoint.recipe).data_kind == "sequence":
+    kind = get_recipe(checkpoint.recipe).data_kind
+    if args.input is not None or kind == "two-domain":
+        what = _write_translation(checkpoint, args, is_nifti)
+    elif kind == "sequence":
         what = _write_sequences(checkpoint, args, is_nifti)
     else:
         _refuse_sequence_options(checkpoint, args)
@@ -238,6 +301,40 @@ def run_generate(args) -> int:
 
 
 SEQUENCE_OPTIONS = ("frames", "resolution", "modality", "tile")
+
+
+def _write_translation(checkpoint, args, is_nifti: bool) -> str:
+    """Translate the ``--input`` images with a two-domain checkpoint and write the result on the first's grid."""
+    from medsynth.atomic import staged_folder
+    from medsynth.io import read_image, write_dicom, write_nifti
+    from medsynth.training.translate import translate, translation_recipe
+
+    recipe_cls = translation_recipe(checkpoint)
+    if args.input is None:
+        raise InputError(
+            f"{args.checkpoint} is a {checkpoint.recipe!r} model, which translates given images: give --input IMAGE "
+            f"({'twice: domain A, then domain B' if recipe_cls.inputs == 2 else 'once'}) instead of --num"
+        )
+    given = [f"--{name}" for name in ("num", *SEQUENCE_OPTIONS) if getattr(args, name) is not None]
+    if given:
+        raise InputError(f"{', '.join(given)}: not used when translating --input images; drop them")
+    inputs = [read_image(path) for path in args.input]
+    first = inputs[0]
+    what = f"{checkpoint.recipe} {args.direction or next(iter(recipe_cls.directions))} of {args.input[0]}"
+    # The result is float32 on the first input's grid; DICOM stores it as 16-bit pixels.
+    _check_space(args.out, is_nifti, 4 * first.array.size + 2**16, 1, first.array.size, what)
+    progress = ProgressLine(log_fraction=0.1)
+    result = translate(
+        checkpoint, inputs, args.direction, device=args.device,
+        progress=lambda done, total: progress.show(done, total, f"{done}/{total} planes"),
+    )  # fmt: skip
+    progress.finish()
+    if is_nifti:
+        write_nifti(result, args.out)
+    else:
+        with staged_folder(args.out) as work:
+            write_dicom(result, work)
+    return what
 
 
 def _refuse_sequence_options(checkpoint, args) -> None:
@@ -374,7 +471,11 @@ def run_recipes(args) -> int:
     from medsynth.training.recipe import TARGET_DATA_KINDS, list_recipes
 
     for info in list_recipes():
-        kind = f"{info.data_kind}, needs --targets" if info.data_kind in TARGET_DATA_KINDS else info.data_kind
+        kind = info.data_kind
+        if info.data_kind in TARGET_DATA_KINDS:
+            kind += ", needs --targets"
+        elif info.data_kind == "two-domain":
+            kind += ", needs --data-b; generate --input"
         print(f"{info.name}  [{kind}]  {info.description}")
         for s in describe(info.settings_cls):
             if s.choices is not None:
@@ -413,7 +514,7 @@ def read_config(path: Path) -> dict[str, Any]:
 
 
 def config_paths(values: dict[str, Any], key: str, path: Path | None) -> list[str] | None:
-    """Pop the file list `key` (``data`` or ``targets``) of a config file's table: one path or a list of paths."""
+    """Pop the file list `key` (``data``, ``targets`` or ``data_b``) of a config file's table: one path or a list of paths."""
     paths = values.pop(key, None)
     if isinstance(paths, str):
         return [paths]

@@ -100,6 +100,18 @@ def fit_square(x: torch.Tensor, size: int) -> torch.Tensor:
     return x.clamp_(-1.0, 1.0)
 
 
+def plane_indices(image: MedImage, slice_axis: int) -> Iterator[tuple[Any, ...]]:
+    """Index tuples of `image`'s 2D planes: along spatial axis `slice_axis` of a volume, in every frame."""
+    _check_slice_axis(image, slice_axis)
+    ranges: list[Any] = []
+    for axis, name in enumerate(image.axes):
+        if name == "t" or (image.ndim_spatial == 3 and name == image.spatial_axes[slice_axis]):
+            ranges.append(range(image.array.shape[axis]))
+        else:
+            ranges.append([slice(None)])
+    return itertools.product(*ranges)
+
+
 def foreground_fraction(normalised: np.ndarray) -> float:
     """Fraction of values above `FOREGROUND_LEVEL` in an array normalised to [-1, 1]."""
     return float(np.count_nonzero(normalised > FOREGROUND_LEVEL)) / max(1, normalised.size)
@@ -127,7 +139,7 @@ class _LazyDataset:
         digest = hashlib.sha256()
         budget = cache_bytes
         for k, image in enumerate(self.images):
-            _check_grey(image)
+            check_grey(image)
             for index in self._enumerate(image):
                 raw = np.asarray(image.array[index])
                 normalised = normalization.apply(raw)
@@ -224,14 +236,7 @@ class SliceDataset(_LazyDataset):
         super().__init__(images, normalization, **options)
 
     def _enumerate(self, image: MedImage) -> Iterator[tuple[Any, ...]]:
-        _check_slice_axis(image, self.slice_axis)
-        ranges = []
-        for axis, name in enumerate(image.axes):
-            if name == "t" or (image.ndim_spatial == 3 and name == image.spatial_axes[self.slice_axis]):
-                ranges.append(range(image.array.shape[axis]))
-            else:
-                ranges.append([slice(None)])
-        return itertools.product(*ranges)
+        return plane_indices(image, self.slice_axis)
 
     def _prepare(self, normalised: np.ndarray) -> torch.Tensor:
         return fit_square(torch.from_numpy(normalised)[None], self.size)
@@ -335,7 +340,7 @@ class LesionCropDataset:
         margin: int = -1,
     ) -> None:
         self.image = as_medimage(image, name="lesion image")
-        _check_grey(self.image)
+        check_grey(self.image)
         if self.image.has_time:
             raise InputError(
                 f"image {self.image.name!r} (axes {self.image.axes!r}) has a time axis; a lesion crop comes from a "
@@ -460,7 +465,7 @@ class StepSampler:
         return self._shard
 
 
-def _check_grey(image: MedImage) -> None:
+def check_grey(image: MedImage) -> None:
     if image.is_rgb:
         raise InputError(
             f"image {image.name!r} is colour (axes {image.axes!r}); the recipes train on one channel: "

@@ -6,7 +6,8 @@ One file per checkpoint, ``checkpoint-<step>.safetensors``. Every tensor of the 
 ``__metadata__`` holds one key, ``medsynth``, whose JSON value records:
 
 ``format_version``, ``medsynth_version``, ``recipe``, ``settings``, ``step``, ``seed``,
-``normalization`` (`medsynth.data.normalization.Normalization`), ``data`` (shapes, spacing,
+``normalization`` (`medsynth.data.normalization.Normalization`), ``normalization_b`` (domain B's, for
+two-domain recipes; absent otherwise), ``data`` (shapes, spacing,
 modality, units, content hash of the training data), ``state`` (the state's structure with its
 non-tensor values, tensors referenced by name), ``tensors_sha256`` (of the tensor data section,
 which catches truncation and bit rot) and ``extra`` (e.g. per-rank parameter digests of a
@@ -59,6 +60,8 @@ class Checkpoint:
     state: dict[str, Any]
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    normalization_b: Normalization | None = None
+    """Domain B's intensity map, for two-domain recipes (`normalization` is domain A's)."""
     format_version: int = FORMAT_VERSION
     medsynth_version: str = medsynth.__version__
     path: Path | None = None
@@ -92,6 +95,8 @@ def save_checkpoint(checkpoint: Checkpoint, path: Path) -> Path:
         "extra": checkpoint.extra,
         "state": structure,
     }
+    if checkpoint.normalization_b is not None:
+        meta["normalization_b"] = checkpoint.normalization_b.to_dict()
     # The data section does not depend on the metadata, so hash it from a first serialisation.
     meta["tensors_sha256"] = _data_sha256(save_tensors(tensors, metadata={METADATA_KEY: json.dumps(meta)}))
     blob = save_tensors(tensors, metadata={METADATA_KEY: json.dumps(meta)})
@@ -139,6 +144,7 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
             state=_unflatten(meta["state"], tensors),
             seed=int(meta.get("seed", 0)),
             extra=dict(meta.get("extra", {})),
+            normalization_b=Normalization.from_dict(meta["normalization_b"]) if "normalization_b" in meta else None,
             format_version=version,
             medsynth_version=str(meta.get("medsynth_version", "")),
             path=path,

@@ -5,9 +5,11 @@ trainer (`medsynth.training.trainer`) supplies everything else (data, device, mi
 seeding, EMA timing, checkpoints, distribution). A recipe subclass declares:
 
 - ``name``, ``description`` (one line), ``data_kind`` (``"image2d"``, ``"sequence"``, ``"patch"``,
-  ``"paired"``: ``(2, H, W)`` items of an image and its target map, see `medsynth.data.paired`, or
+  ``"paired"``: ``(2, H, W)`` items of an image and its target map, see `medsynth.data.paired`,
   ``"lesion"``: the one ``(2, h, w)`` crop of a lesion and its mask, see
-  `medsynth.data.datasets.LesionCropDataset`; such recipes have a ``margin`` setting)
+  `medsynth.data.datasets.LesionCropDataset`; such recipes have a ``margin`` setting, or
+  ``"two-domain"``: ``(2, H, W)`` items of a domain-A and a domain-B slice, see
+  `medsynth.data.domains` and `TranslationRecipe`)
   and ``settings_cls``, a dataclass declared with `medsynth.settings.setting` that has at least
   ``resolution`` (training side length) and ``batch_size`` (or overrides those two properties);
 - ``build(settings, device)``, which creates ``self.models``, ``self.optimizers`` and ``self.ema``;
@@ -62,16 +64,18 @@ from torch import nn
 
 from medsynth.data.augment import augment_batch
 from medsynth.data.normalization import Normalization
-from medsynth.errors import SettingsError, TrainingError
+from medsynth.errors import InputError, SettingsError, TrainingError
 from medsynth.models.ema import EMA
 from medsynth.training.gan_optimizer import GANOptimizerSettings
 
 RECIPE_PACKAGE = "medsynth.training.recipes"
-DATA_KINDS = ("image2d", "sequence", "patch", "paired", "lesion")
+DATA_KINDS = ("image2d", "sequence", "patch", "paired", "lesion", "two-domain")
 TARGET_DATA_KINDS = ("paired", "lesion")
 """Data kinds trained on ``(image, target)`` pairs: the CLI's ``--targets`` and the Train widget's target layer."""
 SAMPLE_CHUNK = 256
 """Images generated per forward pass when sampling, to bound memory."""
+PREVIEW_ITEMS = 8
+"""Training items a `TranslationRecipe` keeps for its previews."""
 
 _REGISTRY: dict[str, type[Recipe]] = {}
 
@@ -259,6 +263,66 @@ class LatentGANRecipe(Recipe):
         latents = torch.randn(n, self.latent_dim, generator=generator)
         chunks = [self.ema.module(z.to(self.device)).float().cpu() for z in latents.split(SAMPLE_CHUNK)]
         return torch.cat(chunks) if chunks else torch.empty(0, 1, self.resolution, self.resolution)
+
+
+class TranslationRecipe(Recipe):
+    """A recipe that maps given images of one or two domains to an image (translation, fusion).
+
+    It trains on `medsynth.data.domains.DomainPairDataset` items: batches ``(B, 2, S, S)`` of a
+    domain-A slice (channel 0) and a domain-B slice (channel 1), each normalised with its own domain's
+    map. It draws nothing from noise: `medsynth.training.translate` applies `translate` to the slices
+    of given images, and `sample` only previews translations of training items during a run.
+    """
+
+    data_kind = "two-domain"
+    registered: ClassVar[bool] = False
+    """True when A and B are co-registered pairs on one grid (fusion); False for unpaired sets."""
+    inputs: ClassVar[int] = 1
+    """Images one translation takes: 1 (from the other domain of its output), or 2 (A and B, in that order)."""
+    directions: ClassVar[dict[str, str]]
+    """Direction name -> the domain (``"a"`` or ``"b"``) whose units its output is in; the first is the default."""
+
+    @classmethod
+    def domain_normalizations(cls, settings: Any) -> tuple[Normalization, Normalization] | None:
+        """The intensity maps of domains A and B the models are bound to (e.g. a teacher's); None to fit them."""
+        return None
+
+    @classmethod
+    def data_normalization(cls, settings: Any) -> Normalization | None:
+        bound = cls.domain_normalizations(settings)
+        return bound[0] if bound is not None else None
+
+    @classmethod
+    def input_domains(cls, direction: str) -> tuple[str, ...]:
+        """The domains of the images `direction` reads, in order."""
+        if cls.inputs == 2:
+            return ("a", "b")
+        return ("b",) if cls.directions[direction] == "a" else ("a",)
+
+    def prepare(self, dataset: Any) -> None:
+        """Keep the first training items to preview translations of them during the run."""
+        self._preview = torch.stack([dataset[i % len(dataset)] for i in range(PREVIEW_ITEMS)])
+
+    @abstractmethod
+    def translate(self, images: torch.Tensor, direction: str) -> torch.Tensor:
+        """``(N, inputs, S, S)`` normalised inputs -> ``(N, 1, S, S)`` in the output domain's normalised range.
+
+        Uses the EMA (or evaluation-mode) generator without gradients, on ``self.device``.
+        """
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Translations of the kept training items by the first direction, ``(n, 1, S, S)``, cycled."""
+        preview = getattr(self, "_preview", None)
+        if preview is None:
+            raise InputError(
+                f"recipe {self.name!r} translates given images and draws none from noise; use "
+                "medsynth.training.translate.translate (CLI: medsynth generate CKPT --input IMAGE)"
+            )
+        direction = next(iter(self.directions))
+        channels = [0 if domain == "a" else 1 for domain in self.input_domains(direction)]
+        inputs = preview[torch.arange(n) % len(preview)][:, channels].to(self.device)
+        return self.translate(inputs, direction).float().cpu()
 
 
 def register_recipe(cls: type[Recipe]) -> type[Recipe]:

@@ -8,7 +8,8 @@ reproducible and a resumed run continues exactly as an uninterrupted one would.
 Recipes of data kind ``"lesion"`` (SinGAN) train on one ``(image, mask)`` pair: the dataset is the
 lesion crop (`medsynth.data.datasets.LesionCropDataset`), normalised by its own minimum and maximum
 whatever ``config.normalization`` says, never augmented (``augment=True`` is refused). Recipes with
-``steps_from_data`` set the run's length themselves and ``config.steps`` is ignored.
+``steps_from_data`` set the run's length themselves and ``config.steps`` is ignored. Recipes of data kind ``"two-domain"`` train on
+`medsynth.data.domains.TwoDomains`, each domain in its own intensity map (both saved in checkpoints).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from medsynth.data.datasets import (
     StepSampler,
     as_medimage,
 )
+from medsynth.data.domains import DomainPairDataset, as_two_domains
 from medsynth.data.normalization import Normalization
 from medsynth.data.paired import PairedSliceDataset, split_pairs
 from medsynth.errors import CheckpointError, InputError, SettingsError, TrainingError
@@ -48,7 +50,7 @@ from medsynth.training.config import TrainConfig
 from medsynth.training.control import TrainControl
 from medsynth.training.device import autocast, select_device
 from medsynth.training.events import CheckpointSaved, Event, Finished, Paused, Progress, Resumed, Samples, Started
-from medsynth.training.recipe import TARGET_DATA_KINDS, Recipe, get_recipe
+from medsynth.training.recipe import TARGET_DATA_KINDS, Recipe, TranslationRecipe, get_recipe
 from medsynth.training.runs import check_run_folder, start_run
 
 SMALL_DATA = 5000
@@ -127,18 +129,26 @@ def _run(
     context: distributed.DistributedContext,
     device: torch.device,
 ) -> Iterator[Event]:
-    targets = None
-    if recipe_cls.data_kind in TARGET_DATA_KINDS:
-        data, targets = split_pairs(data)
-    images = [as_medimage(item, name=f"image {k}") for k, item in enumerate(data)]
-    if recipe_cls.data_kind == "lesion":
-        dataset = _lesion_dataset(config, settings, images, targets or [], resume)
-        normalization, augment = dataset.normalization, False
+    normalization_b = None
+    if recipe_cls.data_kind == "two-domain":
+        dataset = _domain_dataset(config, settings, recipe_cls, data, resume)
+        normalization, normalization_b = dataset.normalizations
     else:
-        normalization = resume.normalization if resume is not None else recipe_cls.data_normalization(settings)
-        if normalization is None:
-            normalization = config.fit_normalization([image.array for image in images])
-        dataset = _make_dataset(recipe_cls, settings, images, normalization, config, targets)
+        targets = None
+        if recipe_cls.data_kind in TARGET_DATA_KINDS:
+            data, targets = split_pairs(data)
+        images = [as_medimage(item, name=f"image {k}") for k, item in enumerate(data)]
+        if recipe_cls.data_kind == "lesion":
+            dataset = _lesion_dataset(config, settings, images, targets or [], resume)
+            normalization = dataset.normalization
+        else:
+            normalization = resume.normalization if resume is not None else recipe_cls.data_normalization(settings)
+            if normalization is None:
+                normalization = config.fit_normalization([image.array for image in images])
+            dataset = _make_dataset(recipe_cls, settings, images, normalization, config, targets)
+    if recipe_cls.data_kind == "lesion":
+        augment = False
+    else:
         augment = config.augment if config.augment is not None else len(dataset) < SMALL_DATA
     data_description = dataset.describe()
 
@@ -172,7 +182,11 @@ def _run(
     )
 
     def save(step: int) -> Path | None:
-        return _save(recipe, config, settings, normalization, data_description, step, context)
+        return _save(recipe, config, settings, (normalization, normalization_b), data_description, step, context)
+
+    preview_normalization = normalization
+    if isinstance(recipe, TranslationRecipe) and recipe.directions[next(iter(recipe.directions))] == "b":
+        preview_normalization = normalization_b
 
     yield Started(recipe.name, total, start, str(device), context.world_size)
     step, reason, losses = start, "completed", {}
@@ -208,7 +222,7 @@ def _run(
                 )
             window, window_start, window_steps = {}, time.perf_counter(), 0
         if context.is_main and config.sample_every and step % config.sample_every == 0:
-            yield _samples(recipe, normalization, dataset.pixel_spacing, config, step)
+            yield _samples(recipe, preview_normalization, dataset.pixel_spacing, config, step)
         if step % config.checkpoint_every == 0 and step < total:
             path = save(step)
             if path is not None:
@@ -259,12 +273,15 @@ def _save(
     recipe: Recipe,
     config: TrainConfig,
     settings: Any,
-    normalization: Normalization,
+    normalizations: tuple[Normalization, Normalization | None],
     data_description: dict[str, Any],
     step: int,
     context: distributed.DistributedContext,
 ) -> Path | None:
-    """Write the checkpoint of `step` on rank 0 (a collective: every rank calls it); its path on rank 0."""
+    """Write the checkpoint of `step` on rank 0 (a collective: every rank calls it); its path on rank 0.
+
+    `normalizations` are the intensity maps of the data and, for two-domain recipes, of domain B.
+    """
     for name, model in recipe.models.items():
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             raise TrainingError(f"the weights of {name!r} are not finite at step {step}; no checkpoint was written")
@@ -279,7 +296,8 @@ def _save(
         recipe=recipe.name,
         settings=to_dict(settings),
         step=step,
-        normalization=normalization,
+        normalization=normalizations[0],
+        normalization_b=normalizations[1],
         data=data_description,
         state=recipe.state_dict(),
         seed=config.seed,
@@ -307,6 +325,34 @@ def _lesion_dataset(
             "slice axis and margin"
         )
     return dataset
+
+
+def _domain_dataset(
+    config: TrainConfig, settings: Any, recipe_cls: type[Recipe], data: Any, resume: Checkpoint | None
+) -> DomainPairDataset:
+    """The two-domain dataset, each domain in its own intensity map: the resumed or bound one, else fitted."""
+    domains = as_two_domains(data, config.recipe)
+    if resume is not None and resume.normalization_b is None:
+        raise CheckpointError(
+            f"checkpoint {config.resume} holds no intensity map of domain B; it was not written by a two-domain run"
+        )
+    if resume is not None:
+        normalizations = (resume.normalization, resume.normalization_b)
+    else:
+        normalizations = recipe_cls.domain_normalizations(settings) or (
+            _fit_domain(config, domains.a, "A"),
+            _fit_domain(config, domains.b, "B"),
+        )
+    options = {"slice_axis": config.slice_axis, "min_foreground": config.min_foreground}
+    return DomainPairDataset(
+        domains, normalizations, recipe_cls.data_resolution(settings), registered=recipe_cls.registered, **options
+    )
+
+
+def _fit_domain(config: TrainConfig, images: Sequence[Any], domain: str) -> Normalization:
+    """The intensity map `config` fits to one domain's images alone (the domains differ in units)."""
+    arrays = [as_medimage(image, name=f"domain-{domain} image {k}").array for k, image in enumerate(images)]
+    return config.fit_normalization(arrays)
 
 
 def _make_dataset(
