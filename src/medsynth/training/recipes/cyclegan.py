@@ -79,7 +79,9 @@ class CycleGANRecipe(TranslationRecipe):
 
     def build(self, settings: CycleGANSettings, device: torch.device) -> None:
         self.settings, self.device = settings, device
-        generators = {name: ResNetGenerator(settings.g_channels, settings.blocks).to(device) for name in ("g_ab", "g_ba")}
+        generators = {
+            name: ResNetGenerator(settings.g_channels, settings.blocks).to(device) for name in ("g_ab", "g_ba")
+        }
         discriminators = {
             name: PatchDiscriminator(settings.d_channels, norm="instance").to(device) for name in ("d_a", "d_b")
         }
