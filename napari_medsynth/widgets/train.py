@@ -40,7 +40,6 @@ from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QFileDialog, QLabel, QProgressBar, QWidget
 
 import medsynth
-from medsynth.data.domains import TwoDomains
 from medsynth.data.normalization import NORMALIZATION_FIELDS, NormalizationOptions
 from medsynth.errors import InputError, MedsynthError
 from medsynth.io.image import MedImage, SyntheticProvenance
@@ -60,6 +59,7 @@ from napari_medsynth.workers import TRAIN_THREADS, BackgroundRun, EventWorker, F
 if TYPE_CHECKING:
     import napari
 
+    from medsynth.data.domains import TwoDomains
     from medsynth.training.checkpoint import Checkpoint
     from medsynth.training.recipe import RecipeInfo
     from napari_medsynth.widgets.plot import LinePlot
@@ -428,6 +428,8 @@ class TrainWidget(QWidget):
             raise InputError("no training data selected: select one or more image layers under Data")
         images = [layer_image(layer) for layer in layers]
         if self._two_domains():
+            from medsynth.data.domains import TwoDomains
+
             layers_b = self.data["layers_b"].value
             if not layers_b:
                 raise InputError(
@@ -478,7 +480,7 @@ class TrainWidget(QWidget):
         A two-domain recipe previews translations by its first direction, in the units of that
         direction's output domain; the others preview the (first) training image's kind.
         """
-        if isinstance(data, TwoDomains):
+        if self._two_domains():
             in_a = recipe_cls.directions[next(iter(recipe_cls.directions))] == "a"
             return (data.a if in_a else data.b)[0], self.data["layers" if in_a else "layers_b"].value[0]
         return (data[0][0] if isinstance(data[0], tuple) else data[0]), self.data["layers"].value[0]

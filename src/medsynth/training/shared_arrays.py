@@ -30,7 +30,6 @@ import numpy as np
 from numpy.lib.array_utils import byte_bounds
 from numpy.lib.stride_tricks import as_strided
 
-from medsynth.data.domains import TwoDomains
 from medsynth.errors import InputError
 from medsynth.io.image import MedImage
 
@@ -96,6 +95,8 @@ def share(data: Any, shared: list[SharedMemory]) -> Any:
     `data` is a MedImage, an array, or a list or tuple of them (nested), or `TwoDomains` of such lists.
     MedImages are shallow copies with the handle as `array`; the caller's objects are not changed.
     """
+    from medsynth.data.domains import TwoDomains  # imports torch, which the Train dock loads off the GUI thread
+
     if isinstance(data, TwoDomains):
         return TwoDomains(a=share(list(data.a), shared), b=share(list(data.b), shared))
     if isinstance(data, MedImage):
@@ -119,6 +120,8 @@ def share(data: Any, shared: list[SharedMemory]) -> Any:
 
 def reopen(data: Any) -> Any:
     """The inverse of `share`, in the process that receives its result."""
+    from medsynth.data.domains import TwoDomains
+
     if isinstance(data, (MappedArray, SharedArray)):
         return data.open()
     if isinstance(data, TwoDomains):
