@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 
+from medsynth.data.domains import TwoDomains
 from medsynth.data.samples import load_sample
 from medsynth.errors import InputError, SettingsError, TrainingError
 from medsynth.io import read_image, write_nifti
@@ -126,6 +127,18 @@ def test_a_large_in_memory_array_goes_through_shared_memory_until_released(monke
     monkeypatch.setattr(shutil, "disk_usage", lambda path: almost_full)
     assert shared_arrays.share(ct.array, shared) is ct.array and shared == []
 
+
+
+def test_two_domains_travel_as_handles_and_reopen_as_two_domains(monkeypatch, ct):
+    monkeypatch.setattr(shared_arrays, "SHARED_MIN_BYTES", ct.array.nbytes)
+    shared: list[SharedMemory] = []
+    sent = shared_arrays.share(TwoDomains(a=[ct], b=[ct.array[::-1]]), shared)
+    assert isinstance(sent, TwoDomains) and len(shared) == 2 and len(pickle.dumps(sent)) < 2000
+    received = shared_arrays.reopen(pickle.loads(pickle.dumps(sent)))
+    assert isinstance(received, TwoDomains)
+    np.testing.assert_array_equal(received.a[0].array, ct.array)
+    np.testing.assert_array_equal(received.b[0], ct.array[::-1])
+    shared_arrays.release(shared)
 
 @pytest.mark.slow
 def test_the_child_yields_the_events_and_losses_of_in_process_training(tmp_path, ct):

@@ -18,7 +18,8 @@ from torch import nn
 
 from medsynth.cli import main
 from medsynth.data.datasets import fit_square
-from medsynth.data.domains import DomainPairDataset, TwoDomains
+from medsynth.data.domain_dataset import DomainPairDataset
+from medsynth.data.domains import TwoDomains
 from medsynth.data.normalization import percentile_normalization
 from medsynth.errors import InputError
 from medsynth.io import read_image

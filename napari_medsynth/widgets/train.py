@@ -40,6 +40,7 @@ from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QFileDialog, QLabel, QProgressBar, QWidget
 
 import medsynth
+from medsynth.data.domains import TwoDomains
 from medsynth.data.normalization import NORMALIZATION_FIELDS, NormalizationOptions
 from medsynth.errors import InputError, MedsynthError
 from medsynth.io.image import MedImage, SyntheticProvenance
@@ -59,7 +60,6 @@ from napari_medsynth.workers import TRAIN_THREADS, BackgroundRun, EventWorker, F
 if TYPE_CHECKING:
     import napari
 
-    from medsynth.data.domains import TwoDomains
     from medsynth.training.checkpoint import Checkpoint
     from medsynth.training.recipe import RecipeInfo
     from napari_medsynth.widgets.plot import LinePlot
@@ -428,8 +428,6 @@ class TrainWidget(QWidget):
             raise InputError("no training data selected: select one or more image layers under Data")
         images = [layer_image(layer) for layer in layers]
         if self._two_domains():
-            from medsynth.data.domains import TwoDomains
-
             layers_b = self.data["layers_b"].value
             if not layers_b:
                 raise InputError(

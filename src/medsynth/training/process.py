@@ -40,17 +40,15 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.queues import Queue
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from medsynth.data.domains import TwoDomains
 from medsynth.errors import InputError, SettingsError, TrainingError
 from medsynth.io.image import MedImage
 from medsynth.training import shared_arrays
 from medsynth.training.config import TrainConfig
 from medsynth.training.control import SPAWN, TrainControl
 from medsynth.training.events import Event, Finished
-
-if TYPE_CHECKING:
-    from medsynth.data.domains import TwoDomains
 
 POLL_S = 0.2
 """How often the relay, while no event arrives, checks that the child is alive."""
@@ -110,8 +108,6 @@ def train_in_process(
     (same type and message) when it can be rebuilt here, else a TrainingError with its message and
     traceback; a TrainingError naming the exit code when the child dies without a word.
     """
-    from medsynth.data.domains import TwoDomains  # imports torch, which the Train dock loads off the GUI thread
-
     control = control if control is not None else TrainControl.shared()
     if not control.is_shared:
         raise ValueError(

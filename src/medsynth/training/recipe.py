@@ -9,7 +9,7 @@ seeding, EMA timing, checkpoints, distribution). A recipe subclass declares:
   ``"lesion"``: the one ``(2, h, w)`` crop of a lesion and its mask, see
   `medsynth.data.datasets.LesionCropDataset`; such recipes have a ``margin`` setting, or
   ``"two-domain"``: ``(2, H, W)`` items of a domain-A and a domain-B slice, see
-  `medsynth.data.domains` and `TranslationRecipe`)
+  `medsynth.data.domain_dataset` and `TranslationRecipe`)
   and ``settings_cls``, a dataclass declared with `medsynth.settings.setting` that has at least
   ``resolution`` (training side length) and ``batch_size`` (or overrides those two properties);
 - ``build(settings, device)``, which creates ``self.models``, ``self.optimizers`` and ``self.ema``;
@@ -268,7 +268,7 @@ class LatentGANRecipe(Recipe):
 class TranslationRecipe(Recipe):
     """A recipe that maps given images of one or two domains to an image (translation, fusion).
 
-    It trains on `medsynth.data.domains.DomainPairDataset` items: batches ``(B, 2, S, S)`` of a
+    It trains on `medsynth.data.domain_dataset.DomainPairDataset` items: batches ``(B, 2, S, S)`` of a
     domain-A slice (channel 0) and a domain-B slice (channel 1), each normalised with its own domain's
     map. It draws nothing from noise: `medsynth.training.translate` applies `translate` to the slices
     of given images, and `sample` only previews translations of training items during a run.

@@ -1,6 +1,6 @@
 """Training data sent to a child process without pickling large arrays: memory maps reopened, big arrays shared.
 
-`share(data, shared)` replaces, in MedImages, ``(image, target)`` pairs, `TwoDomains` and plain arrays, each numpy
+`share(data, shared)` replaces, in MedImages, ``(image, target)`` pairs and plain arrays, each numpy
 array that would be expensive to pickle by a small handle, and `reopen` turns the handles back into
 arrays in the child:
 
@@ -30,6 +30,7 @@ import numpy as np
 from numpy.lib.array_utils import byte_bounds
 from numpy.lib.stride_tricks import as_strided
 
+from medsynth.data.domains import TwoDomains
 from medsynth.errors import InputError
 from medsynth.io.image import MedImage
 
@@ -92,11 +93,9 @@ _ATTACHED: list[SharedMemory] = []
 def share(data: Any, shared: list[SharedMemory]) -> Any:
     """`data` with its numpy arrays replaced by handles (see the module docstring); new blocks go to `shared`.
 
-    `data` is a MedImage, an array, or a list or tuple of them (nested), or `TwoDomains` of such lists.
+    `data` is a MedImage, an array, a list or tuple of them (nested), or `TwoDomains` of such lists.
     MedImages are shallow copies with the handle as `array`; the caller's objects are not changed.
     """
-    from medsynth.data.domains import TwoDomains  # imports torch, which the Train dock loads off the GUI thread
-
     if isinstance(data, TwoDomains):
         return TwoDomains(a=share(list(data.a), shared), b=share(list(data.b), shared))
     if isinstance(data, MedImage):
@@ -120,8 +119,6 @@ def share(data: Any, shared: list[SharedMemory]) -> Any:
 
 def reopen(data: Any) -> Any:
     """The inverse of `share`, in the process that receives its result."""
-    from medsynth.data.domains import TwoDomains
-
     if isinstance(data, (MappedArray, SharedArray)):
         return data.open()
     if isinstance(data, TwoDomains):

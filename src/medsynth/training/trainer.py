@@ -31,7 +31,8 @@ from medsynth.data.datasets import (
     StepSampler,
     as_medimage,
 )
-from medsynth.data.domains import DomainPairDataset, as_two_domains
+from medsynth.data.domain_dataset import DomainPairDataset
+from medsynth.data.domains import as_two_domains
 from medsynth.data.normalization import Normalization
 from medsynth.data.paired import PairedSliceDataset, split_pairs
 from medsynth.errors import CheckpointError, InputError, SettingsError, TrainingError
