@@ -12,7 +12,8 @@ import torch
 
 from medsynth.cli import main
 from medsynth.data.datasets import SliceDataset
-from medsynth.data.domains import DomainPairDataset, TwoDomains
+from medsynth.data.domain_dataset import DomainPairDataset
+from medsynth.data.domains import TwoDomains
 from medsynth.data.normalization import percentile_normalization
 from medsynth.data.samples import load_sample, sample_path
 from medsynth.errors import InputError, SettingsError
