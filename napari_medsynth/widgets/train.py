@@ -284,7 +284,7 @@ class TrainWidget(QWidget):
         self.run.state_changed.connect(self._show_state)
         self.generation.state_changed.connect(self._show_generation_state)
         self.generate_button.enabled = False
-        self._show_target_picker()
+        self._show_data_pickers()
         self._show_normalization(self.normalization["normalization"].value)
         self._show_state(self.run.state)
 
@@ -389,9 +389,9 @@ class TrainWidget(QWidget):
         self.recipe_note.value = note
         self.recipe_note.visible = bool(note)
         self._recipe_name = name
-        self._show_target_picker()
+        self._show_data_pickers()
 
-    def _show_target_picker(self) -> None:
+    def _show_data_pickers(self) -> None:
         """The target picker for recipes trained on targets, the domain-B picker for two-domain recipes."""
         self.data["target"].visible = self._needs_target()
         two = self._two_domains()
