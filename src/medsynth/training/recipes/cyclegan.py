@@ -56,10 +56,13 @@ class CycleGANSettings(GANOptimizerSettings):
     )
     pool_size: int = setting(50, "Generated images kept for the discriminators (paper: 50; 0: none)", min=0, max=10_000)
     lr_constant_steps: int = setting(
-        1000, "Steps at the initial learning rates (paper: half the run; set it to steps / 2)", min=0
+        1000, "Steps at the initial learning rates (paper: half the run; set it to steps / 2)", min=0, max=10_000_000
     )
     lr_decay_steps: int = setting(
-        1000, "Steps after those over which the learning rates fall linearly towards 0 (0: no decay)", min=0
+        1000,
+        "Steps after those over which the learning rates fall linearly towards 0 (0: no decay)",
+        min=0,
+        max=10_000_000,
     )
 
 
