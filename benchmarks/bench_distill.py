@@ -9,12 +9,16 @@ Three runs, each on one torch thread until it has used its budget of its own pro
 - ``distilled``: ``distill`` from the teacher's checkpoint (width factor 0.25), `--budget` seconds;
 - ``scratch``: ``dcgan`` at the student's widths (``g_channels = d_channels = 4``), the same `--budget`.
 
+Each ``--variant NAME:KEY=VALUE,...`` adds a distilled run with those settings changed (e.g.
+``--variant beta1:beta=1.0,lr_d=0.0002``), trained like ``distilled``.
+
 Then, for each: generator parameters, generation time per image (the EMA generator drawing
 `--chunk` images per forward pass on one thread, the models timed in alternating blocks so that
 they see the same load; ratios against the teacher), and SWD x1e3 (`medsynth.metrics.swd`, data
 units) of `--samples` generated images against the held-out slices.
 
     nice -n 10 python benchmarks/bench_distill.py [--teacher-budget 180] [--budget 90] [--samples 500] [--seed 0]
+        [--variant NAME:KEY=VALUE,... ...]
 """
 
 from __future__ import annotations
@@ -79,6 +83,12 @@ def generation_seconds(checkpoints: dict[str, str], chunk: int, rounds: int) -> 
     return {name: total / (rounds * chunk) for name, total in seconds.items()}
 
 
+def variant(text: str) -> tuple[str, dict[str, str]]:
+    """``NAME:KEY=VALUE,KEY=VALUE`` -> (NAME, settings); the trainer parses the values against the settings."""
+    name, _, assignments = text.partition(":")
+    return name, dict(item.split("=", 1) for item in assignments.split(",") if item)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher-budget", type=float, default=180.0, help="the teacher's training CPU seconds")
@@ -88,6 +98,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="timed generation rounds")
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--json", type=Path, default=Path("bench_distill.json"), help="where to write the results")
+    parser.add_argument("--variant", action="append", default=[], type=variant, metavar="NAME:KEY=VALUE,...",
+                        help="another distilled run with these settings changed (repeatable)")  # fmt: skip
     args = parser.parse_args()
     print(f"load average at start {os.getloadavg()}")
     spawn = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no inherited torch threads
@@ -95,8 +107,10 @@ def main() -> None:
         scratch = pool.submit(train_for, ("scratch", "dcgan", SCRATCH, args.budget, args.seed, workdir))
         teacher = pool.submit(train_for, ("teacher", "dcgan", {}, args.teacher_budget, args.seed, workdir)).result()
         distill = {"teacher": teacher["checkpoint"], "width_factor": 0.25}
-        runs = [teacher, pool.submit(train_for, ("distilled", "distill", distill, args.budget, args.seed, workdir)).result(),
-                scratch.result()]  # fmt: skip
+        students = [("distilled", {}), *args.variant]
+        futures = [pool.submit(train_for, (name, "distill", {**distill, **changes}, args.budget, args.seed, workdir))
+                   for name, changes in students]  # fmt: skip
+        runs = [teacher, *(future.result() for future in futures), scratch.result()]
         checkpoints = {r["name"]: r["checkpoint"] for r in runs}
         per_image = generation_seconds(checkpoints, args.chunk, args.rounds)
         _, held_out = split(load_sample("mni152"))

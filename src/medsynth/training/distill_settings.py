@@ -21,7 +21,7 @@ class DistillSettings(GANOptimizerSettings):
     )
     batch_size: int = setting(16, "Real images per batch and process", min=1, max=1024)
     alpha: float = setting(1.0, "Weight of the soft loss L_soft (learning from the teacher)", min=0.0, max=1000.0)
-    beta: float = setting(0.1, "Weight of the hard loss L_hard (adversarial, against real data)", min=0.0, max=1000.0)
+    beta: float = setting(1.0, "Weight of the hard loss L_hard (adversarial, against real data)", min=0.0, max=1000.0)
     temperature: float = setting(
         4.0, "Temperature T softening the teacher discriminator's probabilities", min=0.1, max=100.0
     )
@@ -42,6 +42,4 @@ class DistillSettings(GANOptimizerSettings):
     lr_g: float = with_default(
         GANOptimizerSettings, "lr_g", 1e-3, "higher than a GAN's: the student mostly regresses onto its teacher"
     )
-    lr_d: float = with_default(
-        GANOptimizerSettings, "lr_d", 5e-5, "as dcgan's: the small student's discriminator otherwise wins at once"
-    )
+    # lr_d keeps the shared 2e-4: with 5e-5 and beta 0.1 students lagged (docs/benchmarks.md, "distill" tuning).
