@@ -260,6 +260,9 @@ def test_train_dock_trains_a_two_domain_recipe_on_domain_a_and_domain_b_layers(
     preview = widget.preview_layer
     assert preview.data.shape == (8, 32, 32) and preview.metadata["medsynth"]["units"] == "HU"
     assert preview.extent.world[0, -1] > ct_layer.extent.world[1, -1]
+    # Nothing to draw from noise: the dock points to the Generate dock's Translate section instead.
+    assert not shown(widget.generate_button) and shown(widget.translate_note)
 
     widget.recipe.value = "dcgan"
     assert not shown(widget.data["layers_b"]) and widget.data["layers"].label == "layers"
+    assert shown(widget.generate_button) and not shown(widget.translate_note)

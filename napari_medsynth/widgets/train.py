@@ -234,6 +234,7 @@ class TrainWidget(QWidget):
         self.num_samples = SpinBox(name="samples", value=16, min=1, max=10_000, tooltip="Images to generate")
         self.generate_seed = SpinBox(name="generate_seed", value=0, min=0, max=2**31 - 1)
         self.generate_button = PushButton(text="Generate")
+        self.translate_note = Label(value="Translate images with this checkpoint in the Generate dock's Translate section")
         self.output = Container(
             widgets=[
                 Container(widgets=[self.save_button, self.load_button], layout="horizontal", labels=False),
@@ -242,12 +243,14 @@ class TrainWidget(QWidget):
                 self.num_samples,
                 self.generate_seed,
                 self.generate_button,
+                self.translate_note,
             ]
         )
 
         for name in ("layers", "layers_b"):
             self.data[name].native.setMaximumHeight(LAYER_LIST_HEIGHT_PX)
         wrap(*(label.native for label in (self.recipe_help, self.recipe_note, self.status, self.readout, self.checkpoint_label)))
+        wrap(self.translate_note.native)
         layout = scrolled_content(self)
         layout.addWidget(self.data.native)
         layout.addWidget(self.setup.native)
@@ -392,11 +395,18 @@ class TrainWidget(QWidget):
         self._show_data_pickers()
 
     def _show_data_pickers(self) -> None:
-        """The target picker for recipes trained on targets, the domain-B picker for two-domain recipes."""
+        """The target picker for recipes trained on targets, the domain-B picker for two-domain recipes.
+
+        Two-domain recipes translate given images rather than draw new ones, so the sample count,
+        seed and Generate button give way to a note pointing to the Generate dock's Translate section.
+        """
         self.data["target"].visible = self._needs_target()
         two = self._two_domains()
         self.data["layers_b"].visible = two
         self.data["layers"].label = "domain A" if two else "layers"
+        for widget in (self.num_samples, self.generate_seed, self.generate_button):
+            widget.visible = not two
+        self.translate_note.visible = two
 
     def _show_normalization(self, kind: str) -> None:
         for used_by, names in NORMALIZATION_FIELDS.items():
