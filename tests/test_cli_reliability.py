@@ -98,15 +98,19 @@ OUTPUT_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(OUTPUT_CASES))
-@pytest.mark.parametrize("command", ["train", "generate-dicom", "generate-nifti", "lesions"])
+@pytest.mark.parametrize(
+    "command", ["train", "train-two-domain", "generate-dicom", "generate-nifti", "translate", "lesions"]
+)
 def test_an_unusable_output_is_refused_before_any_work(command, case, tmp_path, read_only_folder, checkpoint, capsys):
     make, message = OUTPUT_CASES[case]
     out = make(tmp_path, read_only_folder)
     missing = tmp_path / "never_read.nii.gz"  # read only after the outputs are checked
     argv = {
         "train": ["train", "--recipe", "dcgan", "--data", missing, "--out", out, "--steps", "1"],
+        "train-two-domain": ["train", "--recipe", "cyclegan", "--data", missing, "--data-b", missing, "--out", out],
         "generate-dicom": ["generate", missing, "-n", "1", "--out", out],
         "generate-nifti": ["generate", missing, "-n", "1", "--out", out / "x.nii.gz"],
+        "translate": ["generate", missing, "--input", missing, "--out", out / "x.nii.gz"],
         "lesions": ["lesions", "--background", missing, "--lesion-model", missing, "--out", out],
     }[command]
     code, err = run_cli(argv, capsys)

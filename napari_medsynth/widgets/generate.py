@@ -14,6 +14,13 @@ mode instead, each layer in its own cell with the same time slider.
 For checkpoints with an autoencoder (``vqgan-hdfb``, ``vqgan``), Reconstruct runs the chosen image layer
 through it (`medsynth.training.reconstruct.reconstruct`) and shows input | reconstruction |
 difference side by side, on the input's grid.
+
+For checkpoints of two-domain recipes (``cyclegan``, ``kgan-fusion``), which translate given images
+and draw none of their own, the Translate section replaces the generation options: a direction
+(the recipe's `directions`) and the input layer, or one layer per domain for recipes that take two
+images (e.g. A: MR, B: CT), each labelled with its domain's modality. The translation
+(`medsynth.training.translate.translate`) becomes a layer on the first input's grid, in the output
+domain's units and marked synthetic.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from magicgui.widgets import (
 from napari.layers import Image, Layer
 from qtpy.QtWidgets import QWidget
 
-from medsynth.errors import MedsynthError
+from medsynth.errors import InputError, MedsynthError
 from medsynth.io.image import MedImage
 from medsynth.models.hrgan import MODALITIES
 from medsynth.settings import setting
@@ -43,6 +50,7 @@ from medsynth.training.generate import generate
 from medsynth.training.reconstruct import Reconstruction, reconstruct
 from medsynth.training.recipe import get_recipe
 from medsynth.training.sequences import SequenceProgress, iter_sequences
+from medsynth.training.translate import translate
 from napari_medsynth.axes import samples_first
 from napari_medsynth.layers import layer_image, to_layer_data
 from napari_medsynth.notify import report_error
@@ -84,6 +92,8 @@ class GenerateWidget(QWidget):
         self.run = BackgroundRun(self)
         self.checkpoint: Checkpoint | None = None
         self.layer = None
+        self.translated: Image | None = None
+        """The latest translation's layer."""
 
         self.checkpoint_file = FileEdit(name="checkpoint", mode="r", filter="*.safetensors", tooltip="A sequence or 2D checkpoint")
         self.checkpoint_label = Label(value="no checkpoint")
@@ -99,12 +109,27 @@ class GenerateWidget(QWidget):
         self.reconstruction = Container(
             widgets=[self.source, self.reconstruct_button], label="Autoencoder", visible=False
         )
+        self.direction = ComboBox(name="direction", choices=[], tooltip="Translation direction")
+        self.translate_inputs = {
+            domain: ComboBox(name=f"input_{domain}", choices=self._image_choices, tooltip="Image layer to translate")
+            for domain in ("a", "b")
+        }
+        self.translate_button = PushButton(text="Translate")
+        self.translation = Container(
+            widgets=[self.direction, *self.translate_inputs.values(), self.translate_button],
+            label="Translate",
+            visible=False,
+        )
+        self.generate_controls = Container(
+            widgets=[self.generate_button, self.stop_button], layout="horizontal", labels=False
+        )
         form = Container(
             widgets=[
                 self.checkpoint_file,
                 self.checkpoint_label,
                 self.options,
-                Container(widgets=[self.generate_button, self.stop_button], layout="horizontal", labels=False),
+                self.generate_controls,
+                self.translation,
                 self.progress,
                 self.side_by_side,
                 self.reconstruction,
@@ -119,6 +144,8 @@ class GenerateWidget(QWidget):
         self.checkpoint_file.changed.connect(lambda path: self.load(path))
         self.generate_button.clicked.connect(self.generate)
         self.reconstruct_button.clicked.connect(self.reconstruct)
+        self.translate_button.clicked.connect(self.translate)
+        self.direction.changed.connect(self._show_direction)
         self.stop_button.clicked.connect(self.run.stop)
         self.side_by_side.changed.connect(self._show_side_by_side)
         self.run.state_changed.connect(self._show_state)
@@ -138,7 +165,14 @@ class GenerateWidget(QWidget):
         self._show_checkpoint_values()
         for name in SEQUENCE_ONLY:
             self.option(name).visible = self._sequences()
-        self.reconstruction.visible = hasattr(get_recipe(checkpoint.recipe), "reconstruct")
+        recipe = get_recipe(checkpoint.recipe)
+        self.reconstruction.visible = hasattr(recipe, "reconstruct")
+        self.translation.visible = self._translates()
+        self.options.visible = self.generate_controls.visible = not self._translates()
+        if self._translates():
+            self.checkpoint_label.value += f", {self._domain_name('a')} and {self._domain_name('b')}"
+            self.direction.choices = list(recipe.directions)
+            self._show_direction(self.direction.value)
         self._show_state(self.run.state)
 
     def option(self, name: str) -> Any:
@@ -164,8 +198,10 @@ class GenerateWidget(QWidget):
         self.side_by_side.value = False
 
     def reset_choices(self, *_: Any) -> None:
-        """Refresh the input layer list (napari calls this when layers are added, removed or renamed)."""
+        """Refresh the input layer lists (napari calls this when layers are added, removed or renamed)."""
         self.source.reset_choices()
+        for combo in self.translate_inputs.values():
+            combo.reset_choices()
 
     def _image_choices(self, _widget: Any) -> list[tuple[str, Image]]:
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image) and not layer.rgb]
@@ -177,6 +213,45 @@ class GenerateWidget(QWidget):
             return
         work = call(reconstruct, self.checkpoint, layer_image(layer), self.device)
         self.run.start(work, self._on_event, self._add_reconstruction)
+
+    def _domain_name(self, domain: str) -> str:
+        """``"A: MR"``: the domain's letter and the modality of its training images, from the checkpoint."""
+        described = self.checkpoint.data if domain == "a" else self.checkpoint.data.get("b", {})
+        return f"{domain.upper()}: {described.get('modality', 'OT')}"
+
+    def _show_direction(self, direction: str | None) -> None:
+        """Show one input picker per image `direction` takes, labelled with its domain."""
+        if direction is None or not self._translates():
+            return
+        recipe = get_recipe(self.checkpoint.recipe)
+        domains = recipe.input_domains(direction)
+        for k, combo in enumerate(self.translate_inputs.values()):
+            combo.visible = k < len(domains)
+            if k < len(domains):
+                combo.label = f"input ({self._domain_name(domains[k])})"
+        output = recipe.directions[direction]
+        self.direction.tooltip = f"Translation direction; the output is in the units of {self._domain_name(output)}"
+
+    def translate(self) -> None:
+        """Translate the chosen input layer(s) in the chosen direction, in a worker."""
+        if not self._translates() or self.run.state is not RunState.IDLE:
+            return
+        direction = self.direction.value
+        inputs = len(get_recipe(self.checkpoint.recipe).input_domains(direction))
+        layers = list(self.translate_inputs.values())[:inputs]
+        try:
+            missing = [combo.label for combo in layers if combo.value is None]
+            if missing:
+                raise InputError(
+                    f"no image layer chosen as {' and '.join(missing)}: open an image and choose it under Translate"
+                )
+            images = [layer_image(combo.value) for combo in layers]
+        except MedsynthError as exc:
+            report_error(exc)
+            return
+        self.progress.value, self.progress.max = 0, 0  # busy: the translation reports no steps
+        work = call(translate, self.checkpoint, images, direction, self.device)
+        self.run.start(work, self._on_event, self._add_translation)
 
     def generate(self) -> None:
         """Start generating with the form's values in a worker."""
@@ -199,6 +274,9 @@ class GenerateWidget(QWidget):
                      options["modality"], device)  # fmt: skip
         self.run.start(lambda control: until_stopped(iter_sequences(*sequences), control), self._on_event, self._add_layer)
 
+    def _translates(self) -> bool:
+        return self.checkpoint is not None and get_recipe(self.checkpoint.recipe).data_kind == "two-domain"
+
     def _sequences(self) -> bool:
         return self.checkpoint is not None and get_recipe(self.checkpoint.recipe).data_kind == "sequence"
 
@@ -218,6 +296,15 @@ class GenerateWidget(QWidget):
         self.layer = self.viewer.add_layer(layer)
         show_new(self.viewer, layer)  # the view fits it in, at its first frame, ready to play
 
+    def _add_translation(self, image: MedImage | None) -> None:
+        """The translation as a new layer on its input's grid, brought into view (None: the work failed)."""
+        self.progress.max = 1
+        if image is None:
+            return
+        self.progress.value = 1
+        self.translated = self.viewer.add_layer(Layer.create(*to_layer_data(image)))
+        show_new(self.viewer, self.translated)
+
     def _add_reconstruction(self, result: Reconstruction | None) -> None:
         """Reconstruction and difference beside the input, side by side (None: the work failed)."""
         if result is None:
@@ -232,7 +319,7 @@ class GenerateWidget(QWidget):
 
     def _show_state(self, state: RunState) -> None:
         self.generate_button.enabled = state is RunState.IDLE and self.checkpoint is not None
-        self.reconstruct_button.enabled = self.generate_button.enabled
+        self.reconstruct_button.enabled = self.translate_button.enabled = self.generate_button.enabled
         self.stop_button.enabled = state is RunState.RUNNING
 
     def closeEvent(self, event: Any) -> None:

@@ -12,7 +12,10 @@ runner of its own, so it may run while training goes on. Closing the widget or t
 training and waits for its checkpoint.
 
 Recipes of the data kinds in `TARGET_DATA_KINDS` train on an image with its target map: the widget
-then shows a Labels-layer picker and hands the trainer an ``(image, target)`` pair.
+then shows a Labels-layer picker and hands the trainer an ``(image, target)`` pair. Two-domain recipes
+(``cyclegan``, ``kgan-fusion``) train on two sets of layers: the widget then shows a "domain B" picker
+beside the layers of domain A and hands the trainer `TwoDomains`; its previews are in the units of
+the domain the recipe's first direction translates into.
 
 The dock opens at once: torch, the recipes and matplotlib are imported by `load_core` in a
 background thread (seconds of CPU), after which the recipe forms, the device list and the loss
@@ -37,6 +40,7 @@ from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QFileDialog, QLabel, QProgressBar, QWidget
 
 import medsynth
+from medsynth.data.domains import TwoDomains
 from medsynth.data.normalization import NORMALIZATION_FIELDS, NormalizationOptions
 from medsynth.errors import InputError, MedsynthError
 from medsynth.io.image import MedImage, SyntheticProvenance
@@ -180,6 +184,13 @@ class TrainWidget(QWidget):
                     choices=self._target_choices,
                     tooltip="Labels layer on the image's grid: the map this recipe learns to predict",
                 ),
+                Select(
+                    name="layers_b",
+                    label="domain B",
+                    choices=self._layer_choices,
+                    tooltip="Image layers of domain B (e.g. CT when the layers above are MR); for co-registered "
+                    "recipes one per domain-A layer, in the same order",
+                ),
             ],
             label="Data",
         )
@@ -223,6 +234,7 @@ class TrainWidget(QWidget):
         self.num_samples = SpinBox(name="samples", value=16, min=1, max=10_000, tooltip="Images to generate")
         self.generate_seed = SpinBox(name="generate_seed", value=0, min=0, max=2**31 - 1)
         self.generate_button = PushButton(text="Generate")
+        self.translate_note = Label(value="Translate images with this checkpoint in the Generate dock's Translate section")
         self.output = Container(
             widgets=[
                 Container(widgets=[self.save_button, self.load_button], layout="horizontal", labels=False),
@@ -231,11 +243,14 @@ class TrainWidget(QWidget):
                 self.num_samples,
                 self.generate_seed,
                 self.generate_button,
+                self.translate_note,
             ]
         )
 
-        self.data["layers"].native.setMaximumHeight(LAYER_LIST_HEIGHT_PX)
+        for name in ("layers", "layers_b"):
+            self.data[name].native.setMaximumHeight(LAYER_LIST_HEIGHT_PX)
         wrap(*(label.native for label in (self.recipe_help, self.recipe_note, self.status, self.readout, self.checkpoint_label)))
+        wrap(self.translate_note.native)
         layout = scrolled_content(self)
         layout.addWidget(self.data.native)
         layout.addWidget(self.setup.native)
@@ -272,7 +287,7 @@ class TrainWidget(QWidget):
         self.run.state_changed.connect(self._show_state)
         self.generation.state_changed.connect(self._show_generation_state)
         self.generate_button.enabled = False
-        self._show_target_picker()
+        self._show_data_pickers()
         self._show_normalization(self.normalization["normalization"].value)
         self._show_state(self.run.state)
 
@@ -353,6 +368,10 @@ class TrainWidget(QWidget):
 
         return info.data_kind in TARGET_DATA_KINDS
 
+    def _two_domains(self) -> bool:
+        info = self._recipes.get(self._recipe_name)
+        return info is not None and info.data_kind == "two-domain"
+
     def _show_recipe(self, name: str, force: bool = False) -> None:
         """Show `name`'s description, a fresh form of its settings and, for paired data, the target picker.
 
@@ -373,10 +392,21 @@ class TrainWidget(QWidget):
         self.recipe_note.value = note
         self.recipe_note.visible = bool(note)
         self._recipe_name = name
-        self._show_target_picker()
+        self._show_data_pickers()
 
-    def _show_target_picker(self) -> None:
+    def _show_data_pickers(self) -> None:
+        """The target picker for recipes trained on targets, the domain-B picker for two-domain recipes.
+
+        Two-domain recipes translate given images rather than draw new ones, so the sample count,
+        seed and Generate button give way to a note pointing to the Generate dock's Translate section.
+        """
         self.data["target"].visible = self._needs_target()
+        two = self._two_domains()
+        self.data["layers_b"].visible = two
+        self.data["layers"].label = "domain A" if two else "layers"
+        for widget in (self.num_samples, self.generate_seed, self.generate_button):
+            widget.visible = not two
+        self.translate_note.visible = two
 
     def _show_normalization(self, kind: str) -> None:
         for used_by, names in NORMALIZATION_FIELDS.items():
@@ -400,12 +430,21 @@ class TrainWidget(QWidget):
             **self.normalization.values(),
         )
 
-    def _training_data(self) -> list[MedImage] | list[tuple[MedImage, MedImage]]:
-        """The selected image layers, or for recipes trained on targets the one image paired with its Labels layer."""
+    def _training_data(self) -> list[MedImage] | list[tuple[MedImage, MedImage]] | TwoDomains:
+        """The selected image layers; for recipes trained on targets the one image paired with its Labels layer;
+        for two-domain recipes the layers of domain A and of domain B."""
         layers = self.data["layers"].value
         if not layers:
             raise InputError("no training data selected: select one or more image layers under Data")
         images = [layer_image(layer) for layer in layers]
+        if self._two_domains():
+            layers_b = self.data["layers_b"].value
+            if not layers_b:
+                raise InputError(
+                    f"recipe {self._recipe_name!r} trains on two domains and no domain-B layer is selected: select "
+                    "the images of domain B under Data (domain B), those of domain A above them"
+                )
+            return TwoDomains(a=images, b=[layer_image(layer) for layer in layers_b])
         if not self._needs_target():
             return images
         target = self.data["target"].value
@@ -435,14 +474,24 @@ class TrainWidget(QWidget):
         except MedsynthError as exc:
             report_error(exc)
             return
-        self._source = data[0][0] if isinstance(data[0], tuple) else data[0]
-        self._source_layer = self.data["layers"].value[0]
+        self._source, self._source_layer = self._preview_source(recipe_cls, data)
         self._readouts = recipe_cls.readouts
         placeholder = placeholder_samples(recipe_cls.data_kind, settings, config.preview_samples)
         if config.sample_every and placeholder is not None:
             self._prepare_preview(placeholder)
         self.run.start(lambda control: train_in_process(config, data, control, threads=TRAIN_THREADS), self._on_event)
         self._watch_window(True)
+
+    def _preview_source(self, recipe_cls: Any, data: Any) -> tuple[MedImage, Layer]:
+        """The image whose units the previews are in, and the layer they are placed beside.
+
+        A two-domain recipe previews translations by its first direction, in the units of that
+        direction's output domain; the others preview the (first) training image's kind.
+        """
+        if self._two_domains():
+            in_a = recipe_cls.directions[next(iter(recipe_cls.directions))] == "a"
+            return (data.a if in_a else data.b)[0], self.data["layers" if in_a else "layers_b"].value[0]
+        return (data[0][0] if isinstance(data[0], tuple) else data[0]), self.data["layers"].value[0]
 
     def resume_from_checkpoint(self) -> None:
         """Continue training from the loaded checkpoint (up to the steps now set)."""

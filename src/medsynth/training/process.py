@@ -8,7 +8,7 @@ code never holds the caller's GIL: a viewer training this way stays as responsiv
 in another program. The caller's thread waits in ``Queue.get`` with a timeout, which releases the
 GIL, and notices a child that died without a word.
 
-The data (MedImages, arrays, ``(image, target)`` pairs) is sent once, when the child starts, by
+The data (MedImages, arrays, ``(image, target)`` pairs, `TwoDomains`) is sent once, when the child starts, by
 `medsynth.training.shared_arrays`: a memory-mapped array (a NIfTI file) is mapped again from its
 file in the child, an in-memory numpy array of `SHARED_MIN_BYTES` or more is copied once into shared
 memory (unlinked when the relay ends, however it ends), a dask array travels as its task graph and a
@@ -42,6 +42,7 @@ from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 from typing import Any
 
+from medsynth.data.domains import TwoDomains
 from medsynth.errors import InputError, SettingsError, TrainingError
 from medsynth.io.image import MedImage
 from medsynth.training import shared_arrays
@@ -95,7 +96,7 @@ def failure_of(exc: Exception) -> ChildFailure:
 
 def train_in_process(
     config: TrainConfig,
-    data: Sequence[MedImage | Any],
+    data: Sequence[MedImage | Any] | TwoDomains,
     control: TrainControl | None = None,
     *,
     threads: int | None = None,
@@ -117,7 +118,7 @@ def train_in_process(
     context = multiprocessing.get_context(SPAWN)
     shared: list[SharedMemory] = []
     try:
-        sent = shared_arrays.share(list(data), shared)
+        sent = shared_arrays.share(data if isinstance(data, TwoDomains) else list(data), shared)
         events = context.Queue()
         process = context.Process(
             target=_child_main,
