@@ -176,6 +176,26 @@ def test_recipes_lists_settings_with_types_defaults_and_ranges(capsys):
     gp_line = next(line for line in out.splitlines() if line.strip().startswith("gp_lambda"))
     assert "float" in gp_line and "10.0" in gp_line and "0..1000" in gp_line
     assert "one of 64, 128" in out
+    assert "cyclegan  [two-domain, needs --data-b; generate --input]" in out
+
+
+def test_recipes_lists_a_range_bounded_on_one_side(capsys, monkeypatch):
+    from dataclasses import dataclass
+
+    from medsynth.settings import setting
+    from medsynth.training import recipe as recipe_module
+
+    @dataclass
+    class OneSided:
+        steps: int = setting(10, "a count with no upper bound", min=1)
+
+    recipe_cls = type("OneSidedRecipe", (recipe_module.Recipe,), {"name": "one-sided", "description": "test only",
+                                                                   "settings_cls": OneSided})  # fmt: skip
+    recipe_module.list_recipes()  # the built-in recipes load before the test one is added
+    monkeypatch.setitem(recipe_module._REGISTRY, "one-sided", recipe_cls)
+    assert main(["recipes"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("steps"))
+    assert "1.." in line and "no upper bound" in line
 
 
 @pytest.mark.slow

@@ -14,48 +14,31 @@ from medsynth.training.generate import load_recipe
 from medsynth.training.runs import RUN_FILE
 
 
+SMALL = {
+    "wgan-gp": ["batch_size=4", "g_channels=8", "d_channels=8", "latent_dim=16", "n_critic=2"],
+    # Two generators, two discriminators and image pools that differ per rank (each draws its own B slices).
+    "cyclegan": ["resolution=32", "batch_size=2", "g_channels=4", "d_channels=4", "blocks=1"],
+}
+
+
 @pytest.mark.slow
-def test_two_gloo_processes_keep_identical_weights(tmp_path, mni152_path):
+@pytest.mark.parametrize("recipe", sorted(SMALL))
+def test_two_gloo_processes_keep_identical_weights(recipe, tmp_path, mni152_path, ct_slice_path):
     out = tmp_path / "run"
+    data = ["--data", str(mni152_path)]
+    if recipe == "cyclegan":
+        data += ["--data-b", str(ct_slice_path)]
+    settings = [arg for value in SMALL[recipe] for arg in ("--set", value)]
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "medsynth",
-        "train",
-        "--recipe",
-        "wgan-gp",
-        "--data",
-        str(mni152_path),
-        "--out",
-        str(out),
-        "--name",
-        "ddp",
-        "--steps",
-        "3",
-        "--log-every",
-        "1",
-        "--device",
-        "cpu",
-        "--set",
-        "batch_size=4",
-        "--set",
-        "g_channels=8",
-        "--set",
-        "d_channels=8",
-        "--set",
-        "latent_dim=16",
-        "--set",
-        "n_critic=2",
-    ]
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "medsynth", "train", "--recipe", recipe, *data, "--out", str(out), "--name", "ddp",
+        "--steps", "3", "--log-every", "1", "--device", "cpu", *settings,
+    ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     # Only rank 0 reports: one start line and one report per step, not two.
-    assert result.stderr.count("training wgan-gp on cpu (2 processes)") == 1
+    assert result.stderr.count(f"training {recipe} on cpu (2 processes)") == 1
     assert result.stderr.count("step 3/3") == 1
     assert sorted(p.name for p in (out / "ddp").iterdir()) == ["checkpoint-0000003.safetensors", RUN_FILE]
 

@@ -481,7 +481,7 @@ def run_recipes(args) -> int:
             if s.choices is not None:
                 valid = "one of " + ", ".join(map(str, s.choices))
             elif s.min is not None or s.max is not None:
-                valid = f"{'' if s.min is None else s.min:g}..{'' if s.max is None else s.max:g}"
+                valid = f"{'' if s.min is None else format(s.min, 'g')}..{'' if s.max is None else format(s.max, 'g')}"
             else:
                 valid = ""
             print(f"    {s.name:<15} {s.type.__name__:<6} default {s.default!s:<8} {valid:<22} {s.help}")
