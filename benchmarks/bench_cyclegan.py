@@ -50,7 +50,7 @@ from medsynth.training.trainer import train
 from medsynth.training.translate import translate
 
 CT_FILES = ("CT_small.dcm", "693_UNCR.dcm", "J2K_pixelrep_mismatch.dcm")
-SETTINGS = {"resolution": 64, "batch_size": 1, "g_channels": 16, "blocks": 4, "d_channels": 16, "lr_decay_steps": 0}
+SETTINGS = {"resolution": 64, "batch_size": 1, "g_channels": 16, "blocks": 4, "d_channels": 16, "lr_decay_from": 1.0}
 PAPER_SIZE = {"resolution": 256, "g_channels": 64, "blocks": 9}
 """The generator of Zhu et al. at 256 px, timed (untrained) beside ours for scale."""
 

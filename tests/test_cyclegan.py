@@ -70,7 +70,7 @@ def run(tmp_path_factory, domains):
 
 
 def tiny_config(out_dir, steps=40, **options) -> TrainConfig:
-    settings = {**TINY, "lr_constant_steps": 20, "lr_decay_steps": 20, **options.pop("settings", {})}
+    settings = {**TINY, **options.pop("settings", {})}
     defaults = {"log_every": 5, "sample_every": 20, "checkpoint_every": 10, "preview_samples": 3}
     return TrainConfig(recipe="cyclegan", out_dir=out_dir, steps=steps, settings=settings, **{**defaults, **options})
 
@@ -193,13 +193,23 @@ def test_one_real_step_updates_all_four_models_with_every_term_named(batch):
     assert not torch.equal(next(recipe.emas["g_ab"].module.parameters()), before["g_ab"][0])
 
 
-def test_learning_rates_stay_then_fall_linearly(batch):
-    recipe = tiny_recipe(lr_constant_steps=4, lr_decay_steps=3)
-    factors = [recipe.learning_rate_factor(step) for step in range(9)]
-    assert factors == pytest.approx([1, 1, 1, 1, 1, 0.75, 0.5, 0.25, 0.25])
-    recipe.train_step(batch, 6)
+def test_learning_rates_stay_then_fall_linearly_over_the_planned_run(batch):
+    recipe = tiny_recipe(lr_decay_from=0.5)
+    recipe.planned_steps = 6
+    factors = [recipe.learning_rate_factor(step) for step in range(7)]
+    assert factors == pytest.approx([1, 1, 1, 1, 0.75, 0.5, 0.25])
+    recipe.train_step(batch, 5)
     assert recipe.learning_rates() == pytest.approx({"lr_generators": 1e-4, "lr_discriminators": 1e-4})
-    assert tiny_recipe(lr_decay_steps=0).learning_rate_factor(10_000) == 1.0
+    constant = tiny_recipe(lr_decay_from=1.0)
+    constant.planned_steps = 100
+    assert constant.learning_rate_factor(99) == 1.0
+    assert tiny_recipe().learning_rate_factor(10_000) == 1.0  # loaded to translate: no run, no schedule
+
+
+def test_the_trainer_tells_the_recipe_the_runs_length(run):
+    last = [e for e in run if isinstance(e, events.Progress)][-1]
+    # 40 planned steps, decay from step 20: the last logged rate (step 40) is 1/21 of the initial 2e-4.
+    assert last.learning_rates["lr_generators"] == pytest.approx(2e-4 * (1 - 19 / 21))
 
 
 def test_each_domain_gets_its_own_augmentation(batch):

@@ -182,3 +182,13 @@ def test_cli_trains_on_two_domains_and_translates_onto_the_input_grid(translator
     unpaired = ["train", "--recipe", "dcgan", "--out", str(tmp_path / "runs"), "--data", str(a_path)]
     assert main([*unpaired, "--data-b", str(b_path)]) == 2
     assert "takes no --data-b" in capsys.readouterr().err
+
+
+def test_a_fixed_window_is_refused_for_domains_in_different_units(translators, domain_files, ct_slice_path, tmp_path):
+    mr, ct = read_image(domain_files[0]), read_image(ct_slice_path)
+    config = TrainConfig(recipe="test-unpaired-translator", out_dir=tmp_path / "run", steps=2,
+                         normalization="window", window_center=40, window_width=400)  # fmt: skip
+    with pytest.raises(InputError, match="normalization=percentile") as refused:
+        list(train(config, TwoDomains([ct], [mr])))
+    assert "CT (HU)" in str(refused.value)
+    assert not list((tmp_path / "run").glob("checkpoint-*"))

@@ -121,6 +121,9 @@ class Recipe(ABC):
         self.ema: EMA | None = None
         self.augmenting = False
         """Set by the trainer before `build` when the run augments; False when a model is only loaded to sample."""
+        self.planned_steps: int | None = None
+        """The run's length in steps (``TrainConfig.steps``), set by the trainer before `build` for schedules
+        over the run; None when a model is only loaded, and for recipes with `steps_from_data`."""
         self._training_views: dict[str, nn.Module] = {}
 
     @classmethod

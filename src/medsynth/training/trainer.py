@@ -156,6 +156,7 @@ def _run(
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     recipe = recipe_cls()
     recipe.augmenting = augment  # the recipe transforms real and generated images alike (see Recipe.augment)
+    recipe.planned_steps = None if recipe_cls.steps_from_data else config.steps
     recipe.prepare(dataset)
     recipe.build(settings, device)
     total = recipe.total_steps() if recipe.steps_from_data else config.steps
@@ -340,14 +341,31 @@ def _domain_dataset(
     if resume is not None:
         normalizations = (resume.normalization, resume.normalization_b)
     else:
-        normalizations = recipe_cls.domain_normalizations(settings) or (
-            _fit_domain(config, domains.a, "A"),
-            _fit_domain(config, domains.b, "B"),
-        )
+        normalizations = recipe_cls.domain_normalizations(settings)
+        if normalizations is None:
+            _check_window_fits_both(config, domains)
+            normalizations = _fit_domain(config, domains.a, "A"), _fit_domain(config, domains.b, "B")
     options = {"slice_axis": config.slice_axis, "min_foreground": config.min_foreground}
     return DomainPairDataset(
         domains, normalizations, recipe_cls.data_resolution(settings), registered=recipe_cls.registered, **options
     )
+
+
+def _check_window_fits_both(config: TrainConfig, domains: Any) -> None:
+    """InputError for a fixed window on domains in different units: it would clip one of them wrongly."""
+    if config.normalization != "window":
+        return
+    kinds = [
+        {(image.modality, image.units) for image in (as_medimage(item) for item in images)}
+        for images in (domains.a, domains.b)
+    ]
+    if kinds[0] != kinds[1]:
+        described = [", ".join(f"{m} ({u or 'no units'})" for m, u in sorted(kind)) for kind in kinds]
+        raise InputError(
+            f"a fixed window (window_center={config.window_center:g}, window_width={config.window_width:g}) is in one "
+            f"domain's units, but domain A is {described[0]} and domain B is {described[1]}; use "
+            "normalization=percentile, which fits each domain's own range"
+        )
 
 
 def _fit_domain(config: TrainConfig, images: Sequence[Any], domain: str) -> Normalization:

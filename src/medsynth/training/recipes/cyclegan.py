@@ -16,8 +16,8 @@ weight as a fraction of it, as in the authors' code):
 
 ``pool`` is the history of generated images (`medsynth.models.image_pool`, 50 each). Both generators
 share one Adam, both discriminators another (lr 2e-4, betas (0.5, 0.999)). The learning rates stay
-constant for ``lr_constant_steps`` steps, then fall linearly over ``lr_decay_steps`` (the paper: the
-second half of training; the recipe does not see the run's length, so the two settings say it).
+constant for the first ``lr_decay_from`` of the run (`Recipe.planned_steps`; the paper: half), then
+fall linearly towards 0 at its last step.
 Translations come from exponential moving averages of the generators.
 """
 
@@ -55,14 +55,11 @@ class CycleGANSettings(GANOptimizerSettings):
         0.5, "Weight of the identity L1 loss, as a fraction of the cycle weight (paper: 0.5)", min=0.0, max=10.0
     )
     pool_size: int = setting(50, "Generated images kept for the discriminators (paper: 50; 0: none)", min=0, max=10_000)
-    lr_constant_steps: int = setting(
-        1000, "Steps at the initial learning rates (paper: half the run; set it to steps / 2)", min=0, max=10_000_000
-    )
-    lr_decay_steps: int = setting(
-        1000,
-        "Steps after those over which the learning rates fall linearly towards 0 (0: no decay)",
-        min=0,
-        max=10_000_000,
+    lr_decay_from: float = setting(
+        0.5,
+        "Fraction of the run after which the learning rates fall linearly towards 0 (paper: 0.5; 1: no decay)",
+        min=0.0,
+        max=1.0,
     )
 
 
@@ -111,10 +108,16 @@ class CycleGANRecipe(TranslationRecipe):
         return augment_batch(images.reshape(n * channels, 1, height, width), flip_probability=0.0).reshape(images.shape)
 
     def learning_rate_factor(self, step: int) -> float:
-        """1 for the first ``lr_constant_steps`` steps, then falling linearly to ``1 / (lr_decay_steps + 1)``."""
-        s = self.settings
-        decayed = min(s.lr_decay_steps, max(0, step - s.lr_constant_steps))
-        return 1.0 - decayed / (s.lr_decay_steps + 1)
+        """1 until ``lr_decay_from`` of the planned run, then falling linearly to ``1 / (decay steps + 1)`` at its end.
+
+        As in the authors' code, where the rate of the last epoch is ``1 / (decay epochs + 1)`` of the first.
+        A resumed run that asks for more steps stretches the schedule over its new length.
+        """
+        if self.planned_steps is None:
+            return 1.0
+        constant = round(self.settings.lr_decay_from * self.planned_steps)
+        decay = self.planned_steps - constant
+        return 1.0 - min(decay, max(0, step - constant)) / (decay + 1)
 
     def train_step(self, batch: torch.Tensor, step: int) -> dict[str, float]:
         """One update of both generators, then of both discriminators, on ``(N, 2, S, S)`` unpaired slices."""
