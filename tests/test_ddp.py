@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from medsynth.cli import main
 from medsynth.training.checkpoint import load_checkpoint
 from medsynth.training.distributed import parameter_digest
 from medsynth.training.generate import load_recipe
@@ -18,6 +19,8 @@ SMALL = {
     "wgan-gp": ["batch_size=4", "g_channels=8", "d_channels=8", "latent_dim=16", "n_critic=2"],
     # Two generators, two discriminators and image pools that differ per rank (each draws its own B slices).
     "cyclegan": ["resolution=32", "batch_size=2", "g_channels=4", "d_channels=4", "blocks=1"],
+    # A student beside a frozen teacher that every rank loads (the teacher is trained in the test).
+    "distill": ["batch_size=4"],
 }
 
 
@@ -29,6 +32,11 @@ def test_two_gloo_processes_keep_identical_weights(recipe, tmp_path, mni152_path
     if recipe == "cyclegan":
         data += ["--data-b", str(ct_slice_path)]
     settings = [arg for value in SMALL[recipe] for arg in ("--set", value)]
+    if recipe == "distill":
+        teacher = ["train", "--recipe", "dcgan", *data, "--out", str(tmp_path), "--name", "teacher", "--steps", "2",
+                   "--device", "cpu", "--set", "batch_size=4", "--set", "latent_dim=16"]  # fmt: skip
+        assert main(teacher) == 0
+        settings += ["--set", f"teacher={tmp_path / 'teacher' / 'checkpoint-0000002.safetensors'}"]
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "-m", "medsynth", "train", "--recipe", recipe, *data, "--out", str(out), "--name", "ddp",
