@@ -514,7 +514,7 @@ def read_config(path: Path) -> dict[str, Any]:
 
 
 def config_paths(values: dict[str, Any], key: str, path: Path | None) -> list[str] | None:
-    """Pop the file list `key` (``data``, ``targets`` or ``data_b``) of a config file's table: one path or a list of paths."""
+    """Pop the file list `key` (``data``, ``targets``, ``data_b``) of a config file's table: one path or a list."""
     paths = values.pop(key, None)
     if isinstance(paths, str):
         return [paths]

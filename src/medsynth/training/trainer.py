@@ -8,8 +8,9 @@ reproducible and a resumed run continues exactly as an uninterrupted one would.
 Recipes of data kind ``"lesion"`` (SinGAN) train on one ``(image, mask)`` pair: the dataset is the
 lesion crop (`medsynth.data.datasets.LesionCropDataset`), normalised by its own minimum and maximum
 whatever ``config.normalization`` says, never augmented (``augment=True`` is refused). Recipes with
-``steps_from_data`` set the run's length themselves and ``config.steps`` is ignored. Recipes of data kind ``"two-domain"`` train on
-`medsynth.data.domains.TwoDomains`, each domain in its own intensity map (both saved in checkpoints).
+``steps_from_data`` set the run's length themselves and ``config.steps`` is ignored. Recipes of data
+kind ``"two-domain"`` train on `medsynth.data.domains.TwoDomains`, each domain in its own intensity
+map (both saved in checkpoints).
 """
 
 from __future__ import annotations

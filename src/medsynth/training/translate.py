@@ -125,6 +125,7 @@ def _restore(plane: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     h, w = shape
     side = max(h, w)
     if plane.shape[-1] != side:
-        plane = F.interpolate(plane[None, None], size=(side, side), mode="bilinear", antialias=True, align_corners=False)[0, 0]
+        square = F.interpolate(plane[None, None], size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+        plane = square[0, 0]
     top, left = (side - h) // 2, (side - w) // 2
     return plane[top : top + h, left : left + w]
