@@ -1,21 +1,14 @@
 """Two-domain recipes in the docks, with real viewers: the Train dock's domain-B layers and the Generate dock's
-Translate section, on a tiny cyclegan trained on real MR (MNI152) and CT slices, and on a 2-input test recipe."""
+Translate section, on a tiny cyclegan trained on real MR (MNI152) and CT slices, and a tiny kgan-fusion (2 inputs)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from qtpy.QtWidgets import QLabel
-from torch import nn
 
 from medsynth.data.domains import TwoDomains
 from medsynth.data.samples import load_sample
-from medsynth.settings import setting
-from medsynth.training import recipe as recipe_module
 from medsynth.training.checkpoint import load_checkpoint
 from medsynth.training.config import TrainConfig
 from medsynth.training.trainer import train
@@ -59,45 +52,14 @@ def dcgan_checkpoint(tmp_path_factory, ct):
     return list(train(config, [ct]))[-1].checkpoint
 
 
-@dataclass
-class FusionSettings:
-    resolution: int = setting(32, "Training side length", choices=(32,))
-    batch_size: int = setting(4, "Slices per batch", min=1, max=16)
-
-
-class PixelFusion(recipe_module.TranslationRecipe):
-    """A 2-input recipe (as kgan-fusion): one 1x1 convolution of the A and B planes, fitted to A."""
-
-    name = "test-pixel-fusion"
-    description = "test only: a per-pixel mix of two co-registered images"
-    settings_cls = FusionSettings
-    registered = True
-    inputs = 2
-    directions = {"fuse": "a"}
-
-    def build(self, settings, device):
-        self.settings, self.device = settings, device
-        self.models = {"fuse": nn.Conv2d(2, 1, 1).to(device)}
-        self.optimizers = {"fuse": torch.optim.Adam(self.models["fuse"].parameters(), lr=0.01)}
-
-    def train_step(self, batch, step):
-        loss = F.mse_loss(self.trainable("fuse")(batch), batch[:, :1])
-        self.optimize("fuse", loss)
-        return {"mse": loss.item()}
-
-    @torch.no_grad()
-    def translate(self, images, direction):
-        return self.models["fuse"](images)
-
-
-@pytest.fixture
-def fusion_checkpoint(tmp_path, mr):
-    """A checkpoint of the 2-input test recipe on MR and a map on its grid; registered for this test only."""
-    recipe_module.register_recipe(PixelFusion)
-    config = TrainConfig(recipe=PixelFusion.name, out_dir=tmp_path / "fusion", steps=2, device="cpu", sample_every=0)
+@pytest.fixture(scope="module")
+def fusion_checkpoint(tmp_path_factory, mr):
+    """A tiny kgan-fusion teacher (2 inputs) on the MR and a tissue map on its grid."""
     grey_matter = mr.with_array((np.asarray(mr.array) > 60).astype(np.float32), modality="OT", name="map")
-    yield list(train(config, TwoDomains(a=[mr], b=[grey_matter])))[-1].checkpoint
-    recipe_module._REGISTRY.pop(PixelFusion.name, None)
+    settings = {"resolution": 32, "batch_size": 2, "width": 8, "depth": 2, "d_channels": 4}
+    config = TrainConfig(recipe="kgan-fusion", out_dir=tmp_path_factory.mktemp("fusion"), steps=2, device="cpu",
+                         sample_every=0, settings=settings)  # fmt: skip
+    return list(train(config, TwoDomains(a=[mr], b=[grey_matter])))[-1].checkpoint
 
 
 def open_generate(make_napari_viewer, *images):
@@ -220,7 +182,11 @@ def test_a_two_input_recipe_labels_each_input_by_domain_and_refuses_inputs_on_di
     b.value = grey_matter
     translate_and_wait(widget, qtbot)
     assert widget.translated.data.shape == mr_layer.data.shape and len(notifications) == 1
-    assert load_checkpoint(fusion_checkpoint).recipe == PixelFusion.name
+    assert load_checkpoint(fusion_checkpoint).recipe == "kgan-fusion"
+    fused = widget.translated
+    assert fused.name == f"kgan-fusion fuse of t1{SYNTHETIC_SUFFIX}"
+    assert fused.metadata["medsynth"]["synthetic"]["model"] == "kgan-fusion"
+    np.testing.assert_allclose(fused.affine.affine_matrix, mr_layer.affine.affine_matrix)
 
 
 # -- Train: the domain-B layers ----------------------------------------------------------------
