@@ -24,6 +24,7 @@ more of work that outlives them (a computation left to finish on its own) to eit
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 from collections.abc import Callable, Generator, Iterator
@@ -159,6 +160,10 @@ class BackgroundRun(QObject):
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self._set(RunState.RUNNING)
+        # Python frees cyclic garbage in whichever thread crosses the collection threshold. Cycles that
+        # hold Qt objects (a replaced settings form, a closed dock) must die on the GUI thread: freed
+        # in the worker, they crash the process. Collecting here clears what the GUI left so far.
+        gc.collect()
         worker.start()
         return worker
 

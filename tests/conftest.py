@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,19 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _collect_gui_garbage_on_the_main_thread(request):
+    """After a test with viewers or widgets, free their cyclic garbage here, in the GUI thread.
+
+    Left to the collector, it runs in whichever thread crosses the threshold first, e.g. a worker of
+    the next test, and a Qt object freed outside the GUI thread crashes the process (seen as a
+    segmentation fault in a worker thread's pure-Python code).
+    """
+    yield
+    if {"make_napari_viewer", "qtbot"} & set(request.fixturenames):
+        gc.collect()
 
 
 @pytest.fixture(params=sorted(SAMPLES))
