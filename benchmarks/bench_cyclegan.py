@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from budget import train_for_cpu_seconds
 from pydicom.data import get_testdata_file
 from scipy.stats import wasserstein_distance
 
@@ -43,10 +44,8 @@ from medsynth.metrics.fidelity import psnr, ssim
 from medsynth.settings import parse
 from medsynth.training.checkpoint import Checkpoint, checkpoint_settings, load_checkpoint
 from medsynth.training.config import TrainConfig
-from medsynth.training.control import TrainControl
 from medsynth.training.events import Finished
 from medsynth.training.recipe import get_recipe
-from medsynth.training.trainer import train
 from medsynth.training.translate import translate
 
 CT_FILES = ("CT_small.dcm", "693_UNCR.dcm", "J2K_pixelrep_mismatch.dcm")
@@ -66,18 +65,11 @@ def domains() -> tuple[MedImage, MedImage, list[MedImage]]:
     return train_mr, held_out, cts
 
 
-def train_for(budget: float, seed: int, out_dir: Path, data: TwoDomains) -> Finished:
-    """Train until `budget` CPU seconds of this process are used (then stop with a checkpoint)."""
+def train_for(budget: float, seed: int, out_dir: Path, data: TwoDomains) -> tuple[Finished, float]:
+    """Train until `budget` CPU seconds of this process are used (then stop with a checkpoint); with the seconds used."""
     config = TrainConfig(recipe="cyclegan", out_dir=out_dir, settings=SETTINGS, steps=10**7, device="cpu", seed=seed,
                          checkpoint_every=10**9, sample_every=0, log_every=50)  # fmt: skip
-    control = TrainControl()
-    start = time.process_time()
-    for event in train(config, data, control):
-        if time.process_time() - start >= budget:
-            control.request_stop()
-        if isinstance(event, Finished):
-            return event
-    raise RuntimeError("training ended without a Finished event")
+    return train_for_cpu_seconds(config, data, budget)
 
 
 def initial(trained: Checkpoint, seed: int) -> Checkpoint:
@@ -142,9 +134,7 @@ def main() -> None:
     print(f"load average at start {os.getloadavg()}")
     train_mr, held_out, cts = domains()
     with tempfile.TemporaryDirectory() as workdir:
-        start = time.process_time()
-        finished = train_for(args.budget, args.seed, Path(workdir) / "run", TwoDomains(a=[train_mr], b=cts))
-        cpu = time.process_time() - start
+        finished, cpu = train_for(args.budget, args.seed, Path(workdir) / "run", TwoDomains(a=[train_mr], b=cts))
         trained = load_checkpoint(finished.checkpoint)
     untrained = initial(trained, args.seed)
     rows = {"trained": evaluate(trained, held_out, cts), "initial weights": evaluate(untrained, held_out, cts)}

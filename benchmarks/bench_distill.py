@@ -28,23 +28,19 @@ import json
 import multiprocessing
 import os
 import tempfile
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from bench_hagan import slices, split
+from budget import alternating_cpu_seconds, train_for_cpu_seconds
 
 from medsynth.data.samples import load_sample
 from medsynth.metrics.swd import swd
 from medsynth.training.checkpoint import load_checkpoint
 from medsynth.training.config import TrainConfig
-from medsynth.training.control import TrainControl
-from medsynth.training.events import Finished
 from medsynth.training.generate import generate, load_recipe
-from medsynth.training.trainer import train
 
 SCRATCH = {"g_channels": 4, "d_channels": 4}
 """The student's widths: the teacher's 16 times the width factor 0.25."""
@@ -57,29 +53,20 @@ def train_for(task: tuple[str, str, dict[str, Any], float, int, str]) -> dict[st
     sets, _ = split(load_sample("mni152"))
     config = TrainConfig(recipe=recipe, out_dir=Path(workdir) / name, settings=settings, steps=10**7, device="cpu",
                          seed=seed, checkpoint_every=10**9, sample_every=0, log_every=50)  # fmt: skip
-    control = TrainControl()
-    start = time.process_time()
-    for event in train(config, [sets["100"]], control):
-        if time.process_time() - start >= budget:
-            control.request_stop()
-        if isinstance(event, Finished):
-            steps, path, losses = event.step, event.checkpoint, event.losses
-    cpu = time.process_time() - start
-    return {"name": name, "recipe": recipe, "steps": steps, "cpu_s": cpu, "checkpoint": str(path), "final_losses": losses,
-            "load_average": os.getloadavg()}  # fmt: skip
+    finished, cpu = train_for_cpu_seconds(config, [sets["100"]], budget)
+    return {"name": name, "recipe": recipe, "steps": finished.step, "cpu_s": cpu, "checkpoint": str(finished.checkpoint),
+            "final_losses": finished.losses, "load_average": os.getloadavg()}  # fmt: skip
 
 
 def generation_seconds(checkpoints: dict[str, str], chunk: int, rounds: int) -> dict[str, float]:
     """CPU seconds per generated image of each checkpoint's EMA generator, timed in alternating blocks."""
     torch.set_num_threads(1)
     recipes = {name: load_recipe(load_checkpoint(path), "cpu") for name, path in checkpoints.items()}
-    seconds = dict.fromkeys(recipes, 0.0)
-    for round_ in range(rounds + 1):  # round 0 warms up
-        for name, recipe in recipes.items():
-            start = time.process_time()
-            recipe.sample(chunk, torch.Generator().manual_seed(round_))
-            if round_:
-                seconds[name] += time.process_time() - start
+    calls = {
+        name: lambda round_, recipe=recipe: recipe.sample(chunk, torch.Generator().manual_seed(round_))
+        for name, recipe in recipes.items()
+    }
+    seconds = alternating_cpu_seconds(calls, rounds)
     return {name: total / (rounds * chunk) for name, total in seconds.items()}
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from budget import train_for_cpu_seconds
 
 from medsynth.data.datasets import SliceDataset
 from medsynth.data.normalization import percentile_normalization
@@ -36,7 +37,6 @@ from medsynth.models.ema import EMA
 from medsynth.settings import parse
 from medsynth.training import events
 from medsynth.training.config import TrainConfig
-from medsynth.training.control import TrainControl
 from medsynth.training.generate import generate
 from medsynth.training.recipe import get_recipe
 from medsynth.training.recipes.dcgan import DCGANSettings
@@ -132,17 +132,11 @@ def overhead(image, real: torch.Tensor, block: int, rounds: int, out_dir: Path) 
 
 def train_for(recipe: str, image, budget_s: float, out_dir: Path) -> tuple[int, Path]:
     """Train `recipe` with default settings until `budget_s` seconds of process CPU time have passed; (steps, checkpoint)."""
-    control = TrainControl()
     config = TrainConfig(
         recipe=recipe, out_dir=out_dir, steps=10**7, checkpoint_every=10**9, sample_every=0, log_every=10
     )
-    start = time.process_time()
-    for event in train(config, [image], control):
-        if time.process_time() - start >= budget_s:
-            control.request_stop()
-        if isinstance(event, events.Finished):
-            return event.step, event.checkpoint
-    raise RuntimeError("training ended without a Finished event")
+    finished, _ = train_for_cpu_seconds(config, [image], budget_s)
+    return finished.step, finished.checkpoint
 
 
 def untrained_samples(recipe: str, n: int, normalization) -> np.ndarray:

@@ -32,13 +32,13 @@ import json
 import multiprocessing
 import os
 import tempfile
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from budget import alternating_cpu_seconds, train_for_cpu_seconds
 from scipy import ndimage
 
 from medsynth.data.datasets import fit_square
@@ -49,11 +49,8 @@ from medsynth.io.image import MedImage
 from medsynth.metrics.evaluate import evaluate_fusion
 from medsynth.training.checkpoint import load_checkpoint
 from medsynth.training.config import TrainConfig
-from medsynth.training.control import TrainControl
-from medsynth.training.events import Finished
 from medsynth.training.generate import load_recipe
 from medsynth.training.recipe import list_recipes
-from medsynth.training.trainer import train
 from medsynth.training.translate import translate
 
 SIZE = 64
@@ -90,16 +87,10 @@ def train_for(task: tuple[str, str, dict[str, Any], float, int, str]) -> dict[st
     (t1, gm), _ = pairs()
     config = TrainConfig(recipe=recipe, out_dir=Path(workdir) / name, settings=settings, steps=10**7, device="cpu",
                          seed=seed, checkpoint_every=10**9, sample_every=0, log_every=10)  # fmt: skip
-    control = TrainControl()
-    start = time.process_time()
-    for event in train(config, TwoDomains([t1], [gm]), control):
-        if time.process_time() - start >= budget:
-            control.request_stop()
-        if isinstance(event, Finished):
-            steps, path, losses = event.step, event.checkpoint, event.losses
-    cpu = time.process_time() - start
-    return {"name": name, "recipe": recipe, "settings": settings, "steps": steps, "cpu_s": cpu,
-            "checkpoint": str(path), "final_losses": losses, "load_average": os.getloadavg()}  # fmt: skip
+    finished, cpu = train_for_cpu_seconds(config, TwoDomains([t1], [gm]), budget)
+    return {"name": name, "recipe": recipe, "settings": settings, "steps": finished.step, "cpu_s": cpu,
+            "checkpoint": str(finished.checkpoint), "final_losses": finished.losses,
+            "load_average": os.getloadavg()}  # fmt: skip
 
 
 def model_inputs(checkpoint: str, t1: MedImage, gm: MedImage, n: int) -> torch.Tensor:
@@ -122,13 +113,8 @@ def generation_seconds(checkpoints: dict[str, str], inputs: torch.Tensor, rounds
     """CPU seconds per fused image of each fusion checkpoint's EMA generator, timed in alternating blocks."""
     torch.set_num_threads(1)
     recipes = {name: load_recipe(load_checkpoint(path), "cpu") for name, path in checkpoints.items()}
-    seconds = dict.fromkeys(recipes, 0.0)
-    for round_ in range(rounds + 1):  # round 0 warms up
-        for name, recipe in recipes.items():
-            start = time.process_time()
-            recipe.translate(inputs, "fuse")
-            if round_:
-                seconds[name] += time.process_time() - start
+    calls = {name: lambda round_, recipe=recipe: recipe.translate(inputs, "fuse") for name, recipe in recipes.items()}
+    seconds = alternating_cpu_seconds(calls, rounds)
     return {name: total / (rounds * len(inputs)) for name, total in seconds.items()}
 
 

@@ -37,17 +37,18 @@ printed as Markdown tables and written to `--json`.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import os
 import tempfile
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from budget import alternating_cpu_seconds, train_for_cpu_seconds
 from scipy.ndimage import map_coordinates
 
 from medsynth.data.datasets import SliceDataset
@@ -58,11 +59,8 @@ from medsynth.metrics.swd import swd
 from medsynth.settings import parse
 from medsynth.training.checkpoint import load_checkpoint
 from medsynth.training.config import TrainConfig
-from medsynth.training.control import TrainControl
-from medsynth.training.events import Finished
 from medsynth.training.generate import generate, load_recipe
 from medsynth.training.recipe import get_recipe
-from medsynth.training.trainer import train
 
 SIZE = 64
 SLAB_MM = 8
@@ -134,14 +132,8 @@ def run(task: tuple[str, str, float, int, int, str]) -> dict[str, Any]:
     out_dir = Path(workdir) / f"{set_name}-{model}-{seed}"
     config = TrainConfig(recipe=recipe, out_dir=out_dir, settings=settings, steps=10**7, device="cpu", seed=seed,
                          checkpoint_every=10**9, sample_every=0, log_every=10)  # fmt: skip
-    control = TrainControl()
-    start = time.process_time()
-    for event in train(config, [sets[set_name]], control):
-        if time.process_time() - start >= budget:
-            control.request_stop()
-        if isinstance(event, Finished):
-            steps, path, losses = event.step, event.checkpoint, event.losses
-    cpu = time.process_time() - start
+    finished, cpu = train_for_cpu_seconds(config, [sets[set_name]], budget)
+    steps, path, losses = finished.step, finished.checkpoint, finished.losses
     checkpoint = load_checkpoint(path)
     models = load_recipe(checkpoint, "cpu").models
     fake_units = generate(checkpoint, n_samples, seed=0, device="cpu").array
@@ -184,15 +176,16 @@ def step_costs(rounds: int, block: int) -> dict[str, float]:
         recipe.augmenting = True
         recipe.build(parse(recipe_cls.settings_cls, settings), torch.device("cpu"))
         recipes[model] = recipe
-    seconds = dict.fromkeys(recipes, 0.0)
-    for round_ in range(rounds + 1):  # round 0 warms up
-        for model, recipe in recipes.items():
-            batch = torch.stack([dataset[i % len(dataset)] for i in range(recipe.batch_size * recipe.batches_per_step)])
-            start = time.process_time()
-            for _ in range(block):
-                recipe.train_step(batch, 1000)
-            if round_:
-                seconds[model] += time.process_time() - start
+    batches = {
+        model: torch.stack([dataset[i % len(dataset)] for i in range(recipe.batch_size * recipe.batches_per_step)])
+        for model, recipe in recipes.items()
+    }
+
+    def timed_block(model: str, round_: int) -> None:
+        for _ in range(block):
+            recipes[model].train_step(batches[model], 1000)
+
+    seconds = alternating_cpu_seconds({model: functools.partial(timed_block, model) for model in recipes}, rounds)
     return {model: total / (rounds * block) for model, total in seconds.items()}
 
 
